@@ -1,0 +1,1 @@
+"""The event store: immutable, versioned job (and user, plan, frontend) events in PostgreSQL."""

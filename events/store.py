@@ -1,0 +1,132 @@
+"""All SQL of the event store: batched, optimistic-concurrency-checked appends and stream reads."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+
+import asyncpg
+import msgspec
+
+from events.errors import ConcurrencyError
+from events.types import AnyEvent, RecordedEvent, decode_data, encode, event_type
+
+_COLUMNS = "seq, event_id, stream_type, stream_id, version, data::text AS data, recorded_at, causation_id"
+
+
+class PendingEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event about to be appended at `version` of its stream (expected version + 1)."""
+
+    stream_type: str
+    stream_id: uuid.UUID
+    version: int
+    data: AnyEvent
+    causation_id: str | None = None
+    event_id: uuid.UUID = msgspec.field(default_factory=uuid.uuid4)
+    recorded_at: datetime = msgspec.field(default_factory=lambda: datetime.now(UTC))
+
+    def recorded(self, seq: int) -> RecordedEvent:
+        return RecordedEvent(
+            seq=seq, event_id=self.event_id, stream_type=self.stream_type, stream_id=self.stream_id,
+            version=self.version, recorded_at=self.recorded_at, causation_id=self.causation_id, data=self.data,
+        )
+
+
+def _row_to_event(row: asyncpg.Record) -> RecordedEvent:
+    return RecordedEvent(
+        seq=row["seq"], event_id=row["event_id"], stream_type=row["stream_type"], stream_id=row["stream_id"],
+        version=row["version"], recorded_at=row["recorded_at"], causation_id=row["causation_id"],
+        data=decode_data(row["data"]),
+    )
+
+
+async def append(conn: asyncpg.Connection, pending: Sequence[PendingEvent]) -> list[RecordedEvent]:
+    """Append events in one statement; the caller owns the transaction.
+
+    A (stream_id, version) that exists already means another writer got there first: that is a
+    ConcurrencyError, and nothing of the statement is written.
+    """
+    if not pending:
+        return []
+    try:
+        rows = await conn.fetch(
+            """
+            INSERT INTO events (event_id, stream_type, stream_id, version, type, data, recorded_at, causation_id)
+            SELECT e, st, sid, v, t, d::jsonb, r, c
+            FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::int[], $5::text[], $6::text[],
+                        $7::timestamptz[], $8::text[]) WITH ORDINALITY AS u(e, st, sid, v, t, d, r, c, n)
+            ORDER BY n
+            RETURNING seq, event_id
+            """,
+            [p.event_id for p in pending],
+            [p.stream_type for p in pending],
+            [p.stream_id for p in pending],
+            [p.version for p in pending],
+            [event_type(p.data) for p in pending],
+            [encode(p.data).decode() for p in pending],
+            [p.recorded_at for p in pending],
+            [p.causation_id for p in pending],
+        )
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name == "events_stream_version_key":
+            first = pending[0]
+            raise ConcurrencyError(first.stream_id, first.version - 1) from exc
+        raise
+    seqs = {row["event_id"]: row["seq"] for row in rows}
+    return [p.recorded(seqs[p.event_id]) for p in pending]
+
+
+async def load_stream(conn: asyncpg.Connection, stream_id: uuid.UUID, after_version: int = 0) -> list[RecordedEvent]:
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM events WHERE stream_id = $1 AND version > $2 ORDER BY version",
+        stream_id, after_version,
+    )
+    return [_row_to_event(r) for r in rows]
+
+
+async def load_streams(conn: asyncpg.Connection, stream_ids: Iterable[uuid.UUID]) -> list[RecordedEvent]:
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM events WHERE stream_id = ANY($1::uuid[]) ORDER BY seq", list(stream_ids)
+    )
+    return [_row_to_event(r) for r in rows]
+
+
+async def load_after(conn: asyncpg.Connection, seq: int, limit: int = 1000) -> list[RecordedEvent]:
+    rows = await conn.fetch(f"SELECT {_COLUMNS} FROM events WHERE seq > $1 ORDER BY seq LIMIT $2", seq, limit)
+    return [_row_to_event(r) for r in rows]
+
+
+async def load_active_jobs(conn: asyncpg.Connection) -> list[RecordedEvent]:
+    """Every event of the jobs that are not terminal yet, in log order."""
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM events WHERE stream_id IN (SELECT job_id FROM active_jobs) ORDER BY seq"
+    )
+    return [_row_to_event(r) for r in rows]
+
+
+async def load_stream_type(conn: asyncpg.Connection, stream_type: str) -> list[RecordedEvent]:
+    rows = await conn.fetch(f"SELECT {_COLUMNS} FROM events WHERE stream_type = $1 ORDER BY seq", stream_type)
+    return [_row_to_event(r) for r in rows]
+
+
+async def mark_active(conn: asyncpg.Connection, started: Sequence[uuid.UUID], ended: Sequence[uuid.UUID]) -> None:
+    if started:
+        await conn.execute(
+            "INSERT INTO active_jobs (job_id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING", list(started)
+        )
+    if ended:
+        await conn.execute("DELETE FROM active_jobs WHERE job_id = ANY($1::uuid[])", list(ended))
+
+
+async def head(conn: asyncpg.Connection) -> int:
+    """The newest sequence number in the log (0 when empty)."""
+    return int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM events"))
+
+
+async def relay_position(conn: asyncpg.Connection) -> int:
+    return int(await conn.fetchval("SELECT seq FROM relay_position WHERE name = 'events'"))
+
+
+async def set_relay_position(conn: asyncpg.Connection, seq: int) -> None:
+    await conn.execute("UPDATE relay_position SET seq = greatest(seq, $1) WHERE name = 'events'", seq)

@@ -1,0 +1,194 @@
+"""Event types, declared once as versioned msgspec structs.
+
+Schema evolution rules (msgspec's): a new field gets a default, no field changes type, and a
+breaking change is a new event type with the next version in its tag (`JobSubmitted.v2`).
+`tests/unit/test_event_samples.py` decodes an encoded sample of every type ever stored.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+# Namespace for ids derived from names (users, plans, frontends): the same name, the same id.
+NAMESPACE = uuid.UUID("6f3c1d0e-6b7a-4c55-9e4b-746573736572")
+
+
+def user_stream_id(platform: str, platform_user_id: str) -> uuid.UUID:
+    return uuid.uuid5(NAMESPACE, f"user:{platform}:{platform_user_id}")
+
+
+def plan_stream_id(tier: str) -> uuid.UUID:
+    return uuid.uuid5(NAMESPACE, f"plan:{tier}")
+
+
+def frontend_stream_id(frontend: str, bot_id: str | None) -> uuid.UUID:
+    return uuid.uuid5(NAMESPACE, f"frontend:{frontend}:{bot_id or ''}")
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Base of every event. The tag (`type`) names the event and its schema version."""
+
+
+# --- jobs -----------------------------------------------------------------------------------
+
+
+class Artifact(msgspec.Struct, frozen=True, kw_only=True):
+    """An output of a job. Small text lives inline (`text`); anything else in the object store."""
+
+    id: uuid.UUID
+    kind: str  # image | video | audio | text
+    format: str
+    content_type: str
+    size_bytes: int
+    object_name: str | None = None
+    text: str | None = None
+    width: int | None = None
+    height: int | None = None
+    duration_seconds: float | None = None
+    expires_at: datetime | None = None
+
+
+class JobSubmitted(Event, frozen=True, kw_only=True, tag="JobSubmitted.v1"):
+    user_id: uuid.UUID
+    user_ref: str | None = None
+    frontend: str
+    bot_id: str | None = None
+    capability: str
+    model: str
+    params: dict[str, Any]
+    priority: int
+    cost_tokens: float
+    reply_context: dict[str, Any] | None = None
+
+
+class JobQueued(Event, frozen=True, kw_only=True, tag="JobQueued.v1"):
+    priority: int
+    reason: str = "admitted"
+
+
+class JobDispatched(Event, frozen=True, kw_only=True, tag="JobDispatched.v1"):
+    worker_id: str
+    attempt: int
+    reason: str
+
+
+class JobStarted(Event, frozen=True, kw_only=True, tag="JobStarted.v1"):
+    worker_id: str
+    attempt: int
+
+
+class JobCompleted(Event, frozen=True, kw_only=True, tag="JobCompleted.v1"):
+    worker_id: str
+    attempt: int
+    artifacts: list[Artifact]
+    execution_time_seconds: float
+    cost_tokens: float
+
+
+class JobFailed(Event, frozen=True, kw_only=True, tag="JobFailed.v1"):
+    code: str
+    message: str
+    worker_id: str | None = None
+    attempt: int | None = None
+
+
+class JobCancelled(Event, frozen=True, kw_only=True, tag="JobCancelled.v1"):
+    reason: str
+    requested_by: str  # "user" or "system"
+
+
+class JobRequeued(Event, frozen=True, kw_only=True, tag="JobRequeued.v1"):
+    """A running attempt was lost (its worker died); the job waits for a new attempt."""
+
+    worker_id: str
+    attempt: int
+    reason: str
+
+
+JobEvent = (
+    JobSubmitted | JobQueued | JobDispatched | JobStarted | JobCompleted | JobFailed | JobCancelled | JobRequeued
+)
+
+# --- users, plans, frontends ----------------------------------------------------------------
+
+
+class UserRegistered(Event, frozen=True, kw_only=True, tag="UserRegistered.v1"):
+    platform: str
+    platform_user_id: str
+    plan: str
+    display_name: str | None = None
+
+
+class ApiKeyIssued(Event, frozen=True, kw_only=True, tag="ApiKeyIssued.v1"):
+    key_id: uuid.UUID
+    key_hash: str
+    prefix: str
+
+
+class PlanDefined(Event, frozen=True, kw_only=True, tag="PlanDefined.v1"):
+    tier: str
+    name: str
+    daily_token_limit: int
+    requests_per_minute: int
+    max_concurrent_jobs: int
+    max_queued_jobs: int
+    priority: int
+    max_resolution: int
+    allowed_models: list[str]
+    price_cents: int = 0
+    description: str | None = None
+
+
+class FrontendKeyIssued(Event, frozen=True, kw_only=True, tag="FrontendKeyIssued.v1"):
+    frontend: str
+    bot_id: str | None = None
+    key_id: uuid.UUID
+    key_hash: str
+    prefix: str
+
+
+AnyEvent = JobEvent | UserRegistered | ApiKeyIssued | PlanDefined | FrontendKeyIssued
+
+STREAM_TYPES = {"job", "user", "plan", "frontend"}
+
+
+class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event as stored: its place in its stream (`version`) and in the log (`seq`)."""
+
+    seq: int
+    event_id: uuid.UUID
+    stream_type: str
+    stream_id: uuid.UUID
+    version: int
+    recorded_at: datetime
+    causation_id: str | None
+    data: AnyEvent
+
+    @property
+    def type(self) -> str:
+        return type(self.data).__struct_config__.tag  # type: ignore[return-value]
+
+
+def event_type(event: Event) -> str:
+    return type(event).__struct_config__.tag  # type: ignore[return-value]
+
+
+_encoder = msgspec.json.Encoder()
+_data_decoder = msgspec.json.Decoder(AnyEvent)
+_recorded_decoder = msgspec.json.Decoder(RecordedEvent)
+
+
+def encode(value: object) -> bytes:
+    return _encoder.encode(value)
+
+
+def decode_data(raw: bytes | str) -> AnyEvent:
+    return _data_decoder.decode(raw)
+
+
+def decode_recorded(raw: bytes | str) -> RecordedEvent:
+    return _recorded_decoder.decode(raw)

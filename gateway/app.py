@@ -1,0 +1,82 @@
+"""The FastAPI application and its lifecycle."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+
+import nats
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway import errors
+from gateway.deps import Services
+from gateway.fleet import Fleet
+from gateway.routes import artifacts, jobs, meta, users
+from streams.commands import CommandBus
+from tessera.config import Settings
+from tessera.db import create_pool
+
+
+class BodyLimit:
+    """Refuse bodies over `limit` bytes with 413 before any handler reads them."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise errors.Problem(413, "BODY_TOO_LARGE", f"the body is larger than {self.limit} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = errors.problem_response(413, "BODY_TOO_LARGE", f"the body is larger than {self.limit} bytes",
+                                           scope.get("path"))
+        await response(scope, receive, send)
+
+
+def create_app(settings: Settings, *, nats_url: str, database_url: str) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        nc = await nats.connect(nats_url, name="gateway", max_reconnect_attempts=-1)
+        pool = await create_pool(database_url, min_size=2, max_size=20)
+        bus = await CommandBus(nc, f"gw-{uuid.uuid4().hex[:8]}").start()
+        fleet = Fleet(stale_after_s=settings.worker_timeout_s)
+        await fleet.start(nc.jetstream())
+        app.state.services = Services(settings=settings, pool=pool, nc=nc, bus=bus, fleet=fleet)
+        try:
+            yield
+        finally:
+            await fleet.stop()
+            await bus.close()
+            await pool.close()
+            with contextlib.suppress(Exception):
+                await nc.drain()
+
+    app = FastAPI(
+        title="Tessera", version="0.1.0", lifespan=lifespan,
+        description="Multi-modal AI inference: submit jobs, follow them, fetch their artifacts. "
+                    "Errors are application/problem+json with a stable `code`.",
+    )
+    errors.install(app)
+    for router in (jobs.router, artifacts.router, users.router, meta.router):
+        app.include_router(router)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app

@@ -1,0 +1,98 @@
+"""Dependency aliases for the routes: the services and the authenticated principal."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+import asyncpg
+from fastapi import Depends, Header, Request
+from nats.aio.client import Client as NATS
+
+from events.types import user_stream_id
+from gateway import queries
+from gateway.auth import FRONTEND_KEY_PREFIX, PLATFORMS, USER_KEY_PREFIX, Principal, hash_key
+from gateway.errors import Problem
+from gateway.fleet import Fleet
+from streams.commands import CommandBus
+from tessera.config import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    pool: asyncpg.Pool
+    nc: NATS
+    bus: CommandBus
+    fleet: Fleet
+
+
+def _services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+def parse_user_ref(user_ref: str, frontend: str) -> tuple[str, str]:
+    platform, sep, platform_user_id = user_ref.partition(":")
+    if not sep or platform not in PLATFORMS or not platform_user_id or len(platform_user_id) > 100:
+        raise Problem(422, "INVALID_USER_REF", "user_ref must look like 'telegram:123456' "
+                      f"(platform one of {', '.join(PLATFORMS)})")
+    if platform != frontend:
+        raise Problem(403, "USER_REF_NOT_ALLOWED", f"a {frontend} frontend key cannot act for {platform} users")
+    return platform, platform_user_id
+
+
+@dataclass(frozen=True)
+class KeyHolder:
+    """A valid key: a user's own (`user_id`), or a frontend's (`frontend`, `bot_id`)."""
+
+    user_id: object | None
+    frontend: str
+    bot_id: str | None
+
+    def acting_for(self, user_ref: str | None) -> Principal:
+        if self.user_id is not None:
+            return Principal(user_id=self.user_id, frontend="api", bot_id=None, user_ref=None)  # type: ignore[arg-type]
+        if not user_ref:
+            raise Problem(422, "USER_REF_REQUIRED", "a frontend key must name the user it acts for "
+                          "(user_ref in the body, or the Tessera-User-Ref header)")
+        platform, platform_user_id = parse_user_ref(user_ref, self.frontend)
+        return Principal(user_id=user_stream_id(platform, platform_user_id), frontend=self.frontend,
+                         bot_id=self.bot_id, user_ref=user_ref)
+
+
+async def key_holder(services: Services, authorization: str | None) -> KeyHolder:
+    """Check the bearer key; raises 401 for a missing or unknown one."""
+    scheme, _, key = (authorization or "").partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        raise Problem(401, "UNAUTHENTICATED", "send 'Authorization: Bearer <key>'",
+                      headers={"WWW-Authenticate": "Bearer"})
+    async with services.pool.acquire() as conn:
+        if key.startswith(USER_KEY_PREFIX):
+            row = await queries.api_key(conn, hash_key(key))
+            if row is not None:
+                return KeyHolder(user_id=row["user_id"], frontend="api", bot_id=None)
+        elif key.startswith(FRONTEND_KEY_PREFIX):
+            row = await queries.frontend_key(conn, hash_key(key))
+            if row is not None:
+                return KeyHolder(user_id=None, frontend=row["frontend"], bot_id=row["bot_id"])
+    raise Problem(401, "INVALID_API_KEY", "the API key is not valid", headers={"WWW-Authenticate": "Bearer"})
+
+
+async def _key_holder(
+    services: Annotated[Services, Depends(_services)],
+    authorization: Annotated[str | None, Header()] = None,
+) -> KeyHolder:
+    return await key_holder(services, authorization)
+
+
+async def _principal(
+    holder: Annotated[KeyHolder, Depends(_key_holder)],
+    tessera_user_ref: Annotated[str | None, Header(description="With a frontend key: the user acted for")] = None,
+) -> Principal:
+    return holder.acting_for(tessera_user_ref)
+
+
+ServicesDep = Annotated[Services, Depends(_services)]
+CurrentPrincipal = Annotated[Principal, Depends(_principal)]
+KeyHolderDep = Annotated[KeyHolder, Depends(_key_holder)]

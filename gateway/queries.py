@@ -1,0 +1,91 @@
+"""All SQL the gateway runs: reads of the read models and of the event store."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from events import store
+
+
+async def api_key(conn: asyncpg.Connection, key_hash: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT user_id FROM api_keys WHERE key_hash = $1", key_hash)
+
+
+async def frontend_key(conn: asyncpg.Connection, key_hash: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT frontend, bot_id FROM frontend_keys WHERE key_hash = $1", key_hash)
+
+
+async def jobs_of(conn: asyncpg.Connection, user_id: uuid.UUID, limit: int, before: datetime | None,
+                  status: str | None) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT id, status, capability, model, cost_tokens, frontend, bot_id, worker_id, created_at, ended_at, error"
+        " FROM jobs WHERE user_id = $1 AND ($2::timestamptz IS NULL OR created_at < $2)"
+        " AND ($3::text IS NULL OR status = $3) ORDER BY created_at DESC, id LIMIT $4",
+        user_id, before, status, limit)
+
+
+async def queue_position(conn: asyncpg.Connection, capability: str, priority: int, queued_seq: int) -> int:
+    return int(await conn.fetchval(
+        "SELECT count(*) FROM job_queue WHERE capability = $1"
+        " AND (priority > $2 OR (priority = $2 AND enqueued_seq < $3))", capability, priority, queued_seq))
+
+
+async def artifact(conn: asyncpg.Connection, artifact_id: uuid.UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT id, job_id, user_id, type, format, content_type, object_name, inline_text, file_size_bytes, expires_at"
+        " FROM artifacts WHERE id = $1", artifact_id)
+
+
+async def user(conn: asyncpg.Connection, user_id: uuid.UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT id, platform, platform_user_id, plan_tier, display_name, created_at FROM users WHERE id = $1", user_id)
+
+
+async def plans(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT tier, name, daily_token_limit, requests_per_minute, max_concurrent_jobs, max_queued_jobs, priority,"
+        " max_resolution, allowed_models, price_cents, billing_period, description FROM plans WHERE active"
+        " ORDER BY priority")
+
+
+async def plan(conn: asyncpg.Connection, tier: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT tier, name, daily_token_limit, requests_per_minute, max_concurrent_jobs, max_queued_jobs, priority,"
+        " max_resolution, allowed_models, price_cents FROM plans WHERE tier = $1", tier)
+
+
+async def usage_today(conn: asyncpg.Connection, user_id: uuid.UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT tokens_used, jobs_completed, jobs_failed FROM usage_daily WHERE user_id = $1 AND date = $2",
+        user_id, datetime.now(UTC).date())
+
+
+async def job_counts(conn: asyncpg.Connection, user_id: uuid.UUID) -> dict[str, int]:
+    rows = await conn.fetch(
+        "SELECT status, count(*) AS n FROM jobs WHERE user_id = $1 AND status IN ('QUEUED', 'RUNNING')"
+        " GROUP BY status", user_id)
+    return {r["status"]: r["n"] for r in rows}
+
+
+async def job_events(conn: asyncpg.Connection, job_id: uuid.UUID, after_version: int = 0) -> list[Any]:
+    return await store.load_stream(conn, job_id, after_version)
+
+
+async def wait_for_projection(pool: asyncpg.Pool, seq: int | None = None, timeout: float = 3.0) -> bool:
+    """Wait until the read models include event `seq` (default: the newest event now)."""
+    deadline = time.monotonic() + timeout
+    async with pool.acquire() as conn:
+        target = seq if seq is not None else await store.head(conn)
+        while True:
+            position = await conn.fetchval("SELECT seq FROM projection_position WHERE name = 'read_models'")
+            if position >= target:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.02)

@@ -1,0 +1,273 @@
+"""/api/v1/jobs: submit, read, list, cancel, audit history and follow a job."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import msgspec
+import pydantic
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import StreamingResponse
+
+from events.job import Job, JobStatus, evolve, fold
+from events.types import JobQueued, JobRequeued, RecordedEvent, decode_recorded
+from gateway import queries
+from gateway.deps import CurrentPrincipal, Services, ServicesDep, key_holder
+from gateway.errors import Problem
+from gateway.views import EventView, JobAccepted, JobCreate, JobView, event_view, job_view
+from streams import subjects as s
+from streams.commands import NoDecision
+from streams.messages import CancelJob, Decision, Progress, SubmitJob
+from tessera import catalog
+
+router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+
+_BODY_SCHEMA = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": JobCreate.model_json_schema(),
+    "example": {"capability": "tts", "params": {"prompt": "Hello from Tessera"}}}}}}
+
+
+def parse_job_id(raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise Problem(400, "INVALID_JOB_ID", f"{raw!r} is not a job id (a UUID)") from None
+
+
+def base_url(request: Request, services: Services) -> str:
+    return (services.settings.public_url or str(request.base_url)).rstrip("/")
+
+
+def _decision_problem(decision: Decision) -> Problem:
+    return Problem(decision.status, decision.code or "REJECTED", decision.detail or "the scheduler refused the job")
+
+
+def _validate(body: JobCreate, settings_max_prompt: int) -> None:
+    prompt = body.params.get("prompt")
+    if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
+        raise Problem(422, "MISSING_PROMPT", "params.prompt is required and must not be empty")
+    if not isinstance(prompt, str):
+        raise Problem(422, "VALIDATION_ERROR", "params.prompt must be a string")
+    if len(prompt) > settings_max_prompt:
+        raise Problem(422, "PROMPT_TOO_LONG", f"params.prompt is longer than {settings_max_prompt} characters")
+    model = body.params.get("model")
+    if model is not None and not isinstance(model, str):
+        raise Problem(422, "VALIDATION_ERROR", "params.model must be a string")
+    if body.capability not in catalog.CAPABILITIES:
+        raise Problem(422, "UNKNOWN_CAPABILITY", f"unknown capability {body.capability!r}; "
+                      f"known: {', '.join(catalog.CAPABILITIES)}")
+    for name in ("frontend", "bot_id"):
+        value = getattr(body, name)
+        if value is not None and not s.is_token(value):
+            raise Problem(422, "VALIDATION_ERROR", f"{name} may hold only letters, digits, '_' and '-'")
+
+
+@router.post("", status_code=202, response_model=JobAccepted, openapi_extra=_BODY_SCHEMA,
+             summary="Submit a job", responses={202: {"description": "Accepted and committed"}})
+async def submit_job(
+    request: Request,
+    services: ServicesDep,
+    authorization: Annotated[str | None, Header()] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    tessera_user_ref: Annotated[str | None, Header()] = None,
+) -> JobAccepted:
+    """Queue a job. Answers 202 once the scheduler's acceptance is committed in PostgreSQL.
+
+    With an `Idempotency-Key`, sending the same request again returns the same job.
+    """
+    holder = await key_holder(services, authorization)
+    if "json" not in request.headers.get("content-type", "application/json"):
+        raise Problem(415, "UNSUPPORTED_MEDIA_TYPE", "send the job as application/json")
+    raw = await request.body()
+    try:
+        body = JobCreate.model_validate_json(raw)
+    except pydantic.ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise Problem(400, "MALFORMED_JSON", "the request body is not valid JSON") from None
+        fields = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
+        raise Problem(422, "VALIDATION_ERROR", "the request does not match the schema", errors=fields) from None
+    _validate(body, services.settings.max_prompt_chars)
+    principal = holder.acting_for(body.user_ref or tessera_user_ref)
+    frontend = principal.frontend if principal.user_ref else (body.frontend or "api")
+    job_id = uuid.uuid5(principal.user_id, f"idempotency:{idempotency_key}") if idempotency_key else uuid.uuid4()
+    timeout = services.settings.submit_timeout_s
+    command = SubmitJob(
+        command_id=uuid.uuid4(), job_id=job_id, user_id=principal.user_id, user_ref=principal.user_ref,
+        frontend=frontend, bot_id=principal.bot_id or body.bot_id, capability=body.capability,
+        model=body.params.get("model"), params=body.params, reply_context=body.reply_context,
+        deadline=datetime.now(UTC) + timedelta(seconds=timeout * 0.8),
+    )
+    try:
+        decision = await services.bus.send(s.CMD_SUBMIT, command, msg_id=f"submit:{job_id}", timeout=timeout)
+    except NoDecision:
+        raise Problem(503, "SCHEDULER_UNAVAILABLE", "the scheduler did not confirm the job in time; "
+                      "retrying with the same Idempotency-Key is safe", headers={"Retry-After": "1"}) from None
+    if not decision.ok or decision.job is None:
+        raise _decision_problem(decision)
+    job = decision.job
+    return JobAccepted(job_id=job.job_id, status=job.status, cost_tokens=job.cost_tokens,
+                       estimated_time_seconds=job.estimated_time_seconds, queue_position=job.queue_position)
+
+
+async def load_own_job(services: Services, job_id: uuid.UUID, user_id: uuid.UUID) -> tuple[Job, list[RecordedEvent]]:
+    """The job folded from its events; another user's job is indistinguishable from none."""
+    async with services.pool.acquire() as conn:
+        records = await queries.job_events(conn, job_id)
+    job = fold(records) if records else None
+    if job is None or job.user_id != user_id:
+        raise Problem(404, "JOB_NOT_FOUND", f"no job {job_id}")
+    return job, records
+
+
+async def _position_and_estimate(services: Services, job: Job, records: list[RecordedEvent]) -> tuple[int | None,
+                                                                                                       float | None]:
+    model = catalog.CATALOG.get(job.model)
+    if job.status.terminal or model is None:
+        return None, None
+    if job.status is not JobStatus.QUEUED:
+        return None, model.typical_seconds
+    queued_seq = next(r.seq for r in reversed(records) if isinstance(r.data, JobQueued | JobRequeued))
+    async with services.pool.acquire() as conn:
+        position = await queries.queue_position(conn, job.capability, job.priority, queued_seq)
+    waves = position // max(services.fleet.slots_for(job.model), 1) + 1
+    return position, round(waves * model.typical_seconds, 3)
+
+
+@router.get("/{job_id}", response_model=JobView, summary="Read a job")
+async def get_job(job_id: str, request: Request, services: ServicesDep, principal: CurrentPrincipal) -> JobView:
+    job, records = await load_own_job(services, parse_job_id(job_id), principal.user_id)
+    position, estimate = await _position_and_estimate(services, job, records)
+    return job_view(job, records, base_url(request, services), position, estimate)
+
+
+@router.get("", summary="List your jobs, newest first")
+async def list_jobs(
+    services: ServicesDep,
+    principal: CurrentPrincipal,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    before: Annotated[datetime | None, Query(description="Only jobs created before this time")] = None,
+    status: Annotated[JobStatus | None, Query()] = None,
+) -> dict[str, Any]:
+    async with services.pool.acquire() as conn:
+        rows = await queries.jobs_of(conn, principal.user_id, limit, before, status.value if status else None)
+    jobs = [{"job_id": r["id"], "status": r["status"], "capability": r["capability"], "model": r["model"],
+             "cost_tokens": float(r["cost_tokens"]), "frontend": r["frontend"], "bot_id": r["bot_id"],
+             "worker_id": r["worker_id"], "created_at": r["created_at"], "ended_at": r["ended_at"],
+             "error": r["error"]} for r in rows]
+    return {"jobs": jobs, "next_before": jobs[-1]["created_at"] if len(jobs) == limit else None}
+
+
+@router.delete("/{job_id}", status_code=202, summary="Cancel a job")
+async def cancel_job(job_id: str, services: ServicesDep, principal: CurrentPrincipal) -> dict[str, Any]:
+    """Cancel a queued or running job; 409 when it has already finished."""
+    parsed = parse_job_id(job_id)
+    command = CancelJob(command_id=uuid.uuid4(), job_id=parsed, user_id=principal.user_id)
+    try:
+        decision = await services.bus.send(s.CMD_CANCEL, command, msg_id=f"cancel:{command.command_id}",
+                                           timeout=services.settings.submit_timeout_s)
+    except NoDecision:
+        raise Problem(503, "SCHEDULER_UNAVAILABLE", "the scheduler did not confirm the cancel in time",
+                      headers={"Retry-After": "1"}) from None
+    if not decision.ok:
+        extra = {"job_status": decision.job.status} if decision.job else {}
+        raise Problem(decision.status, decision.code or "REJECTED", decision.detail or "refused", **extra)
+    return {"job_id": parsed, "status": decision.job.status if decision.job else "CANCELLED"}
+
+
+@router.get("/{job_id}/events", response_model=list[EventView], summary="The job's full history (audit)")
+async def job_history(job_id: str, services: ServicesDep, principal: CurrentPrincipal) -> list[EventView]:
+    _, records = await load_own_job(services, parse_job_id(job_id), principal.user_id)
+    return [event_view(r) for r in records]
+
+
+def _sse(event: str, data: bytes, event_id: int | None = None) -> bytes:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: ".encode() + data + b"\n\n"
+
+
+@router.get("/{job_id}/stream", summary="Follow a job as server-sent events",
+            response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
+async def stream_job(
+    job_id: str,
+    request: Request,
+    services: ServicesDep,
+    principal: CurrentPrincipal,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
+    """One `event` per transition (`id` = the event's version; resume with `Last-Event-ID`), `progress`
+    events while it runs; the stream closes after the terminal event."""
+    parsed = parse_job_id(job_id)
+    await load_own_job(services, parsed, principal.user_id)  # 404 before the stream starts
+    try:
+        after = int(last_event_id) if last_event_id else 0
+    except ValueError:
+        raise Problem(400, "INVALID_LAST_EVENT_ID", "Last-Event-ID must be an event version number") from None
+    return StreamingResponse(_follow(services, request, parsed, after), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _follow(services: Services, request: Request, job_id: uuid.UUID, after: int) -> AsyncIterator[bytes]:
+    live: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+
+    async def on_event(msg: Any) -> None:
+        await live.put(("event", msg.data))
+
+    async def on_progress(msg: Any) -> None:
+        await live.put(("progress", msg.data))
+
+    # Subscribe first, then read the store: nothing committed in between can be missed.
+    subs = [await services.nc.subscribe(s.job_events(str(job_id)), cb=on_event),
+            await services.nc.subscribe(s.progress(str(job_id)), cb=on_progress)]
+    try:
+        version = after
+        job: Job | None = None
+        async with services.pool.acquire() as conn:
+            records = await queries.job_events(conn, job_id)
+        for rec in records:
+            job = evolve(job, rec)
+            if rec.version > version:
+                version = rec.version
+                yield _sse("transition", _transition(rec, job), rec.version)
+        while job is not None and not job.status.terminal:
+            try:
+                kind, data = await asyncio.wait_for(live.get(), 15)
+            except TimeoutError:
+                if await request.is_disconnected():
+                    return
+                yield b": keep-alive\n\n"
+                continue
+            if kind == "progress":
+                progress = msgspec.json.decode(data, type=Progress)
+                if progress.attempt == job.attempt and job.status is JobStatus.RUNNING:
+                    yield _sse("progress", data)
+                continue
+            rec = decode_recorded(data)
+            if rec.version <= job.version:
+                continue
+            if rec.version > job.version + 1:  # a message we did not see: fill the hole from the store
+                async with services.pool.acquire() as conn:
+                    missing = await queries.job_events(conn, job_id, job.version)
+                pending = [r for r in missing if r.version <= rec.version]
+            else:
+                pending = [rec]
+            for item in pending:
+                job = evolve(job, item)
+                yield _sse("transition", _transition(item, job), item.version)
+    finally:
+        for sub in subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+
+def _transition(rec: RecordedEvent, job: Job) -> bytes:
+    view = event_view(rec).model_dump(mode="json")
+    view["status"] = job.status.value
+    return msgspec.json.encode(view)
+
+
+

@@ -1,0 +1,53 @@
+"""Models, plans, health and readiness."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from gateway import queries
+from gateway.deps import ServicesDep
+from tessera import catalog
+
+router = APIRouter(tags=["platform"])
+
+
+@router.get("/api/v1/models", summary="Models, their cost and who serves them now")
+async def models(services: ServicesDep) -> dict[str, Any]:
+    online = services.fleet.online()
+    return {"models": [
+        {"name": m.name, "capability": m.capability, "engine": m.engine, "description": m.description,
+         "diagnostic": m.diagnostic, "cost": {"base_tokens": m.base_tokens, "tokens_per_unit": m.tokens_per_unit,
+                                              "unit": m.unit},
+         "workers_online": sum(1 for w in online if m.name in w.models),
+         "slots_online": sum(w.slots for w in online if m.name in w.models)}
+        for m in catalog.CATALOG.values()
+    ]}
+
+
+@router.get("/api/v1/plans", summary="Plans and their limits")
+async def plans(services: ServicesDep) -> dict[str, Any]:
+    async with services.pool.acquire() as conn:
+        rows = await queries.plans(conn)
+    return {"plans": [dict(r) for r in rows]}
+
+
+@router.get("/healthz", summary="Liveness")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Readiness: NATS and PostgreSQL reachable")
+async def readyz(services: ServicesDep) -> JSONResponse:
+    checks = {"nats": services.nc.is_connected}
+    try:
+        async with services.pool.acquire(timeout=2) as conn:
+            checks["postgres"] = await conn.fetchval("SELECT true")
+    except Exception:
+        checks["postgres"] = False
+    checks["workers_online"] = len(services.fleet.online())  # type: ignore[assignment]
+    ready = checks["nats"] and checks["postgres"]
+    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
+                        status_code=200 if ready else 503)

@@ -1,0 +1,193 @@
+"""All SQL of the read models: apply a batch of recorded events, in log order, idempotently.
+
+Jobs are folded with the same `events.job.evolve` the scheduler decides with. A job whose
+events arrive with a hole in their versions (a lost relay message) is completed from the event
+store first, so the read models never skip a transition.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from datetime import UTC
+
+import asyncpg
+
+from events import store
+from events.job import Job, JobStatus, evolve
+from events.types import (
+    ApiKeyIssued,
+    FrontendKeyIssued,
+    JobCompleted,
+    JobFailed,
+    JobQueued,
+    JobRequeued,
+    PlanDefined,
+    RecordedEvent,
+    UserRegistered,
+)
+from tessera.catalog import USAGE_GROUP
+
+READ_MODEL_TABLES = ("plans", "users", "api_keys", "frontend_keys", "jobs", "job_queue", "artifacts", "usage_daily")
+
+_JOB_COLUMNS = (
+    "id", "version", "status", "user_id", "user_ref", "frontend", "bot_id", "capability", "model", "params",
+    "priority", "cost_tokens", "reply_context", "worker_id", "attempt", "created_at", "queued_at", "started_at",
+    "ended_at", "execution_time_seconds", "error", "last_seq",
+)
+_UPSERT_JOB = (
+    f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) VALUES ({', '.join(f'${i + 1}' for i in range(len(_JOB_COLUMNS)))})"
+    f" ON CONFLICT (id) DO UPDATE SET {', '.join(f'{c} = EXCLUDED.{c}' for c in _JOB_COLUMNS[1:])}"
+)
+
+
+def job_from_row(row: asyncpg.Record) -> Job:
+    values = dict(row)
+    values["status"] = JobStatus(values["status"])
+    values["cost_tokens"] = float(values["cost_tokens"])
+    if values["execution_time_seconds"] is not None:
+        values["execution_time_seconds"] = float(values["execution_time_seconds"])
+    return Job(**values)
+
+
+async def _fold_jobs(
+    conn: asyncpg.Connection, records: list[RecordedEvent]
+) -> tuple[dict[uuid.UUID, Job], dict[uuid.UUID, list[RecordedEvent]]]:
+    """Fold each job's new events onto its row; returns the jobs and the events applied to each."""
+    by_job: dict[uuid.UUID, list[RecordedEvent]] = defaultdict(list)
+    for rec in records:
+        by_job[rec.stream_id].append(rec)
+    needs_row = [job_id for job_id, recs in by_job.items() if recs[0].version > 1]
+    current: dict[uuid.UUID, Job] = {}
+    if needs_row:
+        rows = await conn.fetch(f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs WHERE id = ANY($1::uuid[])", needs_row)
+        current = {row["id"]: job_from_row(row) for row in rows}
+    folded: dict[uuid.UUID, Job] = {}
+    applied: dict[uuid.UUID, list[RecordedEvent]] = {}
+    for job_id, recs in by_job.items():
+        job = current.get(job_id)
+        have = job.version if job else 0
+        recs = [r for r in recs if r.version > have]  # already applied: a redelivery
+        if recs and recs[0].version != have + 1:  # a hole: take the missing events from the store
+            missing = await store.load_stream(conn, job_id, after_version=have)
+            recs = [r for r in missing if r.version < recs[0].version] + recs
+        if not recs:
+            continue
+        for rec in recs:
+            job = evolve(job, rec)
+        assert job is not None
+        folded[job_id] = job
+        applied[job_id] = recs
+    return folded, applied
+
+
+async def apply(conn: asyncpg.Connection, records: list[RecordedEvent]) -> None:
+    """Apply events to every read model. The caller holds the transaction and the projector lock."""
+    job_records = [r for r in records if r.stream_type == "job"]
+    if job_records:
+        await _apply_jobs(conn, job_records)
+    for rec in records:
+        if rec.stream_type != "job":
+            await _apply_other(conn, rec)
+
+
+async def _apply_jobs(conn: asyncpg.Connection, records: list[RecordedEvent]) -> None:
+    folded, applied = await _fold_jobs(conn, records)
+    if not folded:
+        return
+    await conn.executemany(_UPSERT_JOB, [tuple(getattr(job, c) for c in _JOB_COLUMNS) for job in folded.values()])
+
+    queue_rows, dequeued, artifacts = [], [], []
+    usage: dict[tuple[uuid.UUID, object], list[float]] = defaultdict(lambda: [0.0, 0, 0, 0.0, 0.0, 0.0, 0.0])
+    for job_id, job in folded.items():
+        recs = applied[job_id]
+        if job.status is JobStatus.QUEUED:
+            last = next(r for r in reversed(recs) if isinstance(r.data, JobQueued | JobRequeued))
+            queue_rows.append((job_id, job.priority, job.capability, job.model, job.user_id, last.seq,
+                               last.recorded_at))
+        else:
+            dequeued.append(job_id)
+        for rec in recs:
+            day = rec.recorded_at.astimezone(UTC).date()
+            if isinstance(rec.data, JobCompleted):
+                row = usage[(job.user_id, day)]
+                row[0] += rec.data.cost_tokens
+                row[1] += 1
+                row[3 + ("image", "video", "text", "audio").index(USAGE_GROUP[job.capability])] += rec.data.cost_tokens
+                artifacts.extend(
+                    (a.id, job_id, job.user_id, a.kind, a.format, a.content_type, a.object_name, a.text, a.width,
+                     a.height, a.duration_seconds, a.size_bytes, a.expires_at, rec.recorded_at)
+                    for a in rec.data.artifacts)
+            elif isinstance(rec.data, JobFailed):
+                usage[(job.user_id, day)][2] += 1
+    if queue_rows:
+        await conn.executemany(
+            "INSERT INTO job_queue (job_id, priority, capability, model, user_id, enqueued_seq, enqueued_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (job_id) DO UPDATE SET"
+            " priority = EXCLUDED.priority, enqueued_seq = EXCLUDED.enqueued_seq, enqueued_at = EXCLUDED.enqueued_at",
+            queue_rows)
+    if dequeued:
+        await conn.execute("DELETE FROM job_queue WHERE job_id = ANY($1::uuid[])", dequeued)
+    if artifacts:
+        await conn.executemany(
+            "INSERT INTO artifacts (id, job_id, user_id, type, format, content_type, object_name, inline_text, width,"
+            " height, duration_seconds, file_size_bytes, expires_at, created_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT (id) DO NOTHING",
+            artifacts)
+    if usage:
+        await conn.executemany(
+            "INSERT INTO usage_daily AS u (user_id, date, tokens_used, jobs_completed, jobs_failed, tokens_image,"
+            " tokens_video, tokens_text, tokens_audio) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            " ON CONFLICT (user_id, date) DO UPDATE SET tokens_used = u.tokens_used + EXCLUDED.tokens_used,"
+            " jobs_completed = u.jobs_completed + EXCLUDED.jobs_completed,"
+            " jobs_failed = u.jobs_failed + EXCLUDED.jobs_failed,"
+            " tokens_image = u.tokens_image + EXCLUDED.tokens_image,"
+            " tokens_video = u.tokens_video + EXCLUDED.tokens_video,"
+            " tokens_text = u.tokens_text + EXCLUDED.tokens_text,"
+            " tokens_audio = u.tokens_audio + EXCLUDED.tokens_audio",
+            [(user_id, day, *values) for (user_id, day), values in usage.items()])
+
+
+async def _apply_other(conn: asyncpg.Connection, rec: RecordedEvent) -> None:
+    event = rec.data
+    if isinstance(event, PlanDefined):
+        await conn.execute(
+            "INSERT INTO plans (tier, name, daily_token_limit, requests_per_minute, max_concurrent_jobs,"
+            " max_queued_jobs, priority, max_resolution, allowed_models, price_cents, description, created_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (tier) DO UPDATE SET"
+            " name = EXCLUDED.name, daily_token_limit = EXCLUDED.daily_token_limit,"
+            " requests_per_minute = EXCLUDED.requests_per_minute, max_concurrent_jobs = EXCLUDED.max_concurrent_jobs,"
+            " max_queued_jobs = EXCLUDED.max_queued_jobs, priority = EXCLUDED.priority,"
+            " max_resolution = EXCLUDED.max_resolution, allowed_models = EXCLUDED.allowed_models,"
+            " price_cents = EXCLUDED.price_cents, description = EXCLUDED.description",
+            event.tier, event.name, event.daily_token_limit, event.requests_per_minute, event.max_concurrent_jobs,
+            event.max_queued_jobs, event.priority, event.max_resolution, event.allowed_models, event.price_cents,
+            event.description, rec.recorded_at)
+    elif isinstance(event, UserRegistered):
+        await conn.execute(
+            "INSERT INTO users (id, platform, platform_user_id, plan_tier, display_name, created_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+            rec.stream_id, event.platform, event.platform_user_id, event.plan, event.display_name, rec.recorded_at)
+    elif isinstance(event, ApiKeyIssued):
+        await conn.execute(
+            "INSERT INTO api_keys (key_hash, key_id, user_id, prefix, created_at) VALUES ($1, $2, $3, $4, $5)"
+            " ON CONFLICT (key_hash) DO NOTHING",
+            event.key_hash, event.key_id, rec.stream_id, event.prefix, rec.recorded_at)
+    elif isinstance(event, FrontendKeyIssued):
+        await conn.execute(
+            "INSERT INTO frontend_keys (key_hash, key_id, frontend, bot_id, prefix, created_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (key_hash) DO NOTHING",
+            event.key_hash, event.key_id, event.frontend, event.bot_id, event.prefix, rec.recorded_at)
+
+
+async def position(conn: asyncpg.Connection) -> int:
+    return int(await conn.fetchval("SELECT seq FROM projection_position WHERE name = 'read_models'"))
+
+
+async def set_position(conn: asyncpg.Connection, seq: int) -> None:
+    await conn.execute("UPDATE projection_position SET seq = $1 WHERE name = 'read_models'", seq)
+
+
+async def truncate(conn: asyncpg.Connection) -> None:
+    await conn.execute(f"TRUNCATE {', '.join(READ_MODEL_TABLES)}")
+    await set_position(conn, 0)

@@ -1,0 +1,1 @@
+"""The single-writer scheduler: consumes commands, decides, appends events, dispatches."""

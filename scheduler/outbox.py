@@ -1,0 +1,131 @@
+"""Carries out a committed batch's effects on NATS, in order, retrying until NATS accepts them.
+
+Dispatches and events are published to JetStream with a `Nats-Msg-Id`, so a retry, or a relay
+after a crash, cannot duplicate them. Replies and worker control messages are core NATS: the
+first is answered by a gateway that may be gone, the second is a hint the scheduler can lose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from events.job import TERMINAL, Job, JobStatus
+from events.types import JobCompleted, RecordedEvent, encode
+from streams import subjects as s
+from streams.messages import Dispatch, Notification
+from streams.messages import encode as encode_msg
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outgoing:
+    dispatches: list[tuple[str, Dispatch]] = field(default_factory=list)
+    events: list[RecordedEvent] = field(default_factory=list)
+    notifications: list[tuple[RecordedEvent, Job]] = field(default_factory=list)
+    purge_workers: list[str] = field(default_factory=list)
+    discard_objects: list[str] = field(default_factory=list)
+
+
+def notification_for(rec: RecordedEvent, job: Job) -> Notification:
+    artifacts = rec.data.artifacts if isinstance(rec.data, JobCompleted) else []
+    return Notification(job_id=job.id, status=job.status.value, frontend=job.frontend, bot_id=job.bot_id,
+                        user_ref=job.user_ref, reply_context=job.reply_context,
+                        cost_tokens=job.cost_tokens if job.status is JobStatus.COMPLETED else 0,
+                        artifacts=artifacts, error=job.error)
+
+
+class Outbox:
+    def __init__(self, nc: NATS, js: JetStreamContext) -> None:
+        self._nc = nc
+        self._js = js
+        self._queue: asyncio.Queue[Outgoing] = asyncio.Queue()
+        self.relayed_seq = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def put(self, outgoing: Outgoing) -> None:
+        self._idle.clear()
+        self._queue.put_nowait(outgoing)
+
+    async def drained(self) -> None:
+        await self._idle.wait()
+
+    async def run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await self._send_until_accepted(batch)
+            if self._queue.empty():
+                self._idle.set()
+
+    async def _send_until_accepted(self, batch: list[Outgoing]) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await self._send(batch)
+                return
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning("outbox: NATS refused a publish (%s); retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _send(self, batch: list[Outgoing]) -> None:
+        futures: list[asyncio.Future] = []
+        for out in batch:  # dispatches first: they are what latency is measured on
+            for worker_id, dispatch in out.dispatches:
+                futures.append(await self._js.publish_async(
+                    s.dispatch(worker_id), encode_msg(dispatch),
+                    headers={s.HDR_MSG_ID: f"{dispatch.job_id}:{dispatch.attempt}"}))
+        last_seq = 0
+        for out in batch:
+            for rec in out.events:
+                futures.append(await self._js.publish_async(
+                    s.event(rec.stream_type, str(rec.stream_id), rec.type), encode(rec),
+                    headers={s.HDR_MSG_ID: str(rec.event_id), s.HDR_SEQ: str(rec.seq)}))
+                last_seq = max(last_seq, rec.seq)
+            for rec, job in out.notifications:
+                futures.append(await self._js.publish_async(
+                    s.done(job.frontend, job.bot_id, str(job.id)), encode_msg(notification_for(rec, job)),
+                    headers={s.HDR_MSG_ID: f"done:{job.id}"}))
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0] if isinstance(errors[0], nats.errors.Error | TimeoutError) else nats.errors.Error(
+                str(errors[0]))
+        self.relayed_seq = max(self.relayed_seq, last_seq)
+        for out in batch:
+            await self._side_effects(out)
+
+    async def _side_effects(self, out: Outgoing) -> None:
+        for worker_id in out.purge_workers:
+            try:
+                await self._js.purge_stream(s.DISPATCH_STREAM, subject=s.dispatch(worker_id))
+            except nats.errors.Error as exc:
+                log.warning("could not purge dispatches of lost worker %s: %s", worker_id, exc)
+        if out.discard_objects:
+            store = await self._js.object_store(s.ARTIFACTS_BUCKET)
+            for name in out.discard_objects:
+                try:
+                    await store.delete(name)
+                except (NotFoundError, nats.errors.Error) as exc:
+                    log.info("discarding refused artifact %s: %s", name, exc)
+
+
+def terminal_notifications(records: list[RecordedEvent], jobs: dict) -> list[tuple[RecordedEvent, Job]]:
+    """The terminal events of a batch, paired with the job state they produced."""
+    out = []
+    for rec in records:
+        if rec.stream_type == "job":
+            job = jobs.get(rec.stream_id)
+            if job is not None and job.status in TERMINAL and job.version == rec.version:
+                out.append((rec, job))
+    return out

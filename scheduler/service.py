@@ -1,0 +1,311 @@
+"""The scheduler process: leader election, the command loop, batching and commit.
+
+One scheduler writes at a time. It holds a PostgreSQL session advisory lock and writes every
+event through that same session, so a writer that lost its session (and with it the lock)
+cannot write at all; the (stream, version) uniqueness of the event table fences anything else.
+A standby polls for the lock and takes over when the leader's session ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+
+import asyncpg
+import msgspec
+import nats
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from events import store
+from events.job import JobStatus, fold
+from events.types import user_stream_id
+from scheduler.outbox import Outbox, Outgoing, terminal_notifications
+from scheduler.state import SchedulerState
+from streams import subjects as s
+from streams.messages import (
+    AnyCommand,
+    CancelJob,
+    CreateFrontendKey,
+    CreateUser,
+    ReportCompleted,
+    ReportFailed,
+    ReportStarted,
+    SubmitJob,
+    WorkerStatus,
+    command_decoder,
+    encode,
+)
+from tessera.config import Settings
+
+log = logging.getLogger(__name__)
+
+LEADER_LOCK = 0x7E55E7A5C4ED
+
+
+class _Poisoned(Exception):
+    def __init__(self, index: int, error: Exception) -> None:
+        super().__init__(str(error))
+        self.index = index
+        self.error = error
+
+
+class Scheduler:
+    """`run()` until `stop()`: standby until it holds the lock, then leader until it loses it."""
+
+    def __init__(self, settings: Settings, *, nats_url: str, database_url: str, name: str | None = None) -> None:
+        self.settings = settings
+        self.nats_url = nats_url
+        self.database_url = database_url
+        self.name = name or f"scheduler-{uuid.uuid4().hex[:8]}"
+        self.is_leader = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._nc: NATS | None = None
+        self.state: SchedulerState | None = None
+
+    async def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        self._nc = await nats.connect(self.nats_url, name=self.name, max_reconnect_attempts=-1)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    conn = await asyncpg.connect(self.database_url)
+                except (OSError, asyncpg.PostgresError) as exc:
+                    log.warning("%s: cannot reach PostgreSQL (%s); retrying", self.name, exc)
+                    await self._sleep(1.0)
+                    continue
+                try:
+                    if await self._acquire(conn):
+                        await self._lead(conn)
+                except Exception:  # whatever ended it, the state is rebuilt from PostgreSQL next time
+                    log.exception("%s: leadership ended", self.name)
+                    await self._sleep(0.5)
+                finally:
+                    self.is_leader.clear()
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), 2)
+        finally:
+            with contextlib.suppress(Exception):
+                await self._nc.drain()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _acquire(self, conn: asyncpg.Connection) -> bool:
+        announced = False
+        while not self._stopping.is_set():
+            if await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK):
+                log.info("%s: holds the scheduler lock; leading", self.name)
+                return True
+            if not announced:
+                log.info("%s: another scheduler leads; standing by", self.name)
+                announced = True
+            await self._sleep(0.5)
+        return False
+
+    # --- leading -----------------------------------------------------------------------------
+
+    async def _load(self, conn: asyncpg.Connection) -> SchedulerState:
+        state = SchedulerState(max_attempts=self.settings.max_attempts,
+                               worker_timeout_s=self.settings.worker_timeout_s)
+        records = (await store.load_stream_type(conn, "plan") + await store.load_stream_type(conn, "frontend")
+                   + await store.load_active_jobs(conn))
+        records.sort(key=lambda r: r.seq)
+        state.load(records, await store.head(conn))
+        return state
+
+    async def _lead(self, conn: asyncpg.Connection) -> None:
+        assert self._nc is not None
+        js = self._nc.jetstream()
+        self.state = await self._load(conn)
+        outbox = Outbox(self._nc, js)
+        tasks = [asyncio.create_task(outbox.run(), name="scheduler-outbox"),
+                 asyncio.create_task(self._watch_workers(js), name="scheduler-workers")]
+        try:
+            await self._catch_up(conn, outbox)
+            self._redispatch_unstarted(outbox)
+            sub = await js.pull_subscribe(
+                s.COMMANDS_ALL, durable=s.SCHEDULER_CONSUMER, stream=s.COMMANDS_STREAM,
+                config=ConsumerConfig(ack_policy=AckPolicy.ALL, ack_wait=5, max_ack_pending=100_000,
+                                      deliver_policy=DeliverPolicy.ALL,
+                                      description="The scheduler (leader only) consumes every command"),
+            )
+            self.is_leader.set()
+            while not self._stopping.is_set():
+                for task in tasks:
+                    if task.done():
+                        task.result()  # a failed side task ends leadership with its error
+                try:
+                    msgs = await sub.fetch(self.settings.command_batch, timeout=0.25)
+                except TimeoutError:
+                    msgs = []
+                await self._process(conn, js, outbox, msgs)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(outbox.drained(), 5)
+        finally:
+            for task in tasks:
+                task.cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            for task, result in zip(tasks, results, strict=True):
+                if isinstance(result, Exception):
+                    log.error("%s: task %s failed: %r", self.name, task.get_name(), result)
+
+    async def _catch_up(self, conn: asyncpg.Connection, outbox: Outbox) -> None:
+        """Relay the committed events a previous leader may not have published."""
+        assert self.state is not None
+        position = await store.relay_position(conn)
+        while True:
+            records = await store.load_after(conn, position, 2000)
+            if not records:
+                break
+            notifications = []
+            terminal_ids = [r.stream_id for r in records if r.stream_type == "job" and r.type in _TERMINAL_TYPES]
+            if terminal_ids:
+                by_job: dict[uuid.UUID, list] = {}
+                for rec in await store.load_streams(conn, terminal_ids):
+                    by_job.setdefault(rec.stream_id, []).append(rec)
+                jobs = {job_id: fold(recs) for job_id, recs in by_job.items()}
+                notifications = terminal_notifications(records, jobs)
+            outbox.put(Outgoing(events=records, notifications=notifications))
+            position = records[-1].seq
+        log.info("%s: relay caught up to seq %d", self.name, position)
+
+    def _redispatch_unstarted(self, outbox: Outbox) -> None:
+        """A dispatch committed just before a crash may never have been published: send it again."""
+        assert self.state is not None
+        pending = [(job.worker_id, self.state.dispatch_message(job)) for job in self.state.jobs.values()
+                   if job.status is JobStatus.RUNNING and job.started_at is None and job.worker_id]
+        if pending:
+            outbox.put(Outgoing(dispatches=pending))
+
+    async def _watch_workers(self, js: JetStreamContext) -> None:
+        kv = await js.key_value(s.WORKERS_BUCKET)
+        watcher = await kv.watchall()
+        decoder = msgspec.json.Decoder(WorkerStatus)
+        while True:
+            try:
+                entry = await watcher.updates(timeout=5)
+            except TimeoutError:
+                continue
+            if entry is None or self.state is None:
+                continue
+            if entry.operation in ("DEL", "PURGE") or not entry.value:
+                self.state.worker_gone(entry.key)
+                continue
+            try:
+                self.state.worker_seen(decoder.decode(entry.value))
+            except msgspec.DecodeError as exc:
+                log.warning("ignoring malformed announcement of worker %s: %s", entry.key, exc)
+
+    # --- one batch ---------------------------------------------------------------------------
+
+    async def _process(self, conn: asyncpg.Connection, js: JetStreamContext, outbox: Outbox, msgs: list[Msg]) -> None:
+        commands: list[tuple[int, AnyCommand, Msg]] = []
+        for index, msg in enumerate(msgs):
+            try:
+                commands.append((index, command_decoder.decode(msg.data), msg))
+            except msgspec.DecodeError as exc:
+                await self._dead_letter(js, msg, f"undecodable command: {exc}")
+        await self._prefetch(conn, [c for _, c, _ in commands])
+        while True:
+            try:
+                self._decide(commands)
+                break
+            except _Poisoned as poisoned:
+                index = poisoned.index
+                msg = next(m for i, _, m in commands if i == index)
+                log.exception("%s: command on %s could not be handled", self.name, msg.subject,
+                              exc_info=poisoned.error)
+                await self._dead_letter(js, msg, f"handler failed: {poisoned.error!r}")
+                commands = [c for c in commands if c[0] != index]
+                self.state = await self._load(conn)  # the failed handler may have left half a decision
+                await self._prefetch(conn, [c for _, c, _ in commands])
+        await self._commit(conn, outbox)
+        if msgs:
+            await msgs[-1].ack()  # AckPolicy.ALL: acknowledges the whole batch
+
+    def _decide(self, commands: list[tuple[int, AnyCommand, Msg]]) -> None:
+        state = self.state
+        assert state is not None
+        for index, command, msg in commands:
+            cause = (msg.headers or {}).get(s.HDR_MSG_ID) or f"{msg.subject}#{msg.metadata.sequence.stream}"
+            reply_to = (msg.headers or {}).get(s.HDR_REPLY_TO)
+            try:
+                match command:
+                    case SubmitJob():
+                        state.submit(command, reply_to, cause)
+                    case CancelJob():
+                        state.cancel(command, reply_to, cause)
+                    case ReportStarted():
+                        state.started(command, cause)
+                    case ReportCompleted():
+                        state.completed(command, cause)
+                    case ReportFailed():
+                        state.failed(command, cause)
+                    case CreateUser():
+                        state.create_user(command, reply_to, cause)
+                    case CreateFrontendKey():
+                        state.create_frontend_key(command, reply_to, cause)
+            except Exception as exc:  # a bug or a poisonous command: move it aside, keep serving
+                raise _Poisoned(index, exc) from exc
+        state.tick()
+        state.schedule()
+
+    async def _prefetch(self, conn: asyncpg.Connection, commands: list[AnyCommand]) -> None:
+        """Load the users and finished jobs this batch refers to that are not in memory."""
+        state = self.state
+        assert state is not None
+        wanted: set[uuid.UUID] = set()
+        for command in commands:
+            if isinstance(command, SubmitJob) and command.user_id not in state.users:
+                wanted.add(command.user_id)
+            if isinstance(command, CreateUser):
+                wanted.add(user_stream_id(command.platform, command.platform_user_id))
+            job_id = getattr(command, "job_id", None)
+            if job_id is not None and job_id not in state.jobs:
+                wanted.add(job_id)
+        wanted -= set(state.users)
+        if wanted:
+            for rec in await store.load_streams(conn, wanted):
+                state.apply(rec)
+
+    async def _commit(self, conn: asyncpg.Connection, outbox: Outbox) -> None:
+        state = self.state
+        assert state is not None and self._nc is not None
+        effects = state.take_effects()
+        if not (effects.pending or effects.replies or effects.purge_workers):
+            return
+        async with conn.transaction():
+            records = await store.append(conn, effects.pending)
+            await store.mark_active(conn, effects.activated, effects.finished)
+            if outbox.relayed_seq:
+                await store.set_relay_position(conn, outbox.relayed_seq)
+        last_seq = records[-1].seq if records else 0
+        for reply_to, job_id, decision in effects.replies:
+            if job_id is not None and job_id in state.jobs:
+                decision = msgspec.structs.replace(decision, job=state.summary(state.jobs[job_id]), seq=last_seq)
+            else:
+                decision = msgspec.structs.replace(decision, seq=last_seq)
+            await self._nc.publish(reply_to, encode(decision))
+        outbox.put(Outgoing(dispatches=effects.dispatches, events=records,
+                            notifications=terminal_notifications(records, state.jobs),
+                            purge_workers=effects.purge_workers, discard_objects=effects.discard_objects))
+        for worker_id, control in effects.controls:
+            await self._nc.publish(s.control(worker_id), encode(control))
+        state.forget_terminal()
+
+    async def _dead_letter(self, js: JetStreamContext, msg: Msg, reason: str) -> None:
+        log.error("%s: moving a command from %s aside: %s", self.name, msg.subject, reason)
+        headers = {s.HDR_ERROR: reason[:500], "Tessera-Original-Subject": msg.subject}
+        await js.publish(s.dead_letter(msg.subject), msg.data, headers=headers)
+
+
+_TERMINAL_TYPES = {"JobCompleted.v1", "JobFailed.v1", "JobCancelled.v1"}

@@ -1,0 +1,170 @@
+"""Wire messages (JSON) between gateway, scheduler, workers and frontends.
+
+Commands are requests the scheduler may refuse; events (events/types.py) are facts it recorded.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from events.types import Artifact
+
+
+class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Base of every command on `tessera.cmd.>`."""
+
+
+class SubmitJob(Command, frozen=True, kw_only=True, tag="job.submit"):
+    command_id: uuid.UUID
+    job_id: uuid.UUID
+    user_id: uuid.UUID
+    user_ref: str | None = None
+    frontend: str
+    bot_id: str | None = None
+    capability: str
+    model: str | None = None
+    params: dict[str, Any]
+    reply_context: dict[str, Any] | None = None
+    deadline: datetime  # the scheduler refuses the command after this: the gateway gave up
+
+
+class CancelJob(Command, frozen=True, kw_only=True, tag="job.cancel"):
+    command_id: uuid.UUID
+    job_id: uuid.UUID
+    user_id: uuid.UUID
+    reason: str = "cancelled by user"
+
+
+class ReportStarted(Command, frozen=True, kw_only=True, tag="job.started"):
+    job_id: uuid.UUID
+    worker_id: str
+    attempt: int
+
+
+class ReportCompleted(Command, frozen=True, kw_only=True, tag="job.completed"):
+    job_id: uuid.UUID
+    worker_id: str
+    attempt: int
+    artifacts: list[Artifact]
+    execution_time_seconds: float
+
+
+class ReportFailed(Command, frozen=True, kw_only=True, tag="job.failed"):
+    job_id: uuid.UUID
+    worker_id: str
+    attempt: int
+    code: str
+    message: str
+
+
+class CreateUser(Command, frozen=True, kw_only=True, tag="user.create"):
+    """Register a user (if new) and issue an API key; only the key's hash travels."""
+
+    command_id: uuid.UUID
+    platform: str
+    platform_user_id: str
+    plan: str
+    display_name: str | None = None
+    key_id: uuid.UUID
+    key_hash: str
+    key_prefix: str
+
+
+class CreateFrontendKey(Command, frozen=True, kw_only=True, tag="frontend.create"):
+    command_id: uuid.UUID
+    frontend: str
+    bot_id: str | None = None
+    key_id: uuid.UUID
+    key_hash: str
+    key_prefix: str
+
+
+AnyCommand = SubmitJob | CancelJob | ReportStarted | ReportCompleted | ReportFailed | CreateUser | CreateFrontendKey
+
+
+class JobSummary(msgspec.Struct, frozen=True, kw_only=True):
+    job_id: uuid.UUID
+    status: str
+    cost_tokens: float
+    queue_position: int | None = None
+    estimated_time_seconds: float | None = None
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    """The scheduler's answer to a command, sent once the outcome is committed."""
+
+    ok: bool
+    status: int  # the HTTP status the gateway should answer with
+    code: str | None = None
+    detail: str | None = None
+    job: JobSummary | None = None
+    seq: int = 0  # newest event sequence written for this command (read-your-writes)
+    user_id: uuid.UUID | None = None
+
+
+class Dispatch(msgspec.Struct, frozen=True, kw_only=True):
+    """A job handed to one worker on its own subject."""
+
+    job_id: uuid.UUID
+    attempt: int
+    capability: str
+    model: str
+    params: dict[str, Any]
+    timeout_seconds: float
+    dispatched_at: datetime
+
+
+class WorkerStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """What a worker announces in the workers bucket at start and on every heartbeat."""
+
+    worker_id: str
+    instance_id: uuid.UUID
+    capabilities: list[str]
+    engines: list[str]
+    models: list[str]
+    loaded_models: list[str]
+    slots: int
+    running: list[uuid.UUID]
+    draining: bool = False
+    sent_at: datetime
+    heartbeat_interval_s: float = 2.0
+    gpu: dict[str, Any] | None = None
+
+
+class CancelRunning(msgspec.Struct, frozen=True, kw_only=True):
+    job_id: uuid.UUID
+    attempt: int
+
+
+class Progress(msgspec.Struct, frozen=True, kw_only=True):
+    job_id: uuid.UUID
+    attempt: int
+    fraction: float | None = None
+    message: str | None = None
+    partial_text: str | None = None
+
+
+class Notification(msgspec.Struct, frozen=True, kw_only=True):
+    """A job reached its terminal state: what a bot needs to reply to its user."""
+
+    job_id: uuid.UUID
+    status: str
+    frontend: str
+    bot_id: str | None = None
+    user_ref: str | None = None
+    reply_context: dict[str, Any] | None = None
+    cost_tokens: float = 0
+    artifacts: list[Artifact] = []
+    error: dict[str, Any] | None = None
+
+
+_encoder = msgspec.json.Encoder()
+command_decoder = msgspec.json.Decoder(AnyCommand)
+
+
+def encode(value: object) -> bytes:
+    return _encoder.encode(value)

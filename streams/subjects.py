@@ -1,0 +1,102 @@
+"""Subject and stream names. Tokens that come from users are checked by `token()`."""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "tessera"
+
+# Streams and buckets (JetStream). Names read well in `nats stream ls`.
+COMMANDS_STREAM = "TESSERA_COMMANDS"
+DISPATCH_STREAM = "TESSERA_DISPATCH"
+EVENTS_STREAM = "TESSERA_EVENTS"
+NOTIFY_STREAM = "TESSERA_NOTIFY"
+DEAD_LETTER_STREAM = "TESSERA_DEADLETTER"
+WORKERS_BUCKET = "TESSERA_WORKERS"
+ARTIFACTS_BUCKET = "TESSERA_ARTIFACTS"
+
+# Durable consumer names.
+SCHEDULER_CONSUMER = "scheduler"
+PROJECTOR_CONSUMER = "projector"
+
+# Commands: everything the scheduler decides on.
+COMMANDS_ALL = f"{PREFIX}.cmd.>"
+CMD_SUBMIT = f"{PREFIX}.cmd.job.submit"
+CMD_CANCEL = f"{PREFIX}.cmd.job.cancel"
+CMD_STARTED = f"{PREFIX}.cmd.job.started"
+CMD_COMPLETED = f"{PREFIX}.cmd.job.completed"
+CMD_FAILED = f"{PREFIX}.cmd.job.failed"
+CMD_ADMIN_PREFIX = f"{PREFIX}.cmd.admin"
+
+DISPATCH_ALL = f"{PREFIX}.dispatch.>"
+EVENTS_ALL = f"{PREFIX}.events.>"
+NOTIFY_ALL = f"{PREFIX}.done.>"
+DEAD_LETTER_ALL = f"{PREFIX}.dead.>"
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+# Headers.
+HDR_MSG_ID = "Nats-Msg-Id"
+HDR_REPLY_TO = "Tessera-Reply-To"
+HDR_SEQ = "Tessera-Seq"
+HDR_ERROR = "Tessera-Error"
+
+
+def is_token(value: str) -> bool:
+    """Whether `value` can stand as one subject token (letters, digits, '_' and '-')."""
+    return bool(_TOKEN.match(value))
+
+
+def token(value: str | None, empty: str = "_") -> str:
+    if not value:
+        return empty
+    if not is_token(value):
+        raise ValueError(f"{value!r} cannot be a subject token")
+    return value
+
+
+def admin(action: str) -> str:
+    return f"{CMD_ADMIN_PREFIX}.{token(action)}"
+
+
+def dispatch(worker_id: str) -> str:
+    """Per-worker dispatch subject: only that worker consumes it."""
+    return f"{PREFIX}.dispatch.{token(worker_id)}"
+
+
+def control(worker_id: str) -> str:
+    """Core NATS subject a worker listens on for cancels of running jobs."""
+    return f"{PREFIX}.control.{token(worker_id)}"
+
+
+def event(stream_type: str, stream_id: str, event_type: str) -> str:
+    """`tessera.events.job.<job id>.JobCompleted_v1`: filterable by aggregate, id and type."""
+    return f"{PREFIX}.events.{stream_type}.{stream_id}.{event_type.replace('.', '_')}"
+
+
+def job_events(job_id: str) -> str:
+    return f"{PREFIX}.events.job.{job_id}.*"
+
+
+def progress(job_id: str) -> str:
+    """Core NATS subject for ephemeral progress of a running job."""
+    return f"{PREFIX}.progress.{job_id}"
+
+
+def done(frontend: str, bot_id: str | None, job_id: str) -> str:
+    """Completion subject a frontend subscribes to: `tessera.done.<frontend>.<bot>.<job>`."""
+    return f"{PREFIX}.done.{token(frontend)}.{token(bot_id)}.{job_id}"
+
+
+def done_for(frontend: str, bot_id: str | None = None) -> str:
+    """Filter for one frontend's (or one bot's) completions."""
+    bot = token(bot_id) if bot_id else "*"
+    return f"{PREFIX}.done.{token(frontend)}.{bot}.*"
+
+
+def reply_inbox(instance: str) -> str:
+    return f"{PREFIX}.reply.{token(instance)}"
+
+
+def dead_letter(original_subject: str) -> str:
+    return f"{PREFIX}.dead.{original_subject.removeprefix(PREFIX + '.')}"

@@ -1,0 +1,80 @@
+"""Create or update every stream and bucket, idempotently, at start."""
+
+from __future__ import annotations
+
+import logging
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    ObjectStoreConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BucketNotFoundError, NotFoundError
+
+from streams import subjects as s
+
+log = logging.getLogger(__name__)
+
+DAY = 24 * 3600
+
+
+def stream_configs(events_max_age_s: float = 30 * DAY) -> list[StreamConfig]:
+    return [
+        StreamConfig(
+            name=s.COMMANDS_STREAM, subjects=[s.COMMANDS_ALL],
+            description="Commands for the scheduler: job submit/cancel, worker reports, admin actions",
+            retention=RetentionPolicy.LIMITS, storage=StorageType.FILE, max_age=DAY, duplicate_window=120,
+            discard=DiscardPolicy.OLD,
+        ),
+        StreamConfig(
+            name=s.DISPATCH_STREAM, subjects=[s.DISPATCH_ALL],
+            description="Jobs dispatched by the scheduler, one subject per worker: tessera.dispatch.<worker>",
+            retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE, max_age=DAY, duplicate_window=120,
+        ),
+        StreamConfig(
+            name=s.EVENTS_STREAM, subjects=[s.EVENTS_ALL],
+            description="Committed events relayed from PostgreSQL: tessera.events.<aggregate>.<id>.<type>",
+            retention=RetentionPolicy.LIMITS, storage=StorageType.FILE, max_age=events_max_age_s,
+            duplicate_window=600,
+        ),
+        StreamConfig(
+            name=s.NOTIFY_STREAM, subjects=[s.NOTIFY_ALL],
+            description="Terminal job notifications for frontends: tessera.done.<frontend>.<bot>.<job>",
+            retention=RetentionPolicy.LIMITS, storage=StorageType.FILE, max_age=3 * DAY, duplicate_window=600,
+        ),
+        StreamConfig(
+            name=s.DEAD_LETTER_STREAM, subjects=[s.DEAD_LETTER_ALL],
+            description="Commands that could not be decoded or handled, moved aside with the reason",
+            retention=RetentionPolicy.LIMITS, storage=StorageType.FILE, max_age=30 * DAY,
+        ),
+    ]
+
+
+async def ensure(js: JetStreamContext, *, artifact_ttl_s: float = 7 * DAY) -> None:
+    """Bring streams and buckets to the configuration above; safe to run from every process."""
+    for config in stream_configs():
+        try:
+            await js.stream_info(config.name)
+        except NotFoundError:
+            await js.add_stream(config)
+            log.info("created stream %s", config.name)
+        else:
+            await js.update_stream(config)
+    try:
+        await js.key_value(s.WORKERS_BUCKET)
+    except BucketNotFoundError:
+        await js.create_key_value(KeyValueConfig(
+            bucket=s.WORKERS_BUCKET, description="Worker announcements and heartbeats, one key per worker",
+            history=1, ttl=3600, storage=StorageType.FILE,
+        ))
+    try:
+        await js.object_store(s.ARTIFACTS_BUCKET)
+    except (BucketNotFoundError, NotFoundError):
+        await js.create_object_store(s.ARTIFACTS_BUCKET, ObjectStoreConfig(
+            bucket=s.ARTIFACTS_BUCKET, description="Job artifacts (images, audio, video) written by workers",
+            ttl=artifact_ttl_s, storage=StorageType.FILE,
+        ))

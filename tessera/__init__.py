@@ -1,0 +1,1 @@
+"""Tessera glue: configuration, the embedded servers and the `tessera` command line."""

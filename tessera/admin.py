@@ -1,0 +1,112 @@
+"""Operator actions: migrate, create users and frontend keys, replay a job's history."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import asyncpg
+import nats
+
+from events import store
+from events.job import evolve
+from gateway.auth import FRONTEND_KEY_PREFIX, PLATFORMS, USER_KEY_PREFIX, new_key
+from gateway.queries import wait_for_projection
+from migrations import apply as apply_migrations
+from streams import subjects as s
+from streams import topology
+from streams.commands import CommandBus
+from streams.messages import CreateFrontendKey, CreateUser
+from tessera.db import create_pool
+
+
+async def migrate(database_url: str, nats_url: str | None = None) -> list[str]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        applied = await apply_migrations(conn)
+    finally:
+        await conn.close()
+    if nats_url:
+        nc = await nats.connect(nats_url)
+        try:
+            await topology.ensure(nc.jetstream())
+        finally:
+            await nc.close()
+    return applied
+
+
+async def _send_and_wait(nats_url: str, database_url: str, subject: str, command: object, msg_id: str) -> object:
+    nc = await nats.connect(nats_url)
+    bus = await CommandBus(nc).start()
+    try:
+        decision = await bus.send(subject, command, msg_id=msg_id, timeout=15)
+    finally:
+        await bus.close()
+        await nc.close()
+    if not decision.ok:
+        raise SystemExit(f"tessera: refused: {decision.code}: {decision.detail}")
+    pool = await create_pool(database_url, max_size=1)
+    try:  # the key works once the read model has it
+        if not await wait_for_projection(pool, decision.seq, timeout=15):
+            raise SystemExit("tessera: the projector has not caught up; is it running?")
+    finally:
+        await pool.close()
+    return decision
+
+
+async def create_user(nats_url: str, database_url: str, *, platform: str, user_id: str, plan: str,
+                      display_name: str | None = None) -> tuple[uuid.UUID, str]:
+    if platform not in PLATFORMS:
+        raise SystemExit(f"tessera: platform must be one of {', '.join(PLATFORMS)}")
+    key, key_hash, prefix = new_key(USER_KEY_PREFIX)
+    command = CreateUser(command_id=uuid.uuid4(), platform=platform, platform_user_id=user_id, plan=plan,
+                         display_name=display_name, key_id=uuid.uuid4(), key_hash=key_hash, key_prefix=prefix)
+    decision = await _send_and_wait(nats_url, database_url, s.admin("user-create"), command,
+                                    f"user-create:{command.command_id}")
+    return decision.user_id, key  # type: ignore[attr-defined]
+
+
+async def create_frontend_key(nats_url: str, database_url: str, *, frontend: str, bot_id: str | None) -> str:
+    if frontend not in PLATFORMS:
+        raise SystemExit(f"tessera: frontend must be one of {', '.join(PLATFORMS)}")
+    if bot_id is not None and not s.is_token(bot_id):
+        raise SystemExit("tessera: bot id may hold only letters, digits, '_' and '-'")
+    key, key_hash, prefix = new_key(FRONTEND_KEY_PREFIX)
+    command = CreateFrontendKey(command_id=uuid.uuid4(), frontend=frontend, bot_id=bot_id, key_id=uuid.uuid4(),
+                                key_hash=key_hash, key_prefix=prefix)
+    await _send_and_wait(nats_url, database_url, s.admin("frontend-create"), command,
+                         f"frontend-create:{command.command_id}")
+    return key
+
+
+async def job_history(database_url: str, job_id: uuid.UUID) -> list[str]:
+    """A job's events as a readable timeline, folded as they go (an auditor's replay)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        records = await store.load_stream(conn, job_id)
+    finally:
+        await conn.close()
+    if not records:
+        raise SystemExit(f"tessera: no job {job_id}")
+    lines, job, start = [], None, records[0].recorded_at
+    for rec in records:
+        job = evolve(job, rec)
+        offset = (rec.recorded_at - start).total_seconds()
+        details = {k: v for k, v in _fields(rec.data).items() if k not in ("params", "reply_context", "artifacts")}
+        if hasattr(rec.data, "artifacts"):
+            details["artifacts"] = [f"{a.kind}/{a.format} {a.size_bytes}B" for a in rec.data.artifacts]
+        lines.append(f"v{rec.version:<3} {_when(rec.recorded_at)} +{offset:8.3f}s  {rec.type:<18} -> "
+                     f"{job.status.value:<9} {_kv(details)}")
+    return lines
+
+
+def _fields(event: object) -> dict[str, object]:
+    return {f: getattr(event, f) for f in event.__struct_fields__}  # type: ignore[attr-defined]
+
+
+def _kv(values: dict[str, object]) -> str:
+    return " ".join(f"{k}={v}" for k, v in values.items() if v is not None)
+
+
+def _when(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]

@@ -1,0 +1,209 @@
+"""The `tessera` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import uuid
+
+from tessera.config import Settings
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _urls() -> tuple[str, str]:
+    from tessera import runtime
+
+    return runtime.urls(_settings())
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    from tessera.up import up
+
+    up(_settings(), http_port=args.port, workers=args.workers)
+
+
+def cmd_migrate(args: argparse.Namespace) -> None:
+    from tessera.admin import migrate
+
+    nats_url, database_url = _urls()
+    applied = asyncio.run(migrate(database_url, nats_url))
+    print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none needed'}; streams are in place")
+
+
+def cmd_scheduler(args: argparse.Namespace) -> None:
+    from scheduler.service import Scheduler
+    from tessera.services import ensure_streams, serve
+
+    settings = _settings()
+    nats_url, database_url = _urls()
+
+    async def main() -> None:
+        await ensure_streams(nats_url, settings)
+        await serve(Scheduler(settings, nats_url=nats_url, database_url=database_url))
+
+    asyncio.run(main())
+
+
+def cmd_projector(args: argparse.Namespace) -> None:
+    from projector.service import Projector
+    from tessera.services import ensure_streams, serve
+
+    nats_url, database_url = _urls()
+
+    async def main() -> None:
+        await ensure_streams(nats_url, _settings())
+        await serve(Projector(nats_url=nats_url, database_url=database_url))
+
+    asyncio.run(main())
+
+
+def cmd_gateway(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from gateway.app import create_app
+
+    settings = _settings()
+    nats_url, database_url = _urls()
+    app = create_app(settings, nats_url=nats_url, database_url=database_url)
+    uvicorn.run(app, host=args.host or settings.http_host, port=args.port or settings.http_port,
+                log_level="warning", access_log=False, timeout_graceful_shutdown=10)
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    from tessera.services import ensure_streams, serve
+    from worker_node.engines import build
+    from worker_node.service import Worker
+
+    settings = _settings()
+    nats_url = os.environ.get("TESSERA_NATS_URL") or _urls()[0]
+    worker_id = args.worker_id or (f"{settings.worker_id.rsplit('-', 1)[0]}-gpu{args.gpu}" if args.gpu is not None
+                                   else settings.worker_id)
+    if args.gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
+    engines = [build(name) for name in (args.engines.split(",") if args.engines else settings.worker_engines)]
+
+    async def main() -> None:
+        await ensure_streams(nats_url, settings)
+        await serve(Worker(nats_url=nats_url, worker_id=worker_id, engines=engines,
+                           slots=args.slots or settings.worker_slots,
+                           heartbeat_interval_s=settings.heartbeat_interval_s,
+                           artifact_ttl_s=settings.artifact_ttl_s), grace_s=600)
+
+    asyncio.run(main())
+
+
+def cmd_users_create(args: argparse.Namespace) -> None:
+    from tessera.admin import create_user
+
+    nats_url, database_url = _urls()
+    user_id, key = asyncio.run(create_user(nats_url, database_url, platform=args.platform, user_id=args.user_id,
+                                           plan=args.plan, display_name=args.display_name))
+    print(f"user {args.platform}:{args.user_id} ({user_id}) on plan {args.plan}", file=sys.stderr)
+    print("API key (shown once; store it now):", file=sys.stderr)
+    print(key)
+
+
+def cmd_frontends_create(args: argparse.Namespace) -> None:
+    from tessera.admin import create_frontend_key
+
+    nats_url, database_url = _urls()
+    key = asyncio.run(create_frontend_key(nats_url, database_url, frontend=args.frontend, bot_id=args.bot_id))
+    print(f"frontend key for {args.frontend}/{args.bot_id or '-'} (shown once):", file=sys.stderr)
+    print(key)
+
+
+def cmd_jobs_history(args: argparse.Namespace) -> None:
+    from tessera.admin import job_history
+
+    try:
+        job_id = uuid.UUID(args.job_id)
+    except ValueError:
+        raise SystemExit(f"tessera: {args.job_id!r} is not a job id") from None
+    for line in asyncio.run(job_history(_urls()[1], job_id)):
+        print(line)
+
+
+def cmd_projections_rebuild(args: argparse.Namespace) -> None:
+    import asyncpg
+
+    from projector.service import rebuild
+    from tessera.db import init_connection
+
+    async def main() -> int:
+        conn = await asyncpg.connect(_urls()[1])
+        await init_connection(conn)
+        try:
+            return await rebuild(conn)
+        finally:
+            await conn.close()
+
+    print(f"read models rebuilt from the event log up to seq {asyncio.run(main())}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tessera", description="Tessera: AI generation for many users, few GPUs.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("up", help="start the whole platform (embedded NATS and PostgreSQL unless URLs are set)")
+    p.add_argument("--port", type=int, default=None, help="HTTP port (default 8000, or a free one)")
+    p.add_argument("--workers", type=int, default=1, help="how many local workers to run")
+    p.set_defaults(func=cmd_up)
+
+    sub.add_parser("migrate", help="apply database migrations and create streams").set_defaults(func=cmd_migrate)
+    sub.add_parser("scheduler", help="run the scheduler (leader or standby)").set_defaults(func=cmd_scheduler)
+    sub.add_parser("projector", help="run the projector").set_defaults(func=cmd_projector)
+
+    p = sub.add_parser("gateway", help="run the HTTP API")
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None)
+    p.set_defaults(func=cmd_gateway)
+
+    p = sub.add_parser("worker", help="run a worker node")
+    p.add_argument("--worker-id", default=None, help="letters, digits, '_' and '-' (default <host>-0)")
+    p.add_argument("--gpu", type=int, default=None, help="GPU index: sets CUDA_VISIBLE_DEVICES and the id suffix")
+    p.add_argument("--engines", default=None, help="comma-separated engines (default echo,espeak)")
+    p.add_argument("--slots", type=int, default=0, help="jobs at once (default: the engines' own)")
+    p.set_defaults(func=cmd_worker)
+
+    users = sub.add_parser("users", help="manage users").add_subparsers(dest="action", required=True)
+    p = users.add_parser("create", help="register a user and print a new API key")
+    p.add_argument("--platform", required=True, choices=["web", "telegram", "discord"])
+    p.add_argument("--user-id", required=True)
+    p.add_argument("--plan", default="free", choices=["free", "starter", "pro", "admin"])
+    p.add_argument("--display-name", default=None)
+    p.set_defaults(func=cmd_users_create)
+
+    frontends = sub.add_parser("frontends", help="manage frontend keys").add_subparsers(dest="action", required=True)
+    p = frontends.add_parser("create", help="print a new key for a bot or the website")
+    p.add_argument("--frontend", required=True, choices=["web", "telegram", "discord"])
+    p.add_argument("--bot-id", default=None)
+    p.set_defaults(func=cmd_frontends_create)
+
+    jobs = sub.add_parser("jobs", help="inspect jobs").add_subparsers(dest="action", required=True)
+    p = jobs.add_parser("history", help="replay a job's events as a timeline")
+    p.add_argument("job_id")
+    p.set_defaults(func=cmd_jobs_history)
+
+    projections = sub.add_parser("projections", help="read models").add_subparsers(dest="action", required=True)
+    projections.add_parser("rebuild", help="drop and re-fold every read model from the events").set_defaults(
+        func=cmd_projections_rebuild)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logging.getLogger("nats").setLevel(logging.WARNING)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

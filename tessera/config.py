@@ -1,0 +1,85 @@
+"""Settings read from the environment, one frozen object passed to every service."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import platformdirs
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("TESSERA_DATA_DIR") or platformdirs.user_data_dir("tessera"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything a Tessera process needs to know, with production defaults.
+
+    `nats_url` and `database_url` are None when the embedded servers should be used.
+    """
+
+    nats_url: str | None = None
+    database_url: str | None = None
+    data_dir: Path = field(default_factory=default_data_dir)
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    public_url: str | None = None
+    # Scheduler
+    submit_timeout_s: float = 10.0
+    command_batch: int = 512
+    heartbeat_interval_s: float = 2.0
+    worker_timeout_s: float = 10.0
+    max_attempts: int = 3
+    # Worker
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-0")
+    worker_slots: int = 0  # 0: the engines' own defaults
+    worker_engines: tuple[str, ...] = ("echo", "espeak")
+    artifact_ttl_s: float = 7 * 24 * 3600
+    # Gateway limits
+    max_body_bytes: int = 256 * 1024
+    max_prompt_chars: int = 8000
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        engines = os.environ.get("TESSERA_WORKER_ENGINES")
+        values: dict[str, object] = {
+            "nats_url": os.environ.get("TESSERA_NATS_URL") or None,
+            "database_url": os.environ.get("TESSERA_DATABASE_URL") or None,
+            "data_dir": default_data_dir(),
+            "http_host": os.environ.get("TESSERA_HTTP_HOST", "127.0.0.1"),
+            "http_port": _env_int("TESSERA_HTTP_PORT", 8000),
+            "public_url": os.environ.get("TESSERA_PUBLIC_URL") or None,
+            "submit_timeout_s": _env_float("TESSERA_SUBMIT_TIMEOUT", 10.0),
+            "heartbeat_interval_s": _env_float("TESSERA_HEARTBEAT_INTERVAL", 2.0),
+            "worker_timeout_s": _env_float("TESSERA_WORKER_TIMEOUT", 10.0),
+            "max_attempts": _env_int("TESSERA_MAX_ATTEMPTS", 3),
+            "worker_slots": _env_int("TESSERA_WORKER_SLOTS", 0),
+            "artifact_ttl_s": _env_float("TESSERA_ARTIFACT_TTL", 7 * 24 * 3600),
+        }
+        if os.environ.get("TESSERA_WORKER_ID"):
+            values["worker_id"] = os.environ["TESSERA_WORKER_ID"]
+        if engines:
+            values["worker_engines"] = tuple(e.strip() for e in engines.split(",") if e.strip())
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+    def require_urls(self) -> tuple[str, str]:
+        if not self.nats_url or not self.database_url:
+            raise RuntimeError(
+                "TESSERA_NATS_URL and TESSERA_DATABASE_URL must be set to run a single service; "
+                "`tessera up` starts embedded servers instead"
+            )
+        return self.nats_url, self.database_url

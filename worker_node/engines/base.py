@@ -1,0 +1,64 @@
+"""The engine interface: one coroutine that turns a job's input into outputs.
+
+Cancellation is asyncio cancellation: when a job is cancelled the worker cancels the task
+running `Engine.run`, and an engine that holds remote work (a ComfyUI prompt, an LLM stream)
+interrupts it in its `except CancelledError` before re-raising.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class EngineError(Exception):
+    """The engine could not produce the job's output; `code` is stable, `message` for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class JobInput:
+    job_id: uuid.UUID
+    attempt: int
+    capability: str
+    model: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Output:
+    """One artifact. `text` for small text outputs, `data` for anything else."""
+
+    kind: str  # image | video | audio | text
+    format: str
+    content_type: str
+    data: bytes | None = None
+    text: str | None = None
+    width: int | None = None
+    height: int | None = None
+    duration_seconds: float | None = None
+
+
+ProgressFn = Callable[[float | None, str | None, str | None], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class JobContext:
+    progress: ProgressFn  # (fraction, message, partial text)
+
+
+class Engine(Protocol):
+    name: str
+    capabilities: tuple[str, ...]
+    models: tuple[str, ...]
+    slots: int  # how many jobs it runs at once by default
+
+    async def run(self, job: JobInput, ctx: JobContext) -> list[Output]: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,234 @@
+"""The worker process: announce, heartbeat, consume own dispatches, run, report, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+import nats
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ObjectMeta
+
+from events.types import Artifact
+from streams import subjects as s
+from streams.messages import (
+    CancelRunning,
+    Dispatch,
+    Progress,
+    ReportCompleted,
+    ReportFailed,
+    ReportStarted,
+    WorkerStatus,
+    encode,
+)
+from worker_node.engines import Engine, EngineError, JobContext, JobInput, Output
+
+log = logging.getLogger(__name__)
+
+INLINE_TEXT_LIMIT = 64 * 1024  # text up to this size travels inside the completion event
+
+
+class Worker:
+    def __init__(self, *, nats_url: str, worker_id: str, engines: list[Engine], slots: int = 0,
+                 heartbeat_interval_s: float = 2.0, artifact_ttl_s: float = 7 * 24 * 3600) -> None:
+        if not s.is_token(worker_id):
+            raise ValueError(f"worker id {worker_id!r} may hold only letters, digits, '_' and '-'")
+        self.nats_url = nats_url
+        self.worker_id = worker_id
+        self.instance_id = uuid.uuid4()
+        self.engines = {model: engine for engine in engines for model in engine.models}
+        self.slots = slots or max(e.slots for e in engines)
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.artifact_ttl_s = artifact_ttl_s
+        self.running: dict[uuid.UUID, tuple[int, asyncio.Task[None]]] = {}
+        self._seen: collections.OrderedDict[tuple[uuid.UUID, int], None] = collections.OrderedDict()
+        self._draining = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._nc: NATS | None = None
+        self._js: JetStreamContext | None = None
+        self.ready = asyncio.Event()
+
+    def status(self) -> WorkerStatus:
+        engines = list(dict.fromkeys(e.name for e in self.engines.values()))
+        capabilities = sorted({c for e in self.engines.values() for c in e.capabilities})
+        return WorkerStatus(
+            worker_id=self.worker_id, instance_id=self.instance_id, capabilities=capabilities, engines=engines,
+            models=sorted(self.engines), loaded_models=sorted(self.engines), slots=self.slots,
+            running=list(self.running), draining=self._draining.is_set(), sent_at=datetime.now(UTC),
+            heartbeat_interval_s=self.heartbeat_interval_s,
+        )
+
+    async def stop(self) -> None:
+        """Drain: take no new job, finish the running ones, say goodbye."""
+        self._draining.set()
+
+    async def run(self) -> None:
+        self._nc = await nats.connect(self.nats_url, name=f"worker-{self.worker_id}", max_reconnect_attempts=-1)
+        self._js = self._nc.jetstream()
+        kv = await self._js.key_value(s.WORKERS_BUCKET)
+        control = await self._nc.subscribe(s.control(self.worker_id), cb=self._on_control)
+        sub = await self._js.pull_subscribe(
+            s.dispatch(self.worker_id), durable=f"worker-{self.worker_id}", stream=s.DISPATCH_STREAM,
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=30,
+                                  description=f"Dispatches for worker {self.worker_id}"),
+        )
+        await kv.put(self.worker_id, encode(self.status()))
+        heartbeat = asyncio.create_task(self._heartbeat(kv), name=f"worker-{self.worker_id}-heartbeat")
+        self.ready.set()
+        log.info("worker %s ready: models %s, %d slot(s)", self.worker_id, sorted(self.engines), self.slots)
+        try:
+            await self._consume(sub)
+            if self.running:
+                log.info("worker %s draining %d running job(s)", self.worker_id, len(self.running))
+                await asyncio.gather(*(task for _, task in self.running.values()), return_exceptions=True)
+        finally:
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+            with contextlib.suppress(nats.errors.Error):
+                await kv.delete(self.worker_id)  # goodbye
+            await control.unsubscribe()
+            for engine in set(self.engines.values()):
+                await engine.close()
+            with contextlib.suppress(Exception):
+                await self._nc.drain()
+
+    async def _heartbeat(self, kv) -> None:  # type: ignore[no-untyped-def]
+        while True:
+            await asyncio.sleep(self.heartbeat_interval_s)
+            try:
+                await kv.put(self.worker_id, encode(self.status()))
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning("worker %s: heartbeat failed: %s", self.worker_id, exc)
+
+    async def _consume(self, sub) -> None:  # type: ignore[no-untyped-def]
+        decoder = msgspec.json.Decoder(Dispatch)
+        while not self._draining.is_set():
+            free = self.slots - len(self.running)
+            if free <= 0:
+                self._slot_freed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._slot_freed.wait(), 0.5)
+                continue
+            try:
+                msgs = await sub.fetch(free, timeout=0.5)
+            except TimeoutError:
+                continue
+            for msg in msgs:
+                await msg.ack()  # at most once here; the scheduler re-queues attempts that are lost
+                try:
+                    dispatch = decoder.decode(msg.data)
+                except msgspec.DecodeError as exc:
+                    log.error("worker %s: undecodable dispatch dropped: %s", self.worker_id, exc)
+                    continue
+                self._start(dispatch)
+
+    def _start(self, dispatch: Dispatch) -> None:
+        key = (dispatch.job_id, dispatch.attempt)
+        if key in self._seen:  # a re-sent dispatch of an attempt this worker already took
+            return
+        self._seen[key] = None
+        while len(self._seen) > 10_000:
+            self._seen.popitem(last=False)
+        task = asyncio.create_task(self._run_job(dispatch), name=f"job-{dispatch.job_id}")
+        self.running[dispatch.job_id] = (dispatch.attempt, task)
+
+    async def _on_control(self, msg: Msg) -> None:
+        try:
+            cancel = msgspec.json.decode(msg.data, type=CancelRunning)
+        except msgspec.DecodeError:
+            return
+        entry = self.running.get(cancel.job_id)
+        if entry and entry[0] == cancel.attempt:
+            log.info("worker %s: cancelling job %s", self.worker_id, cancel.job_id)
+            entry[1].cancel()
+
+    async def _command(self, subject: str, payload: object, msg_id: str) -> None:
+        assert self._js is not None
+        delay = 0.1
+        while True:
+            try:
+                await self._js.publish(subject, encode(payload), headers={s.HDR_MSG_ID: msg_id})
+                return
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning("worker %s: report on %s not accepted (%s); retrying", self.worker_id, subject, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _run_job(self, dispatch: Dispatch) -> None:
+        job = JobInput(job_id=dispatch.job_id, attempt=dispatch.attempt, capability=dispatch.capability,
+                       model=dispatch.model, params=dispatch.params)
+        tag = f"{job.job_id}:{job.attempt}"
+        try:
+            await self._command(s.CMD_STARTED, ReportStarted(job_id=job.job_id, worker_id=self.worker_id,
+                                                            attempt=job.attempt), f"{tag}:started")
+            engine = self.engines.get(job.model)
+            started = time.perf_counter()
+            try:
+                if engine is None:
+                    raise EngineError("MODEL_NOT_SERVED", f"worker {self.worker_id} does not serve {job.model}")
+                outputs = await asyncio.wait_for(engine.run(job, JobContext(progress=self._progress_fn(job))),
+                                                 dispatch.timeout_seconds)
+                artifacts = [await self._store(job, output) for output in outputs]
+            except TimeoutError:
+                await self._fail(job, "ENGINE_TIMEOUT", f"no result within {dispatch.timeout_seconds:.0f}s")
+                return
+            except EngineError as exc:
+                await self._fail(job, exc.code, exc.message)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("worker %s: engine failed on job %s", self.worker_id, job.job_id)
+                await self._fail(job, "ENGINE_ERROR", f"{type(exc).__name__}: {exc}")
+                return
+            await self._command(s.CMD_COMPLETED, ReportCompleted(
+                job_id=job.job_id, worker_id=self.worker_id, attempt=job.attempt, artifacts=artifacts,
+                execution_time_seconds=round(time.perf_counter() - started, 6)), f"{tag}:completed")
+        except asyncio.CancelledError:
+            # Cancelled by the scheduler: tell it the slot is free again. Not a result.
+            await asyncio.shield(self._fail(job, "CANCELLED", "interrupted on request"))
+        finally:
+            self.running.pop(job.job_id, None)
+            self._slot_freed.set()
+
+    async def _fail(self, job: JobInput, code: str, message: str) -> None:
+        await self._command(s.CMD_FAILED, ReportFailed(job_id=job.job_id, worker_id=self.worker_id,
+                                                      attempt=job.attempt, code=code, message=message),
+                            f"{job.job_id}:{job.attempt}:failed")
+
+    def _progress_fn(self, job: JobInput):  # type: ignore[no-untyped-def]
+        async def progress(fraction: float | None, message: str | None, partial_text: str | None) -> None:
+            assert self._nc is not None
+            await self._nc.publish(s.progress(str(job.job_id)), encode(Progress(
+                job_id=job.job_id, attempt=job.attempt, fraction=fraction, message=message,
+                partial_text=partial_text)))
+        return progress
+
+    async def _store(self, job: JobInput, output: Output) -> Artifact:
+        artifact_id = uuid.uuid4()
+        expires_at = datetime.now(UTC) + timedelta(seconds=self.artifact_ttl_s)
+        if output.data is None:
+            text = output.text or ""
+            if len(text.encode()) <= INLINE_TEXT_LIMIT:
+                return Artifact(id=artifact_id, kind=output.kind, format=output.format,
+                                content_type=output.content_type, size_bytes=len(text.encode()), text=text,
+                                expires_at=expires_at)
+            data = text.encode()
+        else:
+            data = output.data
+        assert self._js is not None
+        name = f"jobs/{job.job_id}/{job.attempt}/{artifact_id}.{output.format}"
+        store = await self._js.object_store(s.ARTIFACTS_BUCKET)
+        await store.put(name, data, meta=ObjectMeta(name=name, description=output.content_type))
+        return Artifact(id=artifact_id, kind=output.kind, format=output.format, content_type=output.content_type,
+                        size_bytes=len(data), object_name=name, width=output.width, height=output.height,
+                        duration_seconds=output.duration_seconds, expires_at=expires_at)
