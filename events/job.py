@@ -83,7 +83,7 @@ class Job(msgspec.Struct, kw_only=True):
 
 
 def _move(job: Job, to: JobStatus, event_type: str) -> None:
-    if to is not job.status and to not in TRANSITIONS[job.status]:
+    if to not in TRANSITIONS[job.status]:
         raise IllegalTransition(job.id, job.status, event_type)
     job.status = to
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
@@ -68,7 +69,7 @@ def create_app(settings: Settings, *, nats_url: str, database_url: str) -> FastA
             await bus.close()
             await pool.close()
             with contextlib.suppress(Exception):
-                await nc.drain()
+                await asyncio.wait_for(nc.close(), 5)
 
     app = FastAPI(
         title="Tessera", version="0.1.0", lifespan=lifespan,

@@ -83,7 +83,7 @@ class Projector:
         finally:
             await pool.close()
             with contextlib.suppress(Exception):
-                await self._nc.drain()
+                await asyncio.wait_for(self._nc.close(), 5)
 
     async def _follow(self, pool: asyncpg.Pool) -> None:
         assert self._nc is not None

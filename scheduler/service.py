@@ -76,7 +76,7 @@ class Scheduler:
         try:
             while not self._stopping.is_set():
                 try:
-                    conn = await asyncpg.connect(self.database_url)
+                    conn = await asyncpg.connect(self.database_url, server_settings={"application_name": self.name})
                 except (OSError, asyncpg.PostgresError) as exc:
                     log.warning("%s: cannot reach PostgreSQL (%s); retrying", self.name, exc)
                     await self._sleep(1.0)
@@ -93,7 +93,7 @@ class Scheduler:
                         await asyncio.wait_for(conn.close(), 2)
         finally:
             with contextlib.suppress(Exception):
-                await self._nc.drain()
+                await asyncio.wait_for(self._nc.close(), 5)
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

