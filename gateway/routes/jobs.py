@@ -103,7 +103,7 @@ async def submit_job(
         deadline=datetime.now(UTC) + timedelta(seconds=timeout * 0.8),
     )
     try:
-        decision = await services.bus.send(s.CMD_SUBMIT, command, msg_id=f"submit:{job_id}", timeout=timeout)
+        decision = await services.bus.send(s.CMD_SUBMIT, command, msg_id=f"submit:{command.command_id}", timeout=timeout)
     except NoDecision:
         raise Problem(503, "SCHEDULER_UNAVAILABLE", "the scheduler did not confirm the job in time; "
                       "retrying with the same Idempotency-Key is safe", headers={"Retry-After": "1"}) from None
