@@ -10,11 +10,11 @@ import asyncpg
 import httpx
 import pytest
 
-from projector.service import rebuild
 from projector.folds import READ_MODEL_TABLES
+from projector.service import rebuild
 from scheduler.service import Scheduler
-from tests.conftest import Platform
 from tessera.db import init_connection
+from tests.conftest import Platform
 
 
 async def event_types(database_url: str, job_id: str) -> list[str]:

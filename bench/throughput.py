@@ -1,0 +1,235 @@
+"""End-to-end throughput and latency of `echo` jobs through the HTTP API, with the raw ceilings.
+
+Starts the platform on the embedded default (fresh data dir, every component on this machine,
+each service in its own process), then:
+  1. raw ceilings: PostgreSQL batched insert rate, JetStream publish+ack rate;
+  2. saturation: N echo jobs from M concurrent HTTP clients, as fast as they go;
+  3. offered load: jobs at a fixed rate (default 200/s), for submit->dispatch latency.
+Completion and dispatch times are taken from the NATS subjects frontends and workers use.
+
+    python bench/throughput.py --jobs 5000 --clients 64 --rate 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import httpx
+import msgspec
+import nats
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tessera.admin import create_user, migrate  # noqa: E402
+from tessera.embedded import EmbeddedNats, EmbeddedPostgres, free_port  # noqa: E402
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def pg_ceiling(database_url: str, rows: int = 50_000, batch: int = 500) -> float:
+    conn = await asyncpg.connect(database_url)
+    await conn.execute("CREATE TEMP TABLE bench_rows (id uuid, n int, data jsonb)")
+    started = time.perf_counter()
+    for offset in range(0, rows, batch):
+        async with conn.transaction():
+            await conn.execute("INSERT INTO bench_rows SELECT u, n, d::jsonb FROM unnest($1::uuid[], $2::int[],"
+                               " $3::text[]) AS t(u, n, d)", [uuid.uuid4() for _ in range(batch)],
+                               list(range(offset, offset + batch)), ['{"type":"JobQueued.v1","priority":3}'] * batch)
+    elapsed = time.perf_counter() - started
+    await conn.close()
+    return rows / elapsed
+
+
+async def js_ceiling(nats_url: str, messages: int = 50_000) -> float:
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await js.add_stream(name="BENCH_CEILING", subjects=["bench.ceiling"])
+    payload = b'{"type":"JobQueued.v1","priority":3,"reason":"admitted"}'
+    started = time.perf_counter()
+    futures = [await js.publish_async("bench.ceiling", payload) for _ in range(messages)]
+    await asyncio.gather(*futures)
+    elapsed = time.perf_counter() - started
+    await js.delete_stream("BENCH_CEILING")
+    await nc.close()
+    return messages / elapsed
+
+
+class Tracker:
+    """Timestamps of each job's submit, acceptance, dispatch and completion."""
+
+    def __init__(self) -> None:
+        self.submitted: dict[str, float] = {}
+        self.accepted: dict[str, float] = {}
+        self.dispatched: dict[str, float] = {}
+        self.completed: dict[str, float] = {}
+        self.done = asyncio.Event()
+        self.expected = 0
+
+    async def follow(self, nats_url: str) -> nats.NATS:
+        nc = await nats.connect(nats_url)
+
+        async def on_dispatch(msg: nats.aio.msg.Msg) -> None:
+            self.dispatched.setdefault(msgspec.json.decode(msg.data)["job_id"], time.perf_counter())
+
+        async def on_done(msg: nats.aio.msg.Msg) -> None:
+            self.completed.setdefault(msg.subject.rsplit(".", 1)[-1], time.perf_counter())
+            if self.expected and len(self.completed) >= self.expected:
+                self.done.set()
+
+        await nc.subscribe("tessera.dispatch.>", cb=on_dispatch)
+        await nc.subscribe("tessera.done.>", cb=on_done)
+        return nc
+
+
+async def submit(client: httpx.AsyncClient, tracker: Tracker, n: int) -> None:
+    started = time.perf_counter()
+    r = await client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": f"bench {n}"}})
+    if r.status_code != 202:
+        raise RuntimeError(f"submit {n}: {r.status_code} {r.text}")
+    job_id = r.json()["job_id"]
+    tracker.submitted[job_id] = started
+    tracker.accepted[job_id] = time.perf_counter()
+
+
+def latencies(tracker: Tracker, ids: list[str], source: dict[str, float]) -> list[float]:
+    return [(source[j] - tracker.submitted[j]) * 1000 for j in ids if j in source]
+
+
+async def saturate(api: str, key: str, tracker: Tracker, jobs: int, clients: int) -> dict[str, float]:
+    tracker.expected = len(tracker.completed) + jobs
+    tracker.done.clear()
+    before = set(tracker.submitted)
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for n in range(jobs):
+        queue.put_nowait(n)
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=api, headers={"Authorization": f"Bearer {key}"}, limits=limits,
+                                 timeout=60) as client:
+
+        async def run_client() -> None:
+            while not queue.empty():
+                await submit(client, tracker, queue.get_nowait())
+
+        started = time.perf_counter()
+        await asyncio.gather(*(run_client() for _ in range(clients)))
+        submit_elapsed = time.perf_counter() - started
+        await asyncio.wait_for(tracker.done.wait(), 300)
+        total_elapsed = max(tracker.completed.values()) - started
+    ids = [j for j in tracker.submitted if j not in before]
+    return {"jobs": jobs, "submit_per_s": jobs / submit_elapsed, "completed_per_s": jobs / total_elapsed,
+            "accept_p50": pct(latencies(tracker, ids, tracker.accepted), 0.5),
+            "accept_p99": pct(latencies(tracker, ids, tracker.accepted), 0.99),
+            "dispatch_p50": pct(latencies(tracker, ids, tracker.dispatched), 0.5),
+            "dispatch_p99": pct(latencies(tracker, ids, tracker.dispatched), 0.99),
+            "complete_p50": pct(latencies(tracker, ids, tracker.completed), 0.5),
+            "complete_p99": pct(latencies(tracker, ids, tracker.completed), 0.99)}
+
+
+async def offered(api: str, key: str, tracker: Tracker, rate: float, seconds: float) -> dict[str, float]:
+    jobs = int(rate * seconds)
+    tracker.expected = len(tracker.completed) + jobs
+    tracker.done.clear()
+    before = set(tracker.submitted)
+    async with httpx.AsyncClient(base_url=api, headers={"Authorization": f"Bearer {key}"}, timeout=60,
+                                 limits=httpx.Limits(max_connections=200)) as client:
+        started = time.perf_counter()
+        tasks = []
+        for n in range(jobs):
+            delay = started + n / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(submit(client, tracker, n)))
+        await asyncio.gather(*tasks)
+        await asyncio.wait_for(tracker.done.wait(), 120)
+    ids = [j for j in tracker.submitted if j not in before]
+    return {"jobs": jobs, "rate": rate,
+            "accept_p50": pct(latencies(tracker, ids, tracker.accepted), 0.5),
+            "accept_p99": pct(latencies(tracker, ids, tracker.accepted), 0.99),
+            "dispatch_p50": pct(latencies(tracker, ids, tracker.dispatched), 0.5),
+            "dispatch_p99": pct(latencies(tracker, ids, tracker.dispatched), 0.99),
+            "complete_p50": pct(latencies(tracker, ids, tracker.completed), 0.5),
+            "complete_p99": pct(latencies(tracker, ids, tracker.completed), 0.99)}
+
+
+async def main(args: argparse.Namespace) -> None:
+    data = Path(tempfile.mkdtemp(prefix="tessera-bench-"))
+    nats_server = EmbeddedNats(data / "nats").start(preferred_port=None)
+    pg = EmbeddedPostgres(data / "pg").start(preferred_port=None)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        await migrate(pg.url, nats_server.url)
+        port = free_port(None)
+        env = {**os.environ, "TESSERA_NATS_URL": nats_server.url, "TESSERA_DATABASE_URL": pg.url,
+               "TESSERA_HTTP_PORT": str(port), "TESSERA_WORKER_ENGINES": "echo",
+               "TESSERA_WORKER_SLOTS": str(args.slots)}
+        for service in (["scheduler"], ["projector"], ["gateway"], ["worker", "--worker-id", "bench-0"]):
+            procs.append(subprocess.Popen([sys.executable, "-m", "tessera.cli", *service], env=env, cwd=REPO,
+                                          stderr=subprocess.DEVNULL))
+        api = f"http://127.0.0.1:{port}"
+        for _ in range(200):
+            try:
+                if httpx.get(f"{api}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+        _, key = await create_user(nats_server.url, pg.url, platform="web", user_id="bench", plan="admin")
+        await asyncio.sleep(1.0)  # the worker's first heartbeat
+
+        ceilings = {"pg_rows_per_s": await pg_ceiling(pg.url), "js_pub_ack_per_s": await js_ceiling(nats_server.url)}
+        tracker = Tracker()
+        nc = await tracker.follow(nats_server.url)
+        await saturate(api, key, tracker, min(500, args.jobs), args.clients)  # warm-up
+        sat = await saturate(api, key, tracker, args.jobs, args.clients)
+        load = await offered(api, key, tracker, args.rate, args.seconds)
+        await nc.close()
+
+        print(f"\nTessera bench: {os.cpu_count()} CPU(s), every component on this machine "
+              f"(nats-server, PostgreSQL 18, scheduler, projector, gateway, 1 echo worker with {args.slots} slots)\n")
+        print("| raw ceiling | rate |\n|---|---|")
+        print(f"| PostgreSQL batched insert (500 rows/tx) | {ceilings['pg_rows_per_s']:,.0f} rows/s |")
+        print(f"| JetStream publish + ack (async, 1 client) | {ceilings['js_pub_ack_per_s']:,.0f} msgs/s |\n")
+        print(f"| saturation: {sat['jobs']} echo jobs, {args.clients} clients | value |\n|---|---|")
+        print(f"| submit throughput (202s per second) | {sat['submit_per_s']:,.0f} jobs/s |")
+        print(f"| end-to-end completions per second | {sat['completed_per_s']:,.0f} jobs/s |")
+        for name in ("accept", "dispatch", "complete"):
+            print(f"| submit->{name} p50 / p99 | {sat[name + '_p50']:.1f} / {sat[name + '_p99']:.1f} ms |")
+        print(f"\n| offered load: {load['rate']:.0f} jobs/s for {args.seconds:.0f} s ({load['jobs']} jobs) | value |")
+        print("|---|---|")
+        for name in ("accept", "dispatch", "complete"):
+            print(f"| submit->{name} p50 / p99 | {load[name + '_p50']:.1f} / {load[name + '_p99']:.1f} ms |")
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        pg.stop()
+        nats_server.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=5000)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--slots", type=int, default=512)
+    asyncio.run(main(parser.parse_args()))
