@@ -110,6 +110,16 @@ def latencies(tracker: Tracker, ids: list[str], source: dict[str, float]) -> lis
     return [(source[j] - tracker.submitted[j]) * 1000 for j in ids if j in source]
 
 
+def latency_summary(tracker: Tracker, ids: list[str]) -> dict[str, float]:
+    """p50 and p99 of submit->accept, submit->dispatch and submit->complete, in milliseconds."""
+    out = {}
+    for name, source in (("accept", tracker.accepted), ("dispatch", tracker.dispatched),
+                         ("complete", tracker.completed)):
+        values = latencies(tracker, ids, source)
+        out[f"{name}_p50"], out[f"{name}_p99"] = pct(values, 0.5), pct(values, 0.99)
+    return out
+
+
 async def saturate(api: str, key: str, tracker: Tracker, jobs: int, clients: int) -> dict[str, float]:
     tracker.expected = len(tracker.completed) + jobs
     tracker.done.clear()
@@ -132,12 +142,7 @@ async def saturate(api: str, key: str, tracker: Tracker, jobs: int, clients: int
         total_elapsed = max(tracker.completed.values()) - started
     ids = [j for j in tracker.submitted if j not in before]
     return {"jobs": jobs, "submit_per_s": jobs / submit_elapsed, "completed_per_s": jobs / total_elapsed,
-            "accept_p50": pct(latencies(tracker, ids, tracker.accepted), 0.5),
-            "accept_p99": pct(latencies(tracker, ids, tracker.accepted), 0.99),
-            "dispatch_p50": pct(latencies(tracker, ids, tracker.dispatched), 0.5),
-            "dispatch_p99": pct(latencies(tracker, ids, tracker.dispatched), 0.99),
-            "complete_p50": pct(latencies(tracker, ids, tracker.completed), 0.5),
-            "complete_p99": pct(latencies(tracker, ids, tracker.completed), 0.99)}
+            **latency_summary(tracker, ids)}
 
 
 async def offered(api: str, key: str, tracker: Tracker, rate: float, seconds: float) -> dict[str, float]:
@@ -158,12 +163,7 @@ async def offered(api: str, key: str, tracker: Tracker, rate: float, seconds: fl
         await asyncio.wait_for(tracker.done.wait(), 120)
     ids = [j for j in tracker.submitted if j not in before]
     return {"jobs": jobs, "rate": rate,
-            "accept_p50": pct(latencies(tracker, ids, tracker.accepted), 0.5),
-            "accept_p99": pct(latencies(tracker, ids, tracker.accepted), 0.99),
-            "dispatch_p50": pct(latencies(tracker, ids, tracker.dispatched), 0.5),
-            "dispatch_p99": pct(latencies(tracker, ids, tracker.dispatched), 0.99),
-            "complete_p50": pct(latencies(tracker, ids, tracker.completed), 0.5),
-            "complete_p99": pct(latencies(tracker, ids, tracker.completed), 0.99)}
+            **latency_summary(tracker, ids)}
 
 
 async def main(args: argparse.Namespace) -> None:
