@@ -22,6 +22,7 @@ import time
 import uuid
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import httpx
 import msgspec
@@ -32,6 +33,60 @@ sys.path.insert(0, str(REPO))
 
 from tessera.admin import create_user, migrate  # noqa: E402
 from tessera.embedded import EmbeddedNats, EmbeddedPostgres, free_port  # noqa: E402
+from tessera.services import run_loop  # noqa: E402
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and every process descended from it (PostgreSQL's backends, for one)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def cpu_seconds(root: int) -> float:
+    """User + system CPU time of a process tree, from /proc (Linux)."""
+    total = 0
+    for pid in process_tree(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds each component spent between `start()` and `stop()`.
+
+    A component is a process tree given by its root pid, or None for this process alone (whose
+    tree holds all the others)."""
+
+    def __init__(self, roots: dict[str, int | None]) -> None:
+        self.roots = roots
+        self.before: dict[str, float] = {}
+        self.spent: dict[str, float] = {}
+
+    def _read(self) -> dict[str, float]:
+        return {name: cpu_seconds(pid) if pid is not None else time.process_time()
+                for name, pid in self.roots.items()}
+
+    def start(self) -> None:
+        self.before = self._read()
+
+    def stop(self) -> dict[str, float]:
+        now = self._read()
+        self.spent = {name: now[name] - self.before[name] for name in self.roots}
+        return self.spent
 
 
 def pct(values: list[float], q: float) -> float:
@@ -96,12 +151,22 @@ class Tracker:
         return nc
 
 
-async def submit(client: httpx.AsyncClient, tracker: Tracker, n: int) -> None:
+def client_session(api: str, key: str, connections: int) -> aiohttp.ClientSession:
+    """The load generator's HTTP client: aiohttp, whose C parser costs a fraction of httpx's CPU per
+    request, which matters because the load generator shares the two cores with the platform."""
+    return aiohttp.ClientSession(base_url=api, headers={"Authorization": f"Bearer {key}"},
+                                 connector=aiohttp.TCPConnector(limit=connections),
+                                 timeout=aiohttp.ClientTimeout(total=60))
+
+
+async def submit(client: aiohttp.ClientSession, tracker: Tracker, n: int) -> None:
     started = time.perf_counter()
-    r = await client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": f"bench {n}"}})
-    if r.status_code != 202:
-        raise RuntimeError(f"submit {n}: {r.status_code} {r.text}")
-    job_id = r.json()["job_id"]
+    body = msgspec.json.encode({"capability": "echo", "params": {"prompt": f"bench {n}"}})
+    async with client.post("/api/v1/jobs", data=body, headers={"Content-Type": "application/json"}) as r:
+        raw = await r.read()
+    if r.status != 202:
+        raise RuntimeError(f"submit {n}: {r.status} {raw!r}")
+    job_id = msgspec.json.decode(raw)["job_id"]
     tracker.submitted[job_id] = started
     tracker.accepted[job_id] = time.perf_counter()
 
@@ -120,26 +185,30 @@ def latency_summary(tracker: Tracker, ids: list[str]) -> dict[str, float]:
     return out
 
 
-async def saturate(api: str, key: str, tracker: Tracker, jobs: int, clients: int) -> dict[str, float]:
+async def saturate(api: str, key: str, tracker: Tracker, jobs: int, clients: int,
+                   meter: CpuMeter | None = None) -> dict[str, float]:
     tracker.expected = len(tracker.completed) + jobs
     tracker.done.clear()
     before = set(tracker.submitted)
     queue: asyncio.Queue[int] = asyncio.Queue()
     for n in range(jobs):
         queue.put_nowait(n)
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=api, headers={"Authorization": f"Bearer {key}"}, limits=limits,
-                                 timeout=60) as client:
+    async with client_session(api, key, clients) as client:
 
         async def run_client() -> None:
             while not queue.empty():
                 await submit(client, tracker, queue.get_nowait())
 
+        if meter:
+            meter.start()
         started = time.perf_counter()
         await asyncio.gather(*(run_client() for _ in range(clients)))
         submit_elapsed = time.perf_counter() - started
         await asyncio.wait_for(tracker.done.wait(), 300)
         total_elapsed = max(tracker.completed.values()) - started
+        await asyncio.sleep(0.5)  # let the projector finish folding what it was given
+        if meter:
+            meter.stop()
     ids = [j for j in tracker.submitted if j not in before]
     return {"jobs": jobs, "submit_per_s": jobs / submit_elapsed, "completed_per_s": jobs / total_elapsed,
             **latency_summary(tracker, ids)}
@@ -150,8 +219,7 @@ async def offered(api: str, key: str, tracker: Tracker, rate: float, seconds: fl
     tracker.expected = len(tracker.completed) + jobs
     tracker.done.clear()
     before = set(tracker.submitted)
-    async with httpx.AsyncClient(base_url=api, headers={"Authorization": f"Bearer {key}"}, timeout=60,
-                                 limits=httpx.Limits(max_connections=200)) as client:
+    async with client_session(api, key, 200) as client:
         started = time.perf_counter()
         tasks = []
         for n in range(jobs):
@@ -195,7 +263,12 @@ async def main(args: argparse.Namespace) -> None:
         tracker = Tracker()
         nc = await tracker.follow(nats_server.url)
         await saturate(api, key, tracker, min(500, args.jobs), args.clients)  # warm-up
-        sat = await saturate(api, key, tracker, args.jobs, args.clients)
+        roots = {"gateway": procs[2].pid, "scheduler": procs[0].pid, "worker": procs[3].pid,
+                 "projector": procs[1].pid, "nats-server": nats_server.process.pid,
+                 "PostgreSQL": int((pg.pgdata / "postmaster.pid").read_text().split()[0]),
+                 "load generator": None}
+        meter = CpuMeter(roots)
+        sat = await saturate(api, key, tracker, args.jobs, args.clients, meter)
         load = await offered(api, key, tracker, args.rate, args.seconds)
         await nc.close()
 
@@ -209,6 +282,10 @@ async def main(args: argparse.Namespace) -> None:
         print(f"| end-to-end completions per second | {sat['completed_per_s']:,.0f} jobs/s |")
         for name in ("accept", "dispatch", "complete"):
             print(f"| submit->{name} p50 / p99 | {sat[name + '_p50']:.1f} / {sat[name + '_p99']:.1f} ms |")
+        print(f"\n| CPU per job during saturation ({sat['jobs']} jobs) | ms |\n|---|---|")
+        for name, seconds in meter.spent.items():
+            print(f"| {name} | {1000 * seconds / sat['jobs']:.2f} |")
+        print(f"| all | {1000 * sum(meter.spent.values()) / sat['jobs']:.2f} |")
         print(f"\n| offered load: {load['rate']:.0f} jobs/s for {args.seconds:.0f} s ({load['jobs']} jobs) | value |")
         print("|---|---|")
         for name in ("accept", "dispatch", "complete"):
@@ -232,4 +309,4 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--slots", type=int, default=512)
-    asyncio.run(main(parser.parse_args()))
+    run_loop(main(parser.parse_args()))

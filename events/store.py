@@ -41,6 +41,41 @@ def _row_to_event(row: asyncpg.Record) -> RecordedEvent:
     )
 
 
+_INSERT_EVENTS = """
+    INSERT INTO events (event_id, stream_type, stream_id, version, type, data, recorded_at, causation_id)
+    SELECT e, st, sid, v, t, d::jsonb, r, c
+    FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::int[], $5::text[], $6::text[],
+                $7::timestamptz[], $8::text[]) WITH ORDINALITY AS u(e, st, sid, v, t, d, r, c, n)
+    ORDER BY n
+    RETURNING seq, event_id
+"""
+
+
+def _event_columns(pending: Sequence[PendingEvent]) -> list[list[object]]:
+    return [
+        [p.event_id for p in pending],
+        [p.stream_type for p in pending],
+        [p.stream_id for p in pending],
+        [p.version for p in pending],
+        [event_type(p.data) for p in pending],
+        [encode(p.data).decode() for p in pending],
+        [p.recorded_at for p in pending],
+        [p.causation_id for p in pending],
+    ]
+
+
+def _recorded(pending: Sequence[PendingEvent], rows: Sequence[asyncpg.Record]) -> list[RecordedEvent]:
+    seqs = {row["event_id"]: row["seq"] for row in rows}
+    return [p.recorded(seqs[p.event_id]) for p in pending]
+
+
+def _concurrency_error(exc: asyncpg.UniqueViolationError, pending: Sequence[PendingEvent]) -> Exception:
+    if exc.constraint_name == "events_stream_version_key":
+        first = pending[0]
+        return ConcurrencyError(first.stream_id, first.version - 1)
+    return exc
+
+
 async def append(conn: asyncpg.Connection, pending: Sequence[PendingEvent]) -> list[RecordedEvent]:
     """Append events in one statement; the caller owns the transaction.
 
@@ -50,31 +85,36 @@ async def append(conn: asyncpg.Connection, pending: Sequence[PendingEvent]) -> l
     if not pending:
         return []
     try:
+        rows = await conn.fetch(_INSERT_EVENTS, *_event_columns(pending))
+    except asyncpg.UniqueViolationError as exc:
+        raise _concurrency_error(exc, pending) from exc
+    return _recorded(pending, rows)
+
+
+async def commit_batch(conn: asyncpg.Connection, pending: Sequence[PendingEvent], *,
+                       activated: Sequence[uuid.UUID], finished: Sequence[uuid.UUID],
+                       relayed_seq: int) -> list[RecordedEvent]:
+    """The scheduler's whole commit in one statement, so one round trip and one implicit transaction.
+
+    Appends the events, keeps the active_jobs index (a job both activated and finished in this batch
+    is never added) and moves the relay position forward. All or nothing, like `append`.
+    """
+    done = set(finished)
+    started = [job_id for job_id in dict.fromkeys(activated) if job_id not in done]
+    try:
         rows = await conn.fetch(
-            """
-            INSERT INTO events (event_id, stream_type, stream_id, version, type, data, recorded_at, causation_id)
-            SELECT e, st, sid, v, t, d::jsonb, r, c
-            FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::int[], $5::text[], $6::text[],
-                        $7::timestamptz[], $8::text[]) WITH ORDINALITY AS u(e, st, sid, v, t, d, r, c, n)
-            ORDER BY n
-            RETURNING seq, event_id
+            f"""
+            WITH appended AS ({_INSERT_EVENTS}),
+            started AS (INSERT INTO active_jobs (job_id) SELECT unnest($9::uuid[]) ON CONFLICT DO NOTHING),
+            ended AS (DELETE FROM active_jobs WHERE job_id = ANY($10::uuid[])),
+            relayed AS (UPDATE relay_position SET seq = greatest(seq, $11) WHERE name = 'events' AND $11 > 0)
+            SELECT seq, event_id FROM appended
             """,
-            [p.event_id for p in pending],
-            [p.stream_type for p in pending],
-            [p.stream_id for p in pending],
-            [p.version for p in pending],
-            [event_type(p.data) for p in pending],
-            [encode(p.data).decode() for p in pending],
-            [p.recorded_at for p in pending],
-            [p.causation_id for p in pending],
+            *_event_columns(pending), started, list(done), relayed_seq,
         )
     except asyncpg.UniqueViolationError as exc:
-        if exc.constraint_name == "events_stream_version_key":
-            first = pending[0]
-            raise ConcurrencyError(first.stream_id, first.version - 1) from exc
-        raise
-    seqs = {row["event_id"]: row["seq"] for row in rows}
-    return [p.recorded(seqs[p.event_id]) for p in pending]
+        raise _concurrency_error(exc, pending) from exc
+    return _recorded(pending, rows)
 
 
 async def load_stream(conn: asyncpg.Connection, stream_id: uuid.UUID, after_version: int = 0) -> list[RecordedEvent]:
@@ -110,15 +150,6 @@ async def load_stream_type(conn: asyncpg.Connection, stream_type: str) -> list[R
     return [_row_to_event(r) for r in rows]
 
 
-async def mark_active(conn: asyncpg.Connection, started: Sequence[uuid.UUID], ended: Sequence[uuid.UUID]) -> None:
-    if started:
-        await conn.execute(
-            "INSERT INTO active_jobs (job_id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING", list(started)
-        )
-    if ended:
-        await conn.execute("DELETE FROM active_jobs WHERE job_id = ANY($1::uuid[])", list(ended))
-
-
 async def head(conn: asyncpg.Connection) -> int:
     """The newest sequence number in the log (0 when empty)."""
     return int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM events"))
@@ -128,5 +159,3 @@ async def relay_position(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT seq FROM relay_position WHERE name = 'events'"))
 
 
-async def set_relay_position(conn: asyncpg.Connection, seq: int) -> None:
-    await conn.execute("UPDATE relay_position SET seq = greatest(seq, $1) WHERE name = 'events'", seq)

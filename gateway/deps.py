@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import asyncpg
+from cachetools import TTLCache
 from fastapi import Depends, Header, Request
 from nats.aio.client import Client as NATS
 
@@ -25,9 +26,14 @@ class Services:
     nc: NATS
     bus: CommandBus
     fleet: Fleet
+    keys: TTLCache[str, KeyHolder] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Valid keys only: an unknown key is looked up every time, so a new key works at once.
+        self.keys = TTLCache(maxsize=100_000, ttl=self.settings.key_cache_s)
 
 
-def _services(request: Request) -> Services:
+async def _services(request: Request) -> Services:  # async: a sync dependency costs a thread hop
     return request.app.state.services  # type: ignore[no-any-return]
 
 
@@ -67,15 +73,22 @@ async def key_holder(services: Services, authorization: str | None) -> KeyHolder
     if scheme.lower() != "bearer" or not key:
         raise Problem(401, "UNAUTHENTICATED", "send 'Authorization: Bearer <key>'",
                       headers={"WWW-Authenticate": "Bearer"})
+    digest = hash_key(key)
+    holder = services.keys.get(digest)
+    if holder is not None:
+        return holder
     async with services.pool.acquire() as conn:
         if key.startswith(USER_KEY_PREFIX):
-            row = await queries.api_key(conn, hash_key(key))
+            row = await queries.api_key(conn, digest)
             if row is not None:
-                return KeyHolder(user_id=row["user_id"], frontend="api", bot_id=None)
+                holder = KeyHolder(user_id=row["user_id"], frontend="api", bot_id=None)
         elif key.startswith(FRONTEND_KEY_PREFIX):
-            row = await queries.frontend_key(conn, hash_key(key))
+            row = await queries.frontend_key(conn, digest)
             if row is not None:
-                return KeyHolder(user_id=None, frontend=row["frontend"], bot_id=row["bot_id"])
+                holder = KeyHolder(user_id=None, frontend=row["frontend"], bot_id=row["bot_id"])
+    if holder is not None:
+        services.keys[digest] = holder
+        return holder
     raise Problem(401, "INVALID_API_KEY", "the API key is not valid", headers={"WWW-Authenticate": "Bearer"})
 
 

@@ -28,6 +28,7 @@ from events.types import user_stream_id
 from scheduler.outbox import Outbox, Outgoing, terminal_notifications
 from scheduler.state import SchedulerState
 from streams import subjects as s
+from streams import topology
 from streams.messages import (
     AnyCommand,
     CancelJob,
@@ -132,9 +133,11 @@ class Scheduler:
         try:
             await self._catch_up(conn, outbox)
             self._redispatch_unstarted(outbox)
-            sub = await js.pull_subscribe(
-                s.COMMANDS_ALL, durable=s.SCHEDULER_CONSUMER, stream=s.COMMANDS_STREAM,
-                config=ConsumerConfig(ack_policy=AckPolicy.ALL, ack_wait=5, max_ack_pending=100_000,
+            # Explicit acks, never AckPolicy.ALL: a new leader's first ack would otherwise also
+            # acknowledge the commands the dead leader had fetched and not committed.
+            sub = await topology.durable_pull(
+                js, subject=s.COMMANDS_ALL, durable=s.SCHEDULER_CONSUMER, stream=s.COMMANDS_STREAM,
+                config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=5, max_ack_pending=100_000,
                                       deliver_policy=DeliverPolicy.ALL,
                                       description="The scheduler (leader only) consumes every command"),
             )
@@ -214,7 +217,7 @@ class Scheduler:
                 commands.append((index, command_decoder.decode(msg.data), msg))
             except msgspec.DecodeError as exc:
                 await self._dead_letter(js, msg, f"undecodable command: {exc}")
-        await self._prefetch(conn, [c for _, c, _ in commands])
+        loaded = await self._prefetch(conn, [c for _, c, _ in commands])
         while True:
             try:
                 self._decide(commands)
@@ -227,10 +230,11 @@ class Scheduler:
                 await self._dead_letter(js, msg, f"handler failed: {poisoned.error!r}")
                 commands = [c for c in commands if c[0] != index]
                 self.state = await self._load(conn)  # the failed handler may have left half a decision
-                await self._prefetch(conn, [c for _, c, _ in commands])
+                loaded = await self._prefetch(conn, [c for _, c, _ in commands])
         await self._commit(conn, outbox)
-        if msgs:
-            await msgs[-1].ack()  # AckPolicy.ALL: acknowledges the whole batch
+        self.state.forget_terminal(loaded)  # finished jobs loaded only to answer a duplicate command
+        for msg in msgs:  # committed (or moved aside): done with
+            await msg.ack()
 
     def _decide(self, commands: list[tuple[int, AnyCommand, Msg]]) -> None:
         state = self.state
@@ -259,8 +263,8 @@ class Scheduler:
         state.tick()
         state.schedule()
 
-    async def _prefetch(self, conn: asyncpg.Connection, commands: list[AnyCommand]) -> None:
-        """Load the users and finished jobs this batch refers to that are not in memory."""
+    async def _prefetch(self, conn: asyncpg.Connection, commands: list[AnyCommand]) -> list[uuid.UUID]:
+        """Load the users and finished jobs this batch refers to that are not in memory; returns their ids."""
         state = self.state
         assert state is not None
         wanted: set[uuid.UUID] = set()
@@ -276,6 +280,7 @@ class Scheduler:
         if wanted:
             for rec in await store.load_streams(conn, wanted):
                 state.apply(rec)
+        return list(wanted)
 
     async def _commit(self, conn: asyncpg.Connection, outbox: Outbox) -> None:
         state = self.state
@@ -283,11 +288,8 @@ class Scheduler:
         effects = state.take_effects()
         if not (effects.pending or effects.replies or effects.purge_workers):
             return
-        async with conn.transaction():
-            records = await store.append(conn, effects.pending)
-            await store.mark_active(conn, effects.activated, effects.finished)
-            if outbox.relayed_seq:
-                await store.set_relay_position(conn, outbox.relayed_seq)
+        records = await store.commit_batch(conn, effects.pending, activated=effects.activated,
+                                           finished=effects.finished, relayed_seq=outbox.relayed_seq)
         last_seq = records[-1].seq if records else 0
         for reply_to, job_id, decision in effects.replies:
             if job_id is not None and job_id in state.jobs:
@@ -300,7 +302,7 @@ class Scheduler:
                             purge_workers=effects.purge_workers, discard_objects=effects.discard_objects))
         for worker_id, control in effects.controls:
             await self._nc.publish(s.control(worker_id), encode(control))
-        state.forget_terminal()
+        state.forget_terminal(effects.finished)
 
     async def _dead_letter(self, js: JetStreamContext, msg: Msg, reason: str) -> None:
         log.error("%s: moving a command from %s aside: %s", self.name, msg.subject, reason)

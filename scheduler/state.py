@@ -167,10 +167,12 @@ class SchedulerState:
         effects, self.effects = self.effects, Effects()
         return effects
 
-    def forget_terminal(self) -> None:
-        """Drop finished jobs after a commit; a duplicate command reloads them from the store."""
-        for job_id in [j for j, job in self.jobs.items() if job.status.terminal]:
-            del self.jobs[job_id]
+    def forget_terminal(self, job_ids: list[uuid.UUID]) -> None:
+        """Drop jobs that a commit finished; a duplicate command reloads them from the store."""
+        for job_id in job_ids:
+            job = self.jobs.get(job_id)
+            if job is not None and job.status.terminal:
+                del self.jobs[job_id]
 
     # --- queue -------------------------------------------------------------------------------
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from nats.js import JetStreamContext
 from nats.js.api import (
+    ConsumerConfig,
+    DeliverPolicy,
     DiscardPolicy,
     KeyValueConfig,
     ObjectStoreConfig,
@@ -78,3 +81,23 @@ async def ensure(js: JetStreamContext, *, artifact_ttl_s: float = 7 * DAY) -> No
             bucket=s.ARTIFACTS_BUCKET, description="Job artifacts (images, audio, video) written by workers",
             ttl=artifact_ttl_s, storage=StorageType.FILE,
         ))
+
+
+async def durable_pull(js: JetStreamContext, *, stream: str, subject: str, durable: str,
+                       config: ConsumerConfig) -> JetStreamContext.PullSubscription:
+    """Bind a pull subscription to `durable`, recreating the consumer if its ack policy changed.
+
+    A consumer's ack policy cannot be updated in place. An old one is replaced by a consumer that
+    starts right after its ack floor, so every message it had not acknowledged is delivered again.
+    """
+    try:
+        info = await js.consumer_info(stream, durable)
+    except NotFoundError:
+        info = None
+    if info is not None and info.config.ack_policy != config.ack_policy:
+        floor = info.ack_floor.stream_seq if info.ack_floor and info.ack_floor.stream_seq else 0
+        log.warning("consumer %s on %s: ack policy %s -> %s; recreating it from stream sequence %d", durable, stream,
+                    info.config.ack_policy, config.ack_policy, floor + 1)
+        await js.delete_consumer(stream, durable)
+        config = dataclasses.replace(config, deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=floor + 1)
+    return await js.pull_subscribe(subject, durable=durable, stream=stream, config=config)

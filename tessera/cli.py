@@ -38,7 +38,7 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 
 def cmd_scheduler(args: argparse.Namespace) -> None:
     from scheduler.service import Scheduler
-    from tessera.services import ensure_streams, serve
+    from tessera.services import ensure_streams, run_loop, serve
 
     settings = _settings()
     nats_url, database_url = _urls()
@@ -47,12 +47,12 @@ def cmd_scheduler(args: argparse.Namespace) -> None:
         await ensure_streams(nats_url, settings)
         await serve(Scheduler(settings, nats_url=nats_url, database_url=database_url))
 
-    asyncio.run(main())
+    run_loop(main())
 
 
 def cmd_projector(args: argparse.Namespace) -> None:
     from projector.service import Projector
-    from tessera.services import ensure_streams, serve
+    from tessera.services import ensure_streams, run_loop, serve
 
     nats_url, database_url = _urls()
 
@@ -60,23 +60,25 @@ def cmd_projector(args: argparse.Namespace) -> None:
         await ensure_streams(nats_url, _settings())
         await serve(Projector(nats_url=nats_url, database_url=database_url))
 
-    asyncio.run(main())
+    run_loop(main())
 
 
 def cmd_gateway(args: argparse.Namespace) -> None:
     import uvicorn
 
     from gateway.app import create_app
+    from tessera.services import tune_gc
 
     settings = _settings()
     nats_url, database_url = _urls()
     app = create_app(settings, nats_url=nats_url, database_url=database_url)
+    tune_gc()
     uvicorn.run(app, host=args.host or settings.http_host, port=args.port or settings.http_port,
                 log_level="warning", access_log=False, timeout_graceful_shutdown=10)
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
-    from tessera.services import ensure_streams, serve
+    from tessera.services import ensure_streams, run_loop, serve
     from worker_node.engines import build
     from worker_node.service import Worker
 
@@ -95,7 +97,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
                            heartbeat_interval_s=settings.heartbeat_interval_s,
                            artifact_ttl_s=settings.artifact_ttl_s), grace_s=600)
 
-    asyncio.run(main())
+    run_loop(main())
 
 
 def cmd_users_create(args: argparse.Namespace) -> None:

@@ -51,6 +51,7 @@ class Settings:
     # Gateway limits
     max_body_bytes: int = 256 * 1024
     max_prompt_chars: int = 8000
+    key_cache_s: float = 30.0  # how long a gateway trusts a key it has looked up
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -68,6 +69,7 @@ class Settings:
             "max_attempts": _env_int("TESSERA_MAX_ATTEMPTS", 3),
             "worker_slots": _env_int("TESSERA_WORKER_SLOTS", 0),
             "artifact_ttl_s": _env_float("TESSERA_ARTIFACT_TTL", 7 * 24 * 3600),
+            "key_cache_s": _env_float("TESSERA_KEY_CACHE_SECONDS", 30.0),
         }
         if os.environ.get("TESSERA_WORKER_ID"):
             values["worker_id"] = os.environ["TESSERA_WORKER_ID"]
