@@ -7,7 +7,7 @@ The same fold runs in the scheduler (decisions), the projector (read models) and
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -43,11 +43,12 @@ class JobStatus(StrEnum):
 TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 # The seeds' state machine (ARCHITECTURE §6), plus RUNNING -> QUEUED for a lost attempt that is
-# retried (docs/decisions/0003-requeue-lost-attempts.md). CREATED -> CANCELLED is not reachable:
+# retried (docs/decisions/0003-requeue-lost-attempts.md) and QUEUED -> FAILED for a job that waited
+# past the queue timeout (0006). CREATED -> CANCELLED is not reachable:
 # CREATED and QUEUED are written in one transaction.
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.CREATED: frozenset({JobStatus.QUEUED}),
-    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED}),
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
     JobStatus.RUNNING: frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.QUEUED}),
     JobStatus.COMPLETED: frozenset(),
     JobStatus.FAILED: frozenset(),
@@ -70,6 +71,8 @@ class Job(msgspec.Struct, kw_only=True):
     params: dict[str, Any]
     priority: int
     cost_tokens: float
+    reserved_tokens: float = 0.0
+    quota_day: date | None = None
     reply_context: dict[str, Any] | None = None
     worker_id: str | None = None
     attempt: int = 0
@@ -103,9 +106,11 @@ def evolve(job: Job | None, rec: RecordedEvent) -> Job:
     if rec.version != job.version + 1:
         raise IllegalTransition(job.id, f"{job.status} at version {job.version}", f"{rec.type}@{rec.version}")
     match event:
-        case JobQueued():
+        case JobQueued(reserved_tokens=reserved, quota_day=day):
             _move(job, JobStatus.QUEUED, rec.type)
             job.queued_at = rec.recorded_at
+            job.reserved_tokens = reserved
+            job.quota_day = day
         case JobDispatched(worker_id=worker_id, attempt=attempt):
             _move(job, JobStatus.RUNNING, rec.type)
             job.worker_id = worker_id

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import asyncpg
 import msgspec
@@ -148,6 +148,31 @@ async def load_active_jobs(conn: asyncpg.Connection) -> list[RecordedEvent]:
 async def load_stream_type(conn: asyncpg.Connection, stream_type: str) -> list[RecordedEvent]:
     rows = await conn.fetch(f"SELECT {_COLUMNS} FROM events WHERE stream_type = $1 ORDER BY seq", stream_type)
     return [_row_to_event(r) for r in rows]
+
+
+async def tokens_charged(conn: asyncpg.Connection, since: date) -> dict[tuple[uuid.UUID, date], float]:
+    """Tokens charged per (user, quota day) from `since` on: what completed jobs cost."""
+    rows = await conn.fetch(
+        """
+        SELECT (s.data->>'user_id')::uuid AS user_id, (c.data->>'quota_day')::date AS day,
+               sum((c.data->>'cost_tokens')::float8) AS tokens
+        FROM events c JOIN events s ON s.stream_id = c.stream_id AND s.version = 1
+        WHERE c.type = 'JobCompleted.v1' AND c.data->>'quota_day' >= $1
+        GROUP BY 1, 2
+        """, since.isoformat())
+    return {(r["user_id"], r["day"]): r["tokens"] for r in rows}
+
+
+async def execution_times(conn: asyncpg.Connection, recent: int = 2000) -> dict[str, float]:
+    """Mean measured execution time per model over the most recent completions."""
+    rows = await conn.fetch(
+        """
+        SELECT s.data->>'model' AS model, avg((c.data->>'execution_time_seconds')::float8) AS seconds
+        FROM (SELECT stream_id, data FROM events WHERE type = 'JobCompleted.v1' ORDER BY seq DESC LIMIT $1) c
+        JOIN events s ON s.stream_id = c.stream_id AND s.version = 1
+        GROUP BY 1
+        """, recent)
+    return {r["model"]: r["seconds"] for r in rows}
 
 
 async def head(conn: asyncpg.Connection) -> int:

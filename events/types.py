@@ -8,7 +8,7 @@ breaking change is a new event type with the next version in its tag (`JobSubmit
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import msgspec
@@ -66,8 +66,13 @@ class JobSubmitted(Event, frozen=True, kw_only=True, tag="JobSubmitted.v1"):
 
 
 class JobQueued(Event, frozen=True, kw_only=True, tag="JobQueued.v1"):
+    """Admitted. `reserved_tokens` (the job's maximum cost) are held against the user's quota
+    for `quota_day` until the job ends, when they are charged or released."""
+
     priority: int
     reason: str = "admitted"
+    reserved_tokens: float = 0.0
+    quota_day: date | None = None
 
 
 class JobDispatched(Event, frozen=True, kw_only=True, tag="JobDispatched.v1"):
@@ -82,23 +87,37 @@ class JobStarted(Event, frozen=True, kw_only=True, tag="JobStarted.v1"):
 
 
 class JobCompleted(Event, frozen=True, kw_only=True, tag="JobCompleted.v1"):
+    """Done. `cost_tokens` is the charge (the measured use, never above the reservation); the
+    rest of `reserved_tokens` is released."""
+
     worker_id: str
     attempt: int
     artifacts: list[Artifact]
     execution_time_seconds: float
     cost_tokens: float
+    reserved_tokens: float = 0.0
+    quota_day: date | None = None
+    usage: dict[str, float] = {}  # what the worker measured (output_tokens, audio_seconds, ...)
 
 
 class JobFailed(Event, frozen=True, kw_only=True, tag="JobFailed.v1"):
+    """Failed; its whole reservation is released (a failed job costs nothing)."""
+
     code: str
     message: str
     worker_id: str | None = None
     attempt: int | None = None
+    released_tokens: float = 0.0
+    quota_day: date | None = None
 
 
 class JobCancelled(Event, frozen=True, kw_only=True, tag="JobCancelled.v1"):
+    """Cancelled; its whole reservation is released."""
+
     reason: str
     requested_by: str  # "user" or "system"
+    released_tokens: float = 0.0
+    quota_day: date | None = None
 
 
 class JobRequeued(Event, frozen=True, kw_only=True, tag="JobRequeued.v1"):
@@ -129,10 +148,18 @@ class ApiKeyIssued(Event, frozen=True, kw_only=True, tag="ApiKeyIssued.v1"):
     prefix: str
 
 
+class UserPlanChanged(Event, frozen=True, kw_only=True, tag="UserPlanChanged.v1"):
+    """An operator moved the user to another plan; it applies from the next admission on."""
+
+    plan: str
+    previous_plan: str
+    changed_by: str = "operator"
+
+
 class PlanDefined(Event, frozen=True, kw_only=True, tag="PlanDefined.v1"):
     tier: str
     name: str
-    daily_token_limit: int
+    daily_token_limit: int | None  # None: unlimited
     requests_per_minute: int
     max_concurrent_jobs: int
     max_queued_jobs: int
@@ -151,7 +178,7 @@ class FrontendKeyIssued(Event, frozen=True, kw_only=True, tag="FrontendKeyIssued
     prefix: str
 
 
-AnyEvent = JobEvent | UserRegistered | ApiKeyIssued | PlanDefined | FrontendKeyIssued
+AnyEvent = JobEvent | UserRegistered | ApiKeyIssued | UserPlanChanged | PlanDefined | FrontendKeyIssued
 
 STREAM_TYPES = {"job", "user", "plan", "frontend"}
 

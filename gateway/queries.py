@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import date, datetime
 from typing import Any
 
 import asyncpg
 
 from events import store
+from tessera import catalog
 
 
 async def api_key(conn: asyncpg.Connection, key_hash: str) -> asyncpg.Record | None:
@@ -60,17 +61,29 @@ async def plan(conn: asyncpg.Connection, tier: str) -> asyncpg.Record | None:
         " max_resolution, allowed_models, price_cents FROM plans WHERE tier = $1", tier)
 
 
-async def usage_today(conn: asyncpg.Connection, user_id: uuid.UUID) -> asyncpg.Record | None:
+async def usage_on(conn: asyncpg.Connection, user_id: uuid.UUID, day: date) -> asyncpg.Record | None:
     return await conn.fetchrow(
-        "SELECT tokens_used, jobs_completed, jobs_failed FROM usage_daily WHERE user_id = $1 AND date = $2",
-        user_id, datetime.now(UTC).date())
+        "SELECT tokens_used, jobs_completed, jobs_failed, tokens_image, tokens_video, tokens_text, tokens_audio"
+        " FROM usage_daily WHERE user_id = $1 AND date = $2", user_id, day)
 
 
-async def job_counts(conn: asyncpg.Connection, user_id: uuid.UUID) -> dict[str, int]:
-    rows = await conn.fetch(
-        "SELECT status, count(*) AS n FROM jobs WHERE user_id = $1 AND status IN ('QUEUED', 'RUNNING')"
-        " GROUP BY status", user_id)
-    return {r["status"]: r["n"] for r in rows}
+async def unfinished(conn: asyncpg.Connection, user_id: uuid.UUID, day: date) -> dict[str, Any]:
+    """The user's queued and running jobs, and the tokens they hold on `day`'s quota."""
+    row = await conn.fetchrow(
+        "SELECT count(*) FILTER (WHERE status = 'QUEUED') AS queued, count(*) FILTER (WHERE status = 'RUNNING')"
+        " AS running, coalesce(sum(reserved_tokens) FILTER (WHERE quota_day = $2), 0) AS reserved"
+        " FROM jobs WHERE user_id = $1 AND status IN ('QUEUED', 'RUNNING')", user_id, day)
+    return {"queued": row["queued"], "running": row["running"], "reserved": float(row["reserved"])}
+
+
+async def typical_seconds(conn: asyncpg.Connection, model: str) -> float:
+    """The model's mean measured execution time; the catalog's guess until one has completed."""
+    row = await conn.fetchrow("SELECT jobs_completed, total_execution_seconds FROM model_stats WHERE model = $1",
+                              model)
+    if row and row["jobs_completed"]:
+        return round(row["total_execution_seconds"] / row["jobs_completed"], 3)
+    found = catalog.CATALOG.get(model)
+    return found.typical_seconds if found else 5.0
 
 
 async def job_events(conn: asyncpg.Connection, job_id: uuid.UUID, after_version: int = 0) -> list[Any]:

@@ -24,15 +24,18 @@ from events.types import (
     JobRequeued,
     PlanDefined,
     RecordedEvent,
+    UserPlanChanged,
     UserRegistered,
 )
 from tessera.catalog import USAGE_GROUP
 
-READ_MODEL_TABLES = ("plans", "users", "api_keys", "frontend_keys", "jobs", "job_queue", "artifacts", "usage_daily")
+READ_MODEL_TABLES = ("plans", "users", "api_keys", "frontend_keys", "jobs", "job_queue", "artifacts", "usage_daily",
+                     "model_stats")
 
 _JOB_COLUMNS = (
     "id", "version", "status", "user_id", "user_ref", "frontend", "bot_id", "capability", "model", "params",
-    "priority", "cost_tokens", "reply_context", "worker_id", "attempt", "created_at", "queued_at", "started_at",
+    "priority", "cost_tokens", "reserved_tokens", "quota_day", "reply_context", "worker_id", "attempt", "created_at",
+    "queued_at", "started_at",
     "ended_at", "execution_time_seconds", "error", "last_seq",
 )
 _UPSERT_JOB = (
@@ -45,6 +48,7 @@ def job_from_row(row: asyncpg.Record) -> Job:
     values = dict(row)
     values["status"] = JobStatus(values["status"])
     values["cost_tokens"] = float(values["cost_tokens"])
+    values["reserved_tokens"] = float(values["reserved_tokens"])
     if values["execution_time_seconds"] is not None:
         values["execution_time_seconds"] = float(values["execution_time_seconds"])
     return Job(**values)
@@ -99,6 +103,7 @@ async def _apply_jobs(conn: asyncpg.Connection, records: list[RecordedEvent]) ->
 
     queue_rows, dequeued, artifacts = [], [], []
     usage: dict[tuple[uuid.UUID, object], list[float]] = defaultdict(lambda: [0.0, 0, 0, 0.0, 0.0, 0.0, 0.0])
+    model_stats: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
     for job_id, job in folded.items():
         recs = applied[job_id]
         if job.status is JobStatus.QUEUED:
@@ -108,8 +113,12 @@ async def _apply_jobs(conn: asyncpg.Connection, records: list[RecordedEvent]) ->
         else:
             dequeued.append(job_id)
         for rec in recs:
-            day = rec.recorded_at.astimezone(UTC).date()
+            # The quota day the job's tokens count against; jobs from before quotas: the day it ended.
+            day = job.quota_day or rec.recorded_at.astimezone(UTC).date()
             if isinstance(rec.data, JobCompleted):
+                stats = model_stats[job.model]
+                stats[0] += 1
+                stats[1] += rec.data.execution_time_seconds
                 row = usage[(job.user_id, day)]
                 row[0] += rec.data.cost_tokens
                 row[1] += 1
@@ -146,6 +155,16 @@ async def _apply_jobs(conn: asyncpg.Connection, records: list[RecordedEvent]) ->
             " tokens_text = u.tokens_text + EXCLUDED.tokens_text,"
             " tokens_audio = u.tokens_audio + EXCLUDED.tokens_audio",
             [(user_id, day, *values) for (user_id, day), values in usage.items()])
+    await _apply_model_stats(conn, model_stats)
+
+
+async def _apply_model_stats(conn: asyncpg.Connection, model_stats: dict[str, list[float]]) -> None:
+    if model_stats:
+        await conn.executemany(
+            "INSERT INTO model_stats AS m (model, jobs_completed, total_execution_seconds) VALUES ($1, $2, $3)"
+            " ON CONFLICT (model) DO UPDATE SET jobs_completed = m.jobs_completed + EXCLUDED.jobs_completed,"
+            " total_execution_seconds = m.total_execution_seconds + EXCLUDED.total_execution_seconds",
+            [(model, int(n), seconds) for model, (n, seconds) in model_stats.items()])
 
 
 async def _apply_other(conn: asyncpg.Connection, rec: RecordedEvent) -> None:
@@ -168,6 +187,8 @@ async def _apply_other(conn: asyncpg.Connection, rec: RecordedEvent) -> None:
             "INSERT INTO users (id, platform, platform_user_id, plan_tier, display_name, created_at)"
             " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
             rec.stream_id, event.platform, event.platform_user_id, event.plan, event.display_name, rec.recorded_at)
+    elif isinstance(event, UserPlanChanged):
+        await conn.execute("UPDATE users SET plan_tier = $2 WHERE id = $1", rec.stream_id, event.plan)
     elif isinstance(event, ApiKeyIssued):
         await conn.execute(
             "INSERT INTO api_keys (key_hash, key_id, user_id, prefix, created_at) VALUES ($1, $2, $3, $4, $5)"

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from datetime import timedelta
 
 import asyncpg
 import msgspec
@@ -24,16 +25,19 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from events import store
 from events.job import JobStatus, fold
-from events.types import user_stream_id
+from events.types import JobSubmitted, user_stream_id
 from scheduler.outbox import Outbox, Outgoing, terminal_notifications
-from scheduler.state import SchedulerState
+from scheduler.policy import PolicyConfig
+from scheduler.state import Limits, SchedulerState
 from streams import subjects as s
 from streams import topology
 from streams.messages import (
     AnyCommand,
     CancelJob,
+    ChangeUserPlan,
     CreateFrontendKey,
     CreateUser,
+    DefinePlan,
     ReportCompleted,
     ReportFailed,
     ReportStarted,
@@ -115,12 +119,20 @@ class Scheduler:
     # --- leading -----------------------------------------------------------------------------
 
     async def _load(self, conn: asyncpg.Connection) -> SchedulerState:
-        state = SchedulerState(max_attempts=self.settings.max_attempts,
-                               worker_timeout_s=self.settings.worker_timeout_s)
+        settings = self.settings
+        state = SchedulerState(Limits(max_attempts=settings.max_attempts, worker_timeout_s=settings.worker_timeout_s,
+                                      queue_timeout_s=settings.queue_timeout_s,
+                                      quota_timezone=settings.quota_timezone,
+                                      policy=PolicyConfig(aging_step_s=settings.aging_step_s,
+                                                          affinity_hold_s=settings.affinity_hold_s)))
+        active = await store.load_active_jobs(conn)
+        users = {r.data.user_id for r in active if isinstance(r.data, JobSubmitted)}
         records = (await store.load_stream_type(conn, "plan") + await store.load_stream_type(conn, "frontend")
-                   + await store.load_active_jobs(conn))
+                   + await store.load_streams(conn, users) + active)
         records.sort(key=lambda r: r.seq)
-        state.load(records, await store.head(conn))
+        since = state.quota_day() - timedelta(days=1)
+        state.load(records, await store.head(conn), used=await store.tokens_charged(conn, since),
+                   execution_s=await store.execution_times(conn))
         return state
 
     async def _lead(self, conn: asyncpg.Connection) -> None:
@@ -198,7 +210,11 @@ class Scheduler:
                 entry = await watcher.updates(timeout=5)
             except TimeoutError:
                 continue
-            if entry is None or self.state is None:
+            if entry is None:  # the end of the bucket's current contents: the fleet is known
+                if self.state is not None:
+                    self.state.fleet_known = True
+                continue
+            if self.state is None:
                 continue
             if entry.operation in ("DEL", "PURGE") or not entry.value:
                 self.state.worker_gone(entry.key)
@@ -223,6 +239,7 @@ class Scheduler:
                 self._decide(commands)
                 break
             except _Poisoned as poisoned:
+                state_before = self.state
                 index = poisoned.index
                 msg = next(m for i, _, m in commands if i == index)
                 log.exception("%s: command on %s could not be handled", self.name, msg.subject,
@@ -230,11 +247,21 @@ class Scheduler:
                 await self._dead_letter(js, msg, f"handler failed: {poisoned.error!r}")
                 commands = [c for c in commands if c[0] != index]
                 self.state = await self._load(conn)  # the failed handler may have left half a decision
+                self._keep_fleet(state_before)
                 loaded = await self._prefetch(conn, [c for _, c, _ in commands])
         await self._commit(conn, outbox)
         self.state.forget_terminal(loaded)  # finished jobs loaded only to answer a duplicate command
         for msg in msgs:  # committed (or moved aside): done with
             await msg.ack()
+
+    def _keep_fleet(self, old: SchedulerState | None) -> None:
+        """After a reload, keep knowing the workers (the bucket only tells again at their next heartbeat)."""
+        if old is None or self.state is None:
+            return
+        for view in old.workers.values():
+            if not view.gone:
+                self.state.worker_seen(view.status, view.last_seen)
+        self.state.fleet_known = old.fleet_known
 
     def _decide(self, commands: list[tuple[int, AnyCommand, Msg]]) -> None:
         state = self.state
@@ -258,6 +285,10 @@ class Scheduler:
                         state.create_user(command, reply_to, cause)
                     case CreateFrontendKey():
                         state.create_frontend_key(command, reply_to, cause)
+                    case ChangeUserPlan():
+                        state.change_user_plan(command, reply_to, cause)
+                    case DefinePlan():
+                        state.define_plan(command, reply_to, cause)
             except Exception as exc:  # a bug or a poisonous command: move it aside, keep serving
                 raise _Poisoned(index, exc) from exc
         state.tick()
@@ -271,7 +302,7 @@ class Scheduler:
         for command in commands:
             if isinstance(command, SubmitJob) and command.user_id not in state.users:
                 wanted.add(command.user_id)
-            if isinstance(command, CreateUser):
+            if isinstance(command, CreateUser | ChangeUserPlan):
                 wanted.add(user_stream_id(command.platform, command.platform_user_id))
             job_id = getattr(command, "job_id", None)
             if job_id is not None and job_id not in state.jobs:

@@ -8,12 +8,18 @@ rebuilt from PostgreSQL, so a handler never needs to undo anything.
 
 from __future__ import annotations
 
-import heapq
 import logging
+import math
 import time
 import uuid
+from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import msgspec
 
 from events.job import Job, JobStatus, evolve
 from events.store import PendingEvent
@@ -31,18 +37,24 @@ from events.types import (
     JobSubmitted,
     PlanDefined,
     RecordedEvent,
+    UserPlanChanged,
     UserRegistered,
     frontend_stream_id,
+    plan_stream_id,
     user_stream_id,
 )
+from scheduler.policy import PolicyConfig, QueuePolicy, Slot, TesseraPolicy, Waiting
 from streams.messages import (
     CancelJob,
     CancelRunning,
+    ChangeUserPlan,
     CreateFrontendKey,
     CreateUser,
     Decision,
+    DefinePlan,
     Dispatch,
     JobSummary,
+    RateLimit,
     ReportCompleted,
     ReportFailed,
     ReportStarted,
@@ -60,6 +72,7 @@ class WorkerView:
     last_seen: float
     running: set[uuid.UUID] = field(default_factory=set)
     cancelling: set[uuid.UUID] = field(default_factory=set)
+    loaded: set[str] = field(default_factory=set)  # models it holds: heartbeat, plus what it was sent since
     gone: bool = False  # said goodbye, or replaced by a new instance
 
     @property
@@ -78,6 +91,14 @@ class UserView:
 
 
 @dataclass
+class Ledger:
+    """A user's tokens for one quota day: charged for completed jobs, and held for running ones."""
+
+    used: float = 0.0
+    reserved: float = 0.0
+
+
+@dataclass
 class Effects:
     """What a batch decided, carried out once its events are committed."""
 
@@ -91,39 +112,69 @@ class Effects:
     finished: list[uuid.UUID] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Limits:
+    """The scheduler's tunables (docs/scheduling.md)."""
+
+    max_attempts: int = 3
+    worker_timeout_s: float = 10.0
+    queue_timeout_s: float = 1800.0
+    quota_timezone: str = "UTC"
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+
+
 class SchedulerState:
-    def __init__(self, *, max_attempts: int = 3, worker_timeout_s: float = 10.0) -> None:
-        self.max_attempts = max_attempts
-        self.worker_timeout_s = worker_timeout_s
+    def __init__(self, limits: Limits | None = None, *, wall_clock: Callable[[], float] = time.time,
+                 policy: QueuePolicy | None = None) -> None:
+        self.limits = limits or Limits()
+        self.max_attempts = self.limits.max_attempts
+        self.worker_timeout_s = self.limits.worker_timeout_s
+        self.clock = wall_clock
+        self.quota_zone = ZoneInfo(self.limits.quota_timezone)
         self.jobs: dict[uuid.UUID, Job] = {}
         self.plans: dict[str, PlanDefined] = {}
+        self.plan_versions: dict[str, int] = {}
         self.users: dict[uuid.UUID, UserView] = {}
         self.frontends: dict[uuid.UUID, int] = {}  # frontend stream id -> version
         self.workers: dict[str, WorkerView] = {}
-        # Waiting jobs: per model, per priority, a heap of (enqueue order, job id).
-        self._queues: dict[str, dict[int, list[tuple[int, uuid.UUID]]]] = {}
-        self._waiting: dict[uuid.UUID, int] = {}  # job id -> its enqueue order
-        self._depth: dict[tuple[str, int], int] = {}
+        self.fleet_known = False  # the first snapshot of the workers bucket has been read
+        self.policy: QueuePolicy = policy or TesseraPolicy(self.limits.policy)
+        self._depth: dict[tuple[str, int], int] = {}  # (capability, priority) -> jobs waiting
+        self.user_queued: Counter[uuid.UUID] = Counter()
+        self.user_running: Counter[uuid.UUID] = Counter()
+        self.ledger: dict[tuple[uuid.UUID, date], Ledger] = {}
+        self.execution_s: dict[str, float] = {}  # model -> moving average of measured execution time
+        self._requests: dict[uuid.UUID, deque[float]] = {}  # user -> submit times in the last minute
         self._order = 0
+        self._last_timeout_check = 0.0
         self.effects = Effects()
 
     # --- loading -----------------------------------------------------------------------------
 
-    def load(self, records: list[RecordedEvent], head_seq: int) -> None:
-        """Rebuild from the events of plans, frontends and active jobs (in log order)."""
+    def load(self, records: list[RecordedEvent], head_seq: int,
+             used: dict[tuple[uuid.UUID, date], float] | None = None,
+             execution_s: dict[str, float] | None = None) -> None:
+        """Rebuild from the events of plans, frontends, the users of active jobs and active jobs
+        (in log order), the tokens charged on recent quota days and measured execution times."""
         self._order = head_seq
         queued_at_seq: dict[uuid.UUID, int] = {}
         for rec in records:
             self.apply(rec)
             if isinstance(rec.data, JobQueued | JobRequeued):
                 queued_at_seq[rec.stream_id] = rec.seq
+        for (user_id, day), tokens in (used or {}).items():
+            self._ledger(user_id, day).used += tokens
+        self.execution_s.update(execution_s or {})
         for job in self.jobs.values():
             if job.status is JobStatus.QUEUED:
                 self._enqueue(job, order=queued_at_seq[job.id])
-            elif job.status is JobStatus.RUNNING and job.worker_id:
-                worker = self.workers.get(job.worker_id)
+            elif job.status is JobStatus.RUNNING:
+                self.user_running[job.user_id] += 1
+                worker = self.workers.get(job.worker_id or "")
                 if worker:
                     worker.running.add(job.id)
+            if job.quota_day is not None and not job.status.terminal:
+                self._ledger(job.user_id, job.quota_day).reserved += job.reserved_tokens
 
     def apply(self, rec: RecordedEvent) -> None:
         """Fold one stored event into the state (loading, and events this process emits)."""
@@ -132,12 +183,15 @@ class SchedulerState:
             self.jobs[rec.stream_id] = evolve(self.jobs.get(rec.stream_id), rec)
         elif isinstance(event, PlanDefined):
             self.plans[event.tier] = event
+            self.plan_versions[event.tier] = rec.version
         elif isinstance(event, UserRegistered):
             self.users[rec.stream_id] = UserView(id=rec.stream_id, plan=event.plan, version=rec.version)
-        elif isinstance(event, ApiKeyIssued):
+        elif isinstance(event, ApiKeyIssued | UserPlanChanged):
             user = self.users.get(rec.stream_id)
             if user:
                 user.version = rec.version
+                if isinstance(event, UserPlanChanged):
+                    user.plan = event.plan
         elif isinstance(event, FrontendKeyIssued):
             self.frontends[rec.stream_id] = rec.version
 
@@ -154,12 +208,27 @@ class SchedulerState:
         self.apply(pending.recorded(seq=0))
 
     def emit_job(self, job_id: uuid.UUID, event: AnyEvent, cause: str | None) -> Job:
+        """Record a job event and keep every count that depends on the job's status in step."""
         current = self.jobs.get(job_id)
+        before = current.status if current else None
         self.emit("job", job_id, (current.version if current else 0) + 1, event, cause)
         job = self.jobs[job_id]
-        if job.status.terminal:
+        after = job.status
+        if before is JobStatus.QUEUED and after is not JobStatus.QUEUED:
             self._dequeue(job)
+        if before is JobStatus.RUNNING and after is not JobStatus.RUNNING:
+            self.user_running[job.user_id] -= 1
             self._release_slot(job)
+        if after is JobStatus.RUNNING and before is not JobStatus.RUNNING:
+            self.user_running[job.user_id] += 1
+        if isinstance(event, JobQueued) and job.quota_day is not None:
+            self._ledger(job.user_id, job.quota_day).reserved += job.reserved_tokens
+        if after.terminal:
+            if job.quota_day is not None:
+                ledger = self._ledger(job.user_id, job.quota_day)
+                ledger.reserved -= job.reserved_tokens
+                if after is JobStatus.COMPLETED:
+                    ledger.used += job.cost_tokens
             self.effects.finished.append(job_id)
         return job
 
@@ -174,42 +243,67 @@ class SchedulerState:
             if job is not None and job.status.terminal:
                 del self.jobs[job_id]
 
+    # --- quotas and limits -------------------------------------------------------------------
+
+    def quota_day(self, at: float | None = None) -> date:
+        return datetime.fromtimestamp(self.clock() if at is None else at, self.quota_zone).date()
+
+    def quota_resets_at(self, day: date) -> datetime:
+        """When `day`'s quota ends (midnight after it, in the quota time zone), in UTC."""
+        return datetime.combine(day + timedelta(days=1), datetime.min.time(), self.quota_zone).astimezone(UTC)
+
+    def _ledger(self, user_id: uuid.UUID, day: date) -> Ledger:
+        ledger = self.ledger.get((user_id, day))
+        if ledger is None:
+            ledger = self.ledger[(user_id, day)] = Ledger()
+            if len(self.ledger) > 4 * max(len(self.users), 1024):
+                self._forget_old_days()
+        return ledger
+
+    def _forget_old_days(self) -> None:
+        cutoff = self.quota_day() - timedelta(days=2)
+        for key in [k for k, v in self.ledger.items() if k[1] < cutoff and abs(v.reserved) < 1e-9]:
+            del self.ledger[key]
+
+    def plan_of(self, user_id: uuid.UUID) -> PlanDefined:
+        user = self.users.get(user_id)
+        return self.plans.get(user.plan if user else "free") or self.plans["free"]
+
+    def concurrency_limit(self, user_id: uuid.UUID) -> int:
+        return self.plan_of(user_id).max_concurrent_jobs
+
+    def _rate(self, user_id: uuid.UUID, plan: PlanDefined, now: float) -> RateLimit:
+        """Requests in the sliding minute before `now` (not counting this one)."""
+        window = self._requests.setdefault(user_id, deque())
+        while window and now - window[0] >= 60.0:
+            window.popleft()
+        reset = 60.0 - (now - window[0]) if window else 60.0
+        return RateLimit(limit=plan.requests_per_minute, remaining=max(0, plan.requests_per_minute - len(window)),
+                         reset_seconds=round(reset, 3))
+
     # --- queue -------------------------------------------------------------------------------
 
     def _enqueue(self, job: Job, order: int | None = None) -> None:
         order = self._next_order() if order is None else order
-        heapq.heappush(self._queues.setdefault(job.model, {}).setdefault(job.priority, []), (order, job.id))
-        self._waiting[job.id] = order
+        enqueued_at = job.queued_at.timestamp() if job.queued_at else self.clock()
+        model = catalog.CATALOG.get(job.model)
+        size = max(model.size(job.params)) if model else 0
+        self.policy.push(Waiting(job_id=job.id, user_id=job.user_id, model=job.model, priority=job.priority,
+                                 order=order, enqueued_at=enqueued_at, size=size))
         key = (job.capability, job.priority)
         self._depth[key] = self._depth.get(key, 0) + 1
+        self.user_queued[job.user_id] += 1
 
     def _dequeue(self, job: Job) -> None:
-        """Count a job out of the queue; its heap entry is skipped lazily when it surfaces."""
-        if self._waiting.pop(job.id, None) is not None:
-            self._depth[(job.capability, job.priority)] -= 1
+        """Count a job out of the queue (picked, cancelled or timed out)."""
+        self.policy.remove(job.id)
+        self._depth[(job.capability, job.priority)] -= 1
+        self.user_queued[job.user_id] -= 1
 
     def queue_position(self, job: Job) -> int:
-        """Jobs that wait for the same capability ahead of this one, which is assumed newest in its tier."""
-        return sum(depth for (cap, prio), depth in self._depth.items()
-                   if cap == job.capability and prio >= job.priority) - 1
-
-    def _is_waiting(self, job_id: uuid.UUID) -> bool:
-        return job_id in self._waiting
-
-    def _next_job_for(self, worker: WorkerView) -> Job | None:
-        """Highest priority first; oldest first within a priority; only models the worker serves."""
-        best: tuple[int, int, uuid.UUID] | None = None
-        for model in worker.status.models:
-            for prio, heap in self._queues.get(model, {}).items():
-                while heap and not self._is_waiting(heap[0][1]):
-                    heapq.heappop(heap)
-                if heap and (best is None or (-prio, heap[0][0]) < (best[0], best[1])):
-                    best = (-prio, heap[0][0], heap[0][1])
-        if best is None:
-            return None
-        job = self.jobs[best[2]]
-        heapq.heappop(self._queues[job.model][job.priority])
-        return job
+        """Jobs that wait for the same capability at this tier or above, other than this one."""
+        return max(0, sum(depth for (cap, prio), depth in self._depth.items()
+                          if cap == job.capability and prio >= job.priority) - 1)
 
     def _release_slot(self, job: Job) -> None:
         if job.worker_id and job.worker_id in self.workers:
@@ -221,14 +315,25 @@ class SchedulerState:
         if reply_to:
             self.effects.replies.append((reply_to, job_id, decision))
 
+    def _refuse(self, reply_to: str | None, status: int, code: str, detail: str, **extra: Any) -> None:
+        self.reply(reply_to, Decision(ok=False, status=status, code=code, detail=detail, **extra))
+
+    def typical_seconds(self, model_name: str) -> float:
+        measured = self.execution_s.get(model_name)
+        if measured is not None:
+            return measured
+        model = catalog.CATALOG.get(model_name)
+        return model.typical_seconds if model else 5.0
+
+    def capable_slots(self, model_name: str) -> int:
+        return sum(w.status.slots for w in self.workers.values() if not w.gone and model_name in w.status.models)
+
     def summary(self, job: Job) -> JobSummary:
-        model = catalog.CATALOG.get(job.model)
         position = self.queue_position(job) if job.status is JobStatus.QUEUED else None
         estimate = None
-        if model and not job.status.terminal:
-            slots = sum(w.status.slots for w in self.workers.values() if not w.gone and job.model in w.status.models)
-            waves = ((position or 0) // max(slots, 1)) + 1
-            estimate = round(waves * model.typical_seconds, 3)
+        if not job.status.terminal:
+            waves = ((position or 0) // max(self.capable_slots(job.model), 1)) + 1
+            estimate = round(waves * self.typical_seconds(job.model), 3)
         return JobSummary(job_id=job.id, status=job.status.value, cost_tokens=job.cost_tokens,
                           queue_position=position, estimated_time_seconds=estimate)
 
@@ -236,40 +341,90 @@ class SchedulerState:
         existing = self.jobs.get(cmd.job_id)
         if existing is not None:
             if existing.user_id != cmd.user_id:
-                self.reply(reply_to, Decision(ok=False, status=409, code="JOB_ID_CONFLICT",
-                                              detail="this job id is taken"))
+                self._refuse(reply_to, 409, "JOB_ID_CONFLICT", "this job id is taken")
             else:  # the same submit again (retry, redelivery, idempotency key): one effect
                 self.reply(reply_to, Decision(ok=True, status=202), existing.id)
             return
-        if datetime.now(UTC) > cmd.deadline:
-            self.reply(reply_to, Decision(ok=False, status=503, code="SUBMIT_EXPIRED",
-                                          detail="the submit arrived after its deadline; nothing was created"))
+        now = self.clock()
+        if datetime.fromtimestamp(now, UTC) > cmd.deadline:
+            self._refuse(reply_to, 503, "SUBMIT_EXPIRED", "the submit arrived after its deadline; nothing was created")
             return
         if cmd.capability not in catalog.CAPABILITIES:
-            self.reply(reply_to, Decision(ok=False, status=422, code="UNKNOWN_CAPABILITY",
-                                          detail=f"unknown capability {cmd.capability!r}; "
-                                                 f"known: {', '.join(catalog.CAPABILITIES)}"))
+            self._refuse(reply_to, 422, "UNKNOWN_CAPABILITY", f"unknown capability {cmd.capability!r}; "
+                         f"known: {', '.join(catalog.CAPABILITIES)}")
             return
         model = catalog.resolve(cmd.capability, cmd.model)
         if model is None:
             detail = (f"model {cmd.model!r} does not serve capability {cmd.capability!r}" if cmd.model
-                      else f"no model serves capability {cmd.capability!r} yet")
-            self.reply(reply_to, Decision(ok=False, status=422, code="UNKNOWN_MODEL", detail=detail))
+                      else f"no model serves capability {cmd.capability!r}")
+            self._refuse(reply_to, 422, "UNKNOWN_MODEL", detail)
+            return
+        try:
+            model.check(cmd.params)
+        except catalog.ParamError as exc:
+            self._refuse(reply_to, 422, exc.code, exc.message)
             return
         user = self._user_for(cmd, cause)
         if user is None:
-            self.reply(reply_to, Decision(ok=False, status=401, code="UNKNOWN_USER", detail="user is not registered"))
+            self._refuse(reply_to, 401, "UNKNOWN_USER", "user is not registered")
             return
         plan = self.plans[user.plan]
+        rate = self._rate(user.id, plan, now)
+        if rate.remaining <= 0:
+            self._refuse(reply_to, 429, "RATE_LIMITED", f"more than {plan.requests_per_minute} requests in a minute "
+                         f"on the {plan.name} plan; retry in {math.ceil(rate.reset_seconds)}s",
+                         rate=rate, retry_after=math.ceil(rate.reset_seconds))
+            return
+        self._requests[user.id].append(now)
+        rate = msgspec.structs.replace(rate, remaining=rate.remaining - 1)
+        if model.gated and "*" not in plan.allowed_models and model.name not in plan.allowed_models:
+            allowed = ", ".join(plan.allowed_models) or "none"
+            self._refuse(reply_to, 403, "MODEL_NOT_ALLOWED", f"the {plan.name} plan does not include {model.name} "
+                         f"(it includes {allowed}); upgrade to use it", rate=rate)
+            return
+        width, height = model.size(cmd.params)
+        if max(width, height) > plan.max_resolution:
+            self._refuse(reply_to, 403, "RESOLUTION_TOO_HIGH", f"{width}x{height} is above the {plan.name} plan's "
+                         f"{plan.max_resolution} px per side", rate=rate)
+            return
+        if self.user_queued[user.id] >= plan.max_queued_jobs:
+            self._refuse(reply_to, 429, "TOO_MANY_QUEUED_JOBS", f"{self.user_queued[user.id]} jobs already wait "
+                         f"(the {plan.name} plan allows {plan.max_queued_jobs} waiting and "
+                         f"{plan.max_concurrent_jobs} running); retry when one has started",
+                         rate=rate, retry_after=max(1, math.ceil(self.typical_seconds(model.name))))
+            return
+        if self.fleet_known and not self._anyone_can_run(model.name, max(width, height)):
+            size = f" at {width}x{height}" if width else ""
+            self._refuse(reply_to, 503, "NO_CAPABLE_WORKER", f"no worker online can run {model.name}{size}",
+                         rate=rate)
+            return
+        cost = model.cost(cmd.params)
+        day = self.quota_day(now)
+        ledger = self._ledger(user.id, day)
+        limit = plan.daily_token_limit
+        if limit is not None and ledger.used + ledger.reserved + cost > limit + 1e-9:
+            resets = self.quota_resets_at(day)
+            left = max(0.0, limit - ledger.used - ledger.reserved)
+            self._refuse(reply_to, 429, "QUOTA_EXCEEDED", f"this job costs {cost:g} tokens and {left:g} of today's "
+                         f"{limit} are left ({ledger.used:g} used, {ledger.reserved:g} held by unfinished jobs); "
+                         f"the quota resets at {resets.isoformat()}",
+                         rate=rate, retry_after=max(1, math.ceil(resets.timestamp() - now)))
+            return
         self.emit_job(cmd.job_id, JobSubmitted(
             user_id=user.id, user_ref=cmd.user_ref, frontend=cmd.frontend, bot_id=cmd.bot_id,
             capability=cmd.capability, model=model.name, params=cmd.params, priority=plan.priority,
-            cost_tokens=model.cost(cmd.params), reply_context=cmd.reply_context,
+            cost_tokens=cost, reply_context=cmd.reply_context,
         ), cause)
-        job = self.emit_job(cmd.job_id, JobQueued(priority=plan.priority), cause)
+        job = self.emit_job(cmd.job_id, JobQueued(priority=plan.priority, reserved_tokens=cost, quota_day=day,
+                                                  reason=f"admitted on the {plan.name} plan"), cause)
         self._enqueue(job)
         self.effects.activated.append(job.id)
-        self.reply(reply_to, Decision(ok=True, status=202, user_id=user.id), job.id)
+        self.reply(reply_to, Decision(ok=True, status=202, user_id=user.id, rate=rate), job.id)
+
+    def _anyone_can_run(self, model_name: str, size: int) -> bool:
+        return any(not w.gone and model_name in w.status.models
+                   and (w.status.max_resolution is None or size <= w.status.max_resolution)
+                   for w in self.workers.values())
 
     def _user_for(self, cmd: SubmitJob, cause: str) -> UserView | None:
         user = self.users.get(cmd.user_id)
@@ -287,7 +442,7 @@ class SchedulerState:
     def cancel(self, cmd: CancelJob, reply_to: str | None, cause: str) -> None:
         job = self.jobs.get(cmd.job_id)
         if job is None or job.user_id != cmd.user_id:
-            self.reply(reply_to, Decision(ok=False, status=404, code="JOB_NOT_FOUND", detail="no such job"))
+            self._refuse(reply_to, 404, "JOB_NOT_FOUND", "no such job")
             return
         if job.status.terminal:
             self.reply(reply_to, Decision(ok=False, status=409, code="JOB_TERMINAL",
@@ -295,7 +450,8 @@ class SchedulerState:
             return
         was_running = job.status is JobStatus.RUNNING
         worker_id, attempt = job.worker_id, job.attempt
-        job = self.emit_job(job.id, JobCancelled(reason=cmd.reason, requested_by="user"), cause)
+        job = self.emit_job(job.id, JobCancelled(reason=cmd.reason, requested_by="user",
+                                                 released_tokens=job.reserved_tokens, quota_day=job.quota_day), cause)
         if was_running and worker_id:
             worker = self.workers.get(worker_id)
             if worker:
@@ -323,17 +479,29 @@ class SchedulerState:
                 log.info("refused result of job %s attempt %s from %s", cmd.job_id, cmd.attempt, cmd.worker_id)
                 self.effects.discard_objects.extend(a.object_name for a in cmd.artifacts if a.object_name)
             return
+        model = catalog.CATALOG.get(job.model)
+        charge = job.cost_tokens
+        if model is not None and job.quota_day is not None:
+            charge = min(job.reserved_tokens, model.actual_cost(job.params, cmd.usage))
         self.emit_job(job.id, JobCompleted(
             worker_id=cmd.worker_id, attempt=cmd.attempt, artifacts=cmd.artifacts,
-            execution_time_seconds=cmd.execution_time_seconds, cost_tokens=job.cost_tokens,
+            execution_time_seconds=cmd.execution_time_seconds, cost_tokens=charge,
+            reserved_tokens=job.reserved_tokens, quota_day=job.quota_day, usage=cmd.usage,
         ), cause)
+        previous = self.execution_s.get(job.model)
+        seconds = cmd.execution_time_seconds
+        self.execution_s[job.model] = seconds if previous is None else previous + EWMA_WEIGHT * (seconds - previous)
 
     def failed(self, cmd: ReportFailed, cause: str) -> None:
         self._let_go(cmd.worker_id, cmd.job_id)
         job = self._current_attempt(cmd.job_id, cmd.worker_id, cmd.attempt)
         if job is not None:
-            self.emit_job(job.id, JobFailed(code=cmd.code, message=cmd.message, worker_id=cmd.worker_id,
-                                            attempt=cmd.attempt), cause)
+            self._fail(job, cmd.code, cmd.message, cause, worker_id=cmd.worker_id, attempt=cmd.attempt)
+
+    def _fail(self, job: Job, code: str, message: str, cause: str, *, worker_id: str | None = None,
+              attempt: int | None = None) -> Job:
+        return self.emit_job(job.id, JobFailed(code=code, message=message, worker_id=worker_id, attempt=attempt,
+                                               released_tokens=job.reserved_tokens, quota_day=job.quota_day), cause)
 
     def _let_go(self, worker_id: str, job_id: uuid.UUID) -> None:
         worker = self.workers.get(worker_id)
@@ -342,7 +510,7 @@ class SchedulerState:
 
     def create_user(self, cmd: CreateUser, reply_to: str | None, cause: str) -> None:
         if cmd.plan not in self.plans:
-            self.reply(reply_to, Decision(ok=False, status=422, code="UNKNOWN_PLAN", detail=f"no plan {cmd.plan!r}"))
+            self._refuse(reply_to, 422, "UNKNOWN_PLAN", f"no plan {cmd.plan!r}")
             return
         stream_id = user_stream_id(cmd.platform, cmd.platform_user_id)
         user = self.users.get(stream_id)
@@ -353,6 +521,41 @@ class SchedulerState:
         self.emit("user", stream_id, user.version + 1,
                   ApiKeyIssued(key_id=cmd.key_id, key_hash=cmd.key_hash, prefix=cmd.key_prefix), cause)
         self.reply(reply_to, Decision(ok=True, status=201, user_id=stream_id))
+
+    def change_user_plan(self, cmd: ChangeUserPlan, reply_to: str | None, cause: str) -> None:
+        if cmd.plan not in self.plans:
+            self._refuse(reply_to, 422, "UNKNOWN_PLAN", f"no plan {cmd.plan!r}")
+            return
+        stream_id = user_stream_id(cmd.platform, cmd.platform_user_id)
+        user = self.users.get(stream_id)
+        if user is None:
+            self._refuse(reply_to, 404, "USER_NOT_FOUND", f"no user {cmd.platform}:{cmd.platform_user_id}")
+            return
+        if user.plan != cmd.plan:
+            self.emit("user", stream_id, user.version + 1,
+                      UserPlanChanged(plan=cmd.plan, previous_plan=user.plan, changed_by=cmd.changed_by), cause)
+        self.reply(reply_to, Decision(ok=True, status=200, user_id=stream_id))
+
+    def define_plan(self, cmd: DefinePlan, reply_to: str | None, cause: str) -> None:
+        """Create a plan, or change some of an existing plan's terms (the rest stay)."""
+        current = self.plans.get(cmd.tier)
+        changes = {k: v for k, v in msgspec.structs.asdict(cmd).items()
+                   if k not in ("command_id", "tier", "unlimited_tokens") and v is not None}
+        if cmd.unlimited_tokens:
+            changes["daily_token_limit"] = None
+        try:
+            if current is None:
+                plan = PlanDefined(tier=cmd.tier, **{"name": cmd.tier.title(), "allowed_models": [], **changes})
+            else:
+                plan = msgspec.structs.replace(current, **changes)
+            plan = msgspec.convert(msgspec.to_builtins(plan), PlanDefined)  # re-validate every field
+            _check_plan(plan)
+        except (TypeError, msgspec.ValidationError, ValueError) as exc:
+            self._refuse(reply_to, 422, "INVALID_PLAN", f"plan {cmd.tier!r}: {exc}")
+            return
+        if plan != current:
+            self.emit("plan", plan_stream_id(cmd.tier), self.plan_versions.get(cmd.tier, 0) + 1, plan, cause)
+        self.reply(reply_to, Decision(ok=True, status=200))
 
     def create_frontend_key(self, cmd: CreateFrontendKey, reply_to: str | None, cause: str) -> None:
         stream_id = frontend_stream_id(cmd.frontend, cmd.bot_id)
@@ -376,6 +579,7 @@ class SchedulerState:
             view.running = {j.id for j in self.jobs.values()
                             if j.status is JobStatus.RUNNING and j.worker_id == status.worker_id}
         view.status = status
+        view.loaded = set(status.loaded_models)
         view.last_seen = now
         view.cancelling &= set(status.running)
 
@@ -395,15 +599,14 @@ class SchedulerState:
                                                         reason=reason), "scheduler:worker-lost")
                 self._enqueue(job)
             else:
-                self.emit_job(job.id, JobFailed(code="WORKER_LOST", message=f"{reason} (attempt {job.attempt} of "
-                              f"{self.max_attempts})", worker_id=view.status.worker_id, attempt=job.attempt),
-                              "scheduler:worker-lost")
+                self._fail(job, "WORKER_LOST", f"{reason} (attempt {job.attempt} of {self.max_attempts})",
+                           "scheduler:worker-lost", worker_id=view.status.worker_id, attempt=job.attempt)
         view.running.clear()
         view.cancelling.clear()
         self.effects.purge_workers.append(view.status.worker_id)
 
     def tick(self, now: float | None = None) -> None:
-        """Declare workers lost whose heartbeats stopped; forget the ones already handled."""
+        """Declare workers lost whose heartbeats stopped; fail jobs that waited too long."""
         now = time.monotonic() if now is None else now
         for worker_id, view in list(self.workers.items()):
             if view.gone:
@@ -414,24 +617,54 @@ class SchedulerState:
                 log.warning("worker %s missed its heartbeats for %.1fs: declared lost", worker_id, now - view.last_seen)
                 self._lose_worker(view, f"no heartbeat for {now - view.last_seen:.0f}s")
                 del self.workers[worker_id]
+        wall = self.clock()
+        if wall - self._last_timeout_check >= 1.0:
+            self._last_timeout_check = wall
+            timeout = self.limits.queue_timeout_s
+            for waiting in list(self.policy):
+                if wall - waiting.enqueued_at > timeout:
+                    job = self.jobs[waiting.job_id]
+                    self._fail(job, "QUEUE_TIMEOUT", f"no worker took the job within {timeout:.0f}s; "
+                               f"its {job.reserved_tokens:g} reserved tokens are released", "scheduler:queue-timeout")
 
     def schedule(self) -> None:
-        """Hand waiting jobs to workers with free slots."""
+        """Hand waiting jobs to workers with free slots, as the queue policy picks them."""
+        if not len(self.policy):
+            return
+        now = self.clock()
         for view in self.workers.values():
             while view.can_take():
-                job = self._next_job_for(view)
-                if job is None:
+                slot = Slot(worker_id=view.status.worker_id, models=frozenset(view.status.models),
+                            loaded=frozenset(view.loaded), max_resolution=view.status.max_resolution)
+                pick = self.policy.pick(slot, now, self.user_running, self.concurrency_limit)
+                if pick is None:
                     break
-                attempt = job.attempt + 1
-                reason = (f"priority {job.priority}, oldest waiting for {job.model}; "
-                          f"{view.status.worker_id} had {view.free_slots} free slot(s)")
-                job = self.emit_job(job.id, JobDispatched(worker_id=view.status.worker_id, attempt=attempt,
-                                                          reason=reason), "scheduler:dispatch")
-                self._dequeue(job)
+                job = self.jobs[pick.job.job_id]
+                job = self.emit_job(job.id, JobDispatched(worker_id=view.status.worker_id, attempt=job.attempt + 1,
+                                                          reason=pick.reason), "scheduler:dispatch")
                 view.running.add(job.id)
+                view.loaded.add(job.model)  # until its next heartbeat says otherwise
                 self.effects.dispatches.append((view.status.worker_id, self.dispatch_message(job)))
 
     def dispatch_message(self, job: Job) -> Dispatch:
         model = catalog.CATALOG[job.model]
         return Dispatch(job_id=job.id, attempt=job.attempt, capability=job.capability, model=job.model,
                         params=job.params, timeout_seconds=model.timeout_seconds, dispatched_at=datetime.now(UTC))
+
+
+EWMA_WEIGHT = 0.2  # weight of the newest measurement in a model's execution-time average
+
+
+def _check_plan(plan: PlanDefined) -> None:
+    if not 0 <= plan.priority <= 3:
+        raise ValueError("priority must be 0 (free) to 3 (admin)")
+    numbers = {"requests_per_minute": plan.requests_per_minute, "max_concurrent_jobs": plan.max_concurrent_jobs,
+               "max_queued_jobs": plan.max_queued_jobs, "max_resolution": plan.max_resolution}
+    for name, value in numbers.items():
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1")
+    if plan.daily_token_limit is not None and plan.daily_token_limit < 0:
+        raise ValueError("daily_token_limit must not be negative")
+    unknown = [m for m in plan.allowed_models if m != "*" and m not in catalog.CATALOG]
+    if unknown:
+        raise ValueError(f"unknown models {', '.join(unknown)}")

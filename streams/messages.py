@@ -51,6 +51,7 @@ class ReportCompleted(Command, frozen=True, kw_only=True, tag="job.completed"):
     attempt: int
     artifacts: list[Artifact]
     execution_time_seconds: float
+    usage: dict[str, float] = {}  # measured units the price depends on: output_tokens, audio_seconds, ...
 
 
 class ReportFailed(Command, frozen=True, kw_only=True, tag="job.failed"):
@@ -83,7 +84,34 @@ class CreateFrontendKey(Command, frozen=True, kw_only=True, tag="frontend.create
     key_prefix: str
 
 
-AnyCommand = SubmitJob | CancelJob | ReportStarted | ReportCompleted | ReportFailed | CreateUser | CreateFrontendKey
+class ChangeUserPlan(Command, frozen=True, kw_only=True, tag="user.plan"):
+    command_id: uuid.UUID
+    platform: str
+    platform_user_id: str
+    plan: str
+    changed_by: str = "operator"
+
+
+class DefinePlan(Command, frozen=True, kw_only=True, tag="plan.define"):
+    """Create a plan or change the terms given (None: unchanged)."""
+
+    command_id: uuid.UUID
+    tier: str
+    name: str | None = None
+    daily_token_limit: int | None = None
+    unlimited_tokens: bool = False  # set daily_token_limit to unlimited
+    requests_per_minute: int | None = None
+    max_concurrent_jobs: int | None = None
+    max_queued_jobs: int | None = None
+    priority: int | None = None
+    max_resolution: int | None = None
+    allowed_models: list[str] | None = None
+    price_cents: int | None = None
+    description: str | None = None
+
+
+AnyCommand = (SubmitJob | CancelJob | ReportStarted | ReportCompleted | ReportFailed | CreateUser | CreateFrontendKey
+              | ChangeUserPlan | DefinePlan)
 
 
 class JobSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -92,6 +120,14 @@ class JobSummary(msgspec.Struct, frozen=True, kw_only=True):
     cost_tokens: float
     queue_position: int | None = None
     estimated_time_seconds: float | None = None
+
+
+class RateLimit(msgspec.Struct, frozen=True, kw_only=True):
+    """The user's request budget for the sliding minute (RateLimit-* headers)."""
+
+    limit: int
+    remaining: int
+    reset_seconds: float
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
@@ -104,6 +140,8 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     job: JobSummary | None = None
     seq: int = 0  # newest event sequence written for this command (read-your-writes)
     user_id: uuid.UUID | None = None
+    rate: RateLimit | None = None
+    retry_after: int | None = None  # seconds, for a refusal worth retrying later
 
 
 class Dispatch(msgspec.Struct, frozen=True, kw_only=True):
@@ -133,6 +171,7 @@ class WorkerStatus(msgspec.Struct, frozen=True, kw_only=True):
     sent_at: datetime
     heartbeat_interval_s: float = 2.0
     gpu: dict[str, Any] | None = None
+    max_resolution: int | None = None  # the largest image side it can render; None: no limit
 
 
 class CancelRunning(msgspec.Struct, frozen=True, kw_only=True):

@@ -43,6 +43,10 @@ class Settings:
     heartbeat_interval_s: float = 2.0
     worker_timeout_s: float = 10.0
     max_attempts: int = 3
+    queue_timeout_s: float = 1800.0
+    quota_timezone: str = "UTC"
+    aging_step_s: float = 120.0
+    affinity_hold_s: float = 30.0
     # Worker
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-0")
     worker_slots: int = 0  # 0: the engines' own defaults
@@ -67,6 +71,10 @@ class Settings:
             "heartbeat_interval_s": _env_float("TESSERA_HEARTBEAT_INTERVAL", 2.0),
             "worker_timeout_s": _env_float("TESSERA_WORKER_TIMEOUT", 10.0),
             "max_attempts": _env_int("TESSERA_MAX_ATTEMPTS", 3),
+            "queue_timeout_s": _env_float("TESSERA_QUEUE_TIMEOUT", 1800.0),
+            "quota_timezone": os.environ.get("TESSERA_QUOTA_TIMEZONE") or "UTC",
+            "aging_step_s": _env_float("TESSERA_AGING_STEP", 120.0),
+            "affinity_hold_s": _env_float("TESSERA_AFFINITY_HOLD", 30.0),
             "worker_slots": _env_int("TESSERA_WORKER_SLOTS", 0),
             "artifact_ttl_s": _env_float("TESSERA_ARTIFACT_TTL", 7 * 24 * 3600),
             "key_cache_s": _env_float("TESSERA_KEY_CACHE_SECONDS", 30.0),

@@ -192,7 +192,8 @@ class Worker:
                 return
             await self._command(s.CMD_COMPLETED, ReportCompleted(
                 job_id=job.job_id, worker_id=self.worker_id, attempt=job.attempt, artifacts=artifacts,
-                execution_time_seconds=round(time.perf_counter() - started, 6)), f"{tag}:completed")
+                execution_time_seconds=round(time.perf_counter() - started, 6), usage=_usage(outputs)),
+                f"{tag}:completed")
         except asyncio.CancelledError:
             # Cancelled by the scheduler: tell it the slot is free again. Not a result.
             await asyncio.shield(self._fail(job, "CANCELLED", "interrupted on request"))
@@ -232,3 +233,11 @@ class Worker:
         return Artifact(id=artifact_id, kind=output.kind, format=output.format, content_type=output.content_type,
                         size_bytes=len(data), object_name=name, width=output.width, height=output.height,
                         duration_seconds=output.duration_seconds, expires_at=expires_at)
+
+
+def _usage(outputs: list[Output]) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for output in outputs:
+        for name, value in output.usage.items():
+            total[name] = total.get(name, 0.0) + value
+    return total

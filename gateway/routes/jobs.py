@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -43,8 +44,20 @@ def base_url(request: Request, services: Services) -> str:
     return (services.settings.public_url or str(request.base_url)).rstrip("/")
 
 
+def rate_headers(decision: Decision) -> dict[str, str]:
+    """RateLimit-* (IETF httpapi draft, as widely deployed) and Retry-After from a decision."""
+    headers = {}
+    if decision.rate is not None:
+        headers = {"RateLimit-Limit": str(decision.rate.limit), "RateLimit-Remaining": str(decision.rate.remaining),
+                   "RateLimit-Reset": str(math.ceil(decision.rate.reset_seconds))}
+    if decision.retry_after is not None:
+        headers["Retry-After"] = str(decision.retry_after)
+    return headers
+
+
 def _decision_problem(decision: Decision) -> Problem:
-    return Problem(decision.status, decision.code or "REJECTED", decision.detail or "the scheduler refused the job")
+    return Problem(decision.status, decision.code or "REJECTED", decision.detail or "the scheduler refused the job",
+                   headers=rate_headers(decision) or None)
 
 
 def _validate(body: JobCreate, settings_max_prompt: int) -> None:
@@ -113,7 +126,8 @@ async def submit_job(
     # The scheduler's summary has JobAccepted's fields. It is encoded here rather than through
     # response_model (which still documents it): submit is the hot path, and pydantic's
     # validate-then-serialise of the response is a sizeable share of its cost.
-    return Response(msgspec.json.encode(decision.job), status_code=202, media_type="application/json")
+    return Response(msgspec.json.encode(decision.job), status_code=202, media_type="application/json",
+                    headers=rate_headers(decision))
 
 
 async def load_own_job(services: Services, job_id: uuid.UUID, user_id: uuid.UUID) -> tuple[Job, list[RecordedEvent]]:
@@ -128,16 +142,18 @@ async def load_own_job(services: Services, job_id: uuid.UUID, user_id: uuid.UUID
 
 async def _position_and_estimate(services: Services, job: Job, records: list[RecordedEvent]) -> tuple[int | None,
                                                                                                        float | None]:
-    model = catalog.CATALOG.get(job.model)
-    if job.status.terminal or model is None:
+    """Jobs ahead at this tier or above for the same capability, and the time to completion from
+    the measured execution time of the model and the slots online that serve it."""
+    if job.status.terminal or job.model not in catalog.CATALOG:
         return None, None
-    if job.status is not JobStatus.QUEUED:
-        return None, model.typical_seconds
-    queued_seq = next(r.seq for r in reversed(records) if isinstance(r.data, JobQueued | JobRequeued))
     async with services.pool.acquire() as conn:
+        seconds = await queries.typical_seconds(conn, job.model)
+        if job.status is not JobStatus.QUEUED:
+            return None, seconds
+        queued_seq = next(r.seq for r in reversed(records) if isinstance(r.data, JobQueued | JobRequeued))
         position = await queries.queue_position(conn, job.capability, job.priority, queued_seq)
     waves = position // max(services.fleet.slots_for(job.model), 1) + 1
-    return position, round(waves * model.typical_seconds, 3)
+    return position, round(waves * seconds, 3)
 
 
 @router.get("/{job_id}", response_model=JobView, summary="Read a job")

@@ -31,8 +31,12 @@ async def test_bad_requests_get_stable_problem_codes(platform: Platform) -> None
              422, "UNKNOWN_CAPABILITY"),
             (client.post("/api/v1/jobs", json={"capability": "tts", "params": {"prompt": "x", "model": "nope"}}),
              422, "UNKNOWN_MODEL"),
-            (client.post("/api/v1/jobs", json={"capability": "image", "params": {"prompt": "x"}}),
+            (client.post("/api/v1/jobs", json={"capability": "image", "params": {"prompt": "x", "model": "espeak-ng"}}),
              422, "UNKNOWN_MODEL"),
+            (client.post("/api/v1/jobs", json={"capability": "image", "params": {"prompt": "x", "width": "wide"}}),
+             422, "VALIDATION_ERROR"),
+            (client.post("/api/v1/jobs", json={"capability": "image", "params": {"prompt": "x"}}),  # no sdxl worker
+             503, "NO_CAPABLE_WORKER"),
             (client.post("/api/v1/jobs", json={"capability": "echo", "params": {}}), 422, "MISSING_PROMPT"),
             (client.post("/api/v1/jobs", json={"capability": "echo"}), 422, "VALIDATION_ERROR"),
             (client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "x" * 300_000}}),

@@ -30,16 +30,18 @@ async def test_cancel_while_queued_never_runs(platform_parts: Platform) -> None:
     scheduler = Scheduler(platform_parts.settings, nats_url=platform_parts.nats_url,
                           database_url=platform_parts.database_url)
     await platform_parts.start("scheduler", scheduler)
-    await platform_parts.start_worker("echo-only", engines=("echo",))  # nobody serves tts: the job waits
+    await platform_parts.start_worker("one-slot", engines=("echo",), slots=1)
     key = await platform_parts.user_key()
     async with platform_parts.client(key) as client:
-        job_id = (await client.post("/api/v1/jobs", json={"capability": "tts", "params": {"prompt": "wait"}})).json()[
+        busy = (await client.post("/api/v1/jobs", json={"capability": "echo", "params": {
+            "prompt": "hold the slot", "delay_seconds": 2}})).json()["job_id"]
+        job_id = (await client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "wait"}})).json()[
             "job_id"]
         assert (await client.get(f"/api/v1/jobs/{job_id}")).json()["status"] == "QUEUED"
         cancelled = await client.delete(f"/api/v1/jobs/{job_id}")
         assert cancelled.status_code == 202 and cancelled.json()["status"] == "CANCELLED"
-        await platform_parts.start_worker("tts", engines=("espeak",))  # now someone could run it
-        await asyncio.sleep(1.0)
+        await platform_parts.wait_status(client, busy, {"COMPLETED"})  # the slot is free again
+        await asyncio.sleep(0.5)
         job = (await client.get(f"/api/v1/jobs/{job_id}")).json()
         assert job["status"] == "CANCELLED" and job["artifacts"] == [] and job["worker_id"] is None
         again = await client.delete(f"/api/v1/jobs/{job_id}")
@@ -95,7 +97,7 @@ async def _submit_with_retries(client: httpx.AsyncClient, n: int) -> str:
 async def test_scheduler_killed_mid_stream_loses_and_duplicates_nothing(platform_parts: Platform) -> None:
     await platform_parts.start_worker()
     first = platform_parts.subprocess("scheduler")
-    key = await platform_parts.user_key()  # needs a live scheduler
+    key = await platform_parts.user_key(plan="admin")  # needs a live scheduler; no plan limits in the way
     accepted: dict[int, str] = {}
     async with platform_parts.client(key) as client:
 

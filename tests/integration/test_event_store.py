@@ -59,7 +59,10 @@ async def test_migrations_are_idempotent_and_seed_four_plans(database_url: str) 
     conn = await asyncpg.connect(database_url)
     try:
         assert await apply(conn) == []
-        plans = await conn.fetch("SELECT data->>'tier' AS tier FROM events WHERE stream_type = 'plan' ORDER BY seq")
-        assert [p["tier"] for p in plans] == ["free", "starter", "pro", "admin"]
+        plans = await conn.fetch("SELECT data->>'tier' AS tier, version, data->'daily_token_limit' AS daily"
+                                 " FROM events WHERE stream_type = 'plan' ORDER BY seq")
+        assert [(p["tier"], p["version"]) for p in plans] == [("free", 1), ("starter", 1), ("pro", 1), ("admin", 1),
+                                                              ("admin", 2)]
+        assert [p["daily"] for p in plans] == ["20", "120", "300", "999999", "null"]  # 0004: Admin is unlimited
     finally:
         await conn.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 
@@ -43,6 +43,9 @@ class Output:
     width: int | None = None
     height: int | None = None
     duration_seconds: float | None = None
+    # What the price depends on, as measured by the engine (output_tokens, audio_seconds, ...);
+    # the scheduler charges by it, never more than it reserved.
+    usage: dict[str, float] = field(default_factory=dict)
 
 
 ProgressFn = Callable[[float | None, str | None, str | None], Awaitable[None]]

@@ -1,0 +1,247 @@
+"""Which waiting job a worker with a free slot gets next: the queue policy, pure and clock-free.
+
+The scheduler calls it with wall-clock seconds; bench/scheduling.py calls the same code with a
+simulated clock, next to two baselines (plain FIFO and the seeds' naive algorithm). The policy
+and its parameters are described in docs/scheduling.md; in short, for one free slot:
+
+1. Candidates are the first waiting job of each (model, tier, user) that this worker serves, fits
+   (image size), and whose user is below the plan's concurrent-jobs limit.
+2. Each candidate's effective tier is its tier plus one per `aging_step_s` waited, capped at the
+   top tier: a free job is never starved, however busy the higher tiers are.
+3. The best candidate has the highest effective tier; among equals, the user with the fewest jobs
+   running, then the user served longest ago (so one user's backlog cannot starve another of the
+   same tier), then the oldest job.
+4. Model affinity: if the best candidate's model is not loaded on this worker and a candidate
+   for a loaded model exists, the worker takes that one instead when it is of the same effective
+   tier, or when the best candidate has waited less than `affinity_hold_s`. A model switch costs
+   30-60 s against 0-5 s (ARCHITECTURE §7.3); the hold bounds what a higher tier can lose to it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
+
+TOP_TIER = 3
+
+
+@dataclass(slots=True)
+class Waiting:
+    """A job in the queue, as the policy sees it."""
+
+    job_id: uuid.UUID
+    user_id: uuid.UUID
+    model: str
+    priority: int
+    order: int  # admission order: FIFO among equals
+    enqueued_at: float  # seconds, on the caller's clock
+    size: int = 0  # longest side in pixels (images and video); 0 otherwise
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """A worker with at least one free slot."""
+
+    worker_id: str
+    models: frozenset[str]
+    loaded: frozenset[str] = frozenset()
+    max_resolution: int | None = None  # None: any size
+
+    def fits(self, job: Waiting) -> bool:
+        return job.model in self.models and (self.max_resolution is None or job.size <= self.max_resolution)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    aging_step_s: float = 120.0
+    affinity_hold_s: float = 30.0
+
+
+class Pick(NamedTuple):
+    job: Waiting
+    reason: str
+
+
+class QueuePolicy(Protocol):
+    """What the scheduler (and the bench's simulator) needs of a queue policy."""
+
+    def push(self, job: Waiting) -> None: ...
+
+    def remove(self, job_id: uuid.UUID) -> Waiting | None: ...
+
+    def pick(self, slot: Slot, now: float, running: Mapping[uuid.UUID, int],
+             limit: Callable[[uuid.UUID], int]) -> Pick | None: ...
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterable[Waiting]: ...
+
+
+class _Lanes:
+    """Waiting jobs by (model, tier, user), FIFO in each; removal is lazy."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[uuid.UUID, Waiting] = {}
+        self.lanes: dict[str, dict[int, dict[uuid.UUID, deque[Waiting]]]] = {}
+
+    def push(self, job: Waiting) -> None:
+        self.jobs[job.job_id] = job
+        self.lanes.setdefault(job.model, {}).setdefault(job.priority, {}).setdefault(job.user_id, deque()).append(job)
+
+    def remove(self, job_id: uuid.UUID) -> Waiting | None:
+        return self.jobs.pop(job_id, None)
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(list(self.jobs.values()))
+
+    def heads(self, models: Iterable[str]) -> Iterable[Waiting]:
+        """The first live job of every (model, tier, user) for these models."""
+        for model in models:
+            tiers = self.lanes.get(model)
+            if not tiers:
+                continue
+            for tier in list(tiers):
+                users = tiers[tier]
+                for user_id in list(users):
+                    queue = users[user_id]
+                    while queue and self.jobs.get(queue[0].job_id) is not queue[0]:
+                        queue.popleft()
+                    if queue:
+                        yield queue[0]
+                    else:
+                        del users[user_id]
+                if not users:
+                    del tiers[tier]
+
+
+@dataclass
+class TesseraPolicy:
+    """Tiers with aging, fairness between users, and bounded model affinity (module docstring)."""
+
+    config: PolicyConfig = field(default_factory=PolicyConfig)
+    _lanes: _Lanes = field(default_factory=_Lanes)
+    _served: dict[uuid.UUID, int] = field(default_factory=dict)  # user -> pick number of their last job
+    _picks: int = 0
+
+    def push(self, job: Waiting) -> None:
+        self._lanes.push(job)
+
+    def remove(self, job_id: uuid.UUID) -> Waiting | None:
+        return self._lanes.remove(job_id)
+
+    def __len__(self) -> int:
+        return len(self._lanes)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._lanes)
+
+    def effective_tier(self, job: Waiting, now: float) -> int:
+        if self.config.aging_step_s <= 0:
+            return job.priority
+        return min(TOP_TIER, job.priority + int(max(0.0, now - job.enqueued_at) // self.config.aging_step_s))
+
+    def pick(self, slot: Slot, now: float, running: Mapping[uuid.UUID, int],
+             limit: Callable[[uuid.UUID], int]) -> Pick | None:
+        best: tuple[tuple[int, int, int, int], Waiting] | None = None
+        best_loaded: tuple[tuple[int, int, int, int], Waiting] | None = None
+        for job in self._lanes.heads(slot.models):
+            if not slot.fits(job) or running.get(job.user_id, 0) >= limit(job.user_id):
+                continue
+            key = (self.effective_tier(job, now), -running.get(job.user_id, 0),
+                   -self._served.get(job.user_id, -1), -job.order)
+            if best is None or key > best[0]:
+                best = (key, job)
+            if job.model in slot.loaded and (best_loaded is None or key > best_loaded[0]):
+                best_loaded = (key, job)
+        if best is None:
+            return None
+        job, tier = best[1], best[0][0]
+        reason = (f"tier {job.priority} (effective {tier}), user had {running.get(job.user_id, 0)} running, "
+                  f"waited {now - job.enqueued_at:.1f}s")
+        if slot.loaded and job.model not in slot.loaded and best_loaded is not None:
+            held = now - job.enqueued_at
+            if best_loaded[0][0] >= tier or held < self.config.affinity_hold_s:
+                other = job
+                job = best_loaded[1]
+                reason = (f"model affinity: {job.model} is loaded on {slot.worker_id}; tier {job.priority} "
+                          f"(effective {best_loaded[0][0]}) taken before {other.model} tier {other.priority}, "
+                          f"which has waited {held:.1f}s (hold {self.config.affinity_hold_s:.0f}s)")
+        elif job.model in slot.loaded:
+            reason += f"; {job.model} is loaded"
+        self._lanes.remove(job.job_id)
+        self._picks += 1
+        self._served[job.user_id] = self._picks
+        return Pick(job, reason)
+
+
+@dataclass
+class FifoPolicy:
+    """Baseline: the oldest job any free worker can run, whatever its tier or model."""
+
+    _lanes: _Lanes = field(default_factory=_Lanes)
+
+    def push(self, job: Waiting) -> None:
+        self._lanes.push(job)
+
+    def remove(self, job_id: uuid.UUID) -> Waiting | None:
+        return self._lanes.remove(job_id)
+
+    def __len__(self) -> int:
+        return len(self._lanes)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._lanes)
+
+    def pick(self, slot: Slot, now: float, running: Mapping[uuid.UUID, int],
+             limit: Callable[[uuid.UUID], int]) -> Pick | None:
+        candidates = [j for j in self._lanes.heads(slot.models)
+                      if slot.fits(j) and running.get(j.user_id, 0) < limit(j.user_id)]
+        if not candidates:
+            return None
+        job = min(candidates, key=lambda j: j.order)
+        self._lanes.remove(job.job_id)
+        return Pick(job, "fifo: oldest job")
+
+
+@dataclass
+class SeedsNaivePolicy:
+    """Baseline: the seeds' algorithm (ARCHITECTURE §7.2), tier by tier from the top, taking a
+    tier's first compatible job if its model is loaded, else the highest tier's first job."""
+
+    _lanes: _Lanes = field(default_factory=_Lanes)
+
+    def push(self, job: Waiting) -> None:
+        self._lanes.push(job)
+
+    def remove(self, job_id: uuid.UUID) -> Waiting | None:
+        return self._lanes.remove(job_id)
+
+    def __len__(self) -> int:
+        return len(self._lanes)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._lanes)
+
+    def pick(self, slot: Slot, now: float, running: Mapping[uuid.UUID, int],
+             limit: Callable[[uuid.UUID], int]) -> Pick | None:
+        heads: dict[int, Waiting] = {}  # tier -> its first compatible job
+        for job in self._lanes.heads(slot.models):
+            if slot.fits(job) and running.get(job.user_id, 0) < limit(job.user_id):
+                if job.priority not in heads or job.order < heads[job.priority].order:
+                    heads[job.priority] = job
+        if not heads:
+            return None
+        for tier in sorted(heads, reverse=True):
+            if heads[tier].model in slot.loaded:
+                job = heads[tier]
+                break
+        else:
+            job = heads[max(heads)]
+        self._lanes.remove(job.job_id)
+        return Pick(job, "seeds §7.2")
