@@ -1,4 +1,4 @@
-"""Operator actions: migrate, create users and frontend keys, replay a job's history."""
+"""Operator actions: migrate, users and their plans, plans, frontend keys, replay a job's history."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ import nats
 
 from events import store
 from events.job import evolve
+from events.types import plan_stream_id
 from gateway.auth import FRONTEND_KEY_PREFIX, PLATFORMS, USER_KEY_PREFIX, new_key
 from gateway.queries import wait_for_projection
 from migrations import apply as apply_migrations
 from streams import subjects as s
 from streams import topology
 from streams.commands import CommandBus
-from streams.messages import CreateFrontendKey, CreateUser
+from streams.messages import ChangeUserPlan, CreateFrontendKey, CreateUser, DefinePlan
 from tessera.db import create_pool
 
 
@@ -77,6 +78,41 @@ async def create_frontend_key(nats_url: str, database_url: str, *, frontend: str
     await _send_and_wait(nats_url, database_url, s.admin("frontend-create"), command,
                          f"frontend-create:{command.command_id}")
     return key
+
+
+async def change_user_plan(nats_url: str, database_url: str, *, platform: str, user_id: str, plan: str) -> uuid.UUID:
+    """Move a user to another plan: a UserPlanChanged event, in force from their next submit."""
+    command = ChangeUserPlan(command_id=uuid.uuid4(), platform=platform, platform_user_id=user_id, plan=plan)
+    decision = await _send_and_wait(nats_url, database_url, s.admin("user-plan"), command,
+                                    f"user-plan:{command.command_id}")
+    return decision.user_id  # type: ignore[attr-defined]
+
+
+async def define_plan(nats_url: str, database_url: str, command: DefinePlan) -> None:
+    """Create a plan or change some of its terms: a new PlanDefined event for the plan."""
+    await _send_and_wait(nats_url, database_url, s.admin("plan-define"), command, f"plan-define:{command.command_id}")
+
+
+async def list_plans(database_url: str) -> list[dict[str, object]]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT tier, name, priority, daily_token_limit, requests_per_minute,"
+                                " max_concurrent_jobs, max_queued_jobs, max_resolution, allowed_models, price_cents"
+                                " FROM plans ORDER BY priority, tier")
+    finally:
+        await conn.close()
+    return [dict(r) for r in rows]
+
+
+async def plan_history(database_url: str, tier: str) -> list[str]:
+    """Every definition the plan has had, oldest first: what explains a past bill."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        records = await store.load_stream(conn, plan_stream_id(tier))
+    finally:
+        await conn.close()
+    return [f"{_when(r.recorded_at)}  v{r.version}  {_kv(_fields(r.data))}  ({r.causation_id or '-'})"
+            for r in records]
 
 
 async def job_history(database_url: str, job_id: uuid.UUID) -> list[str]:

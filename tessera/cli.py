@@ -111,6 +111,53 @@ def cmd_users_create(args: argparse.Namespace) -> None:
     print(key)
 
 
+def cmd_users_set_plan(args: argparse.Namespace) -> None:
+    from tessera.admin import change_user_plan
+
+    nats_url, database_url = _urls()
+    user_id = asyncio.run(change_user_plan(nats_url, database_url, platform=args.platform, user_id=args.user_id,
+                                           plan=args.plan))
+    print(f"user {args.platform}:{args.user_id} ({user_id}) is on plan {args.plan}")
+
+
+def cmd_plans_list(args: argparse.Namespace) -> None:
+    from tessera.admin import list_plans
+
+    rows = asyncio.run(list_plans(_urls()[1]))
+    print(f"{'tier':<10} {'prio':>4} {'tokens/day':>10} {'rpm':>7} {'running':>7} {'queued':>7} {'max px':>6}  models")
+    for r in rows:
+        daily = "unlimited" if r["daily_token_limit"] is None else str(r["daily_token_limit"])
+        print(f"{r['tier']:<10} {r['priority']:>4} {daily:>10} {r['requests_per_minute']:>7} "
+              f"{r['max_concurrent_jobs']:>7} {r['max_queued_jobs']:>7} {r['max_resolution']:>6}  "
+              f"{','.join(r['allowed_models'])}")
+
+
+def cmd_plans_set(args: argparse.Namespace) -> None:
+    from streams.messages import DefinePlan
+    from tessera.admin import define_plan
+
+    nats_url, database_url = _urls()
+    unlimited = args.daily_tokens == "unlimited"
+    try:
+        daily = None if args.daily_tokens is None or unlimited else int(args.daily_tokens)
+    except ValueError:
+        raise SystemExit("tessera: --daily-tokens takes a number or 'unlimited'") from None
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models is not None else None
+    command = DefinePlan(command_id=uuid.uuid4(), tier=args.tier, name=args.name, daily_token_limit=daily,
+                         unlimited_tokens=unlimited, requests_per_minute=args.rpm, max_concurrent_jobs=args.max_running,
+                         max_queued_jobs=args.max_queued, priority=args.priority, max_resolution=args.max_resolution,
+                         allowed_models=models, price_cents=args.price_cents, description=args.description)
+    asyncio.run(define_plan(nats_url, database_url, command))
+    print(f"plan {args.tier} defined")
+
+
+def cmd_plans_history(args: argparse.Namespace) -> None:
+    from tessera.admin import plan_history
+
+    for line in asyncio.run(plan_history(_urls()[1], args.tier)):
+        print(line)
+
+
 def cmd_frontends_create(args: argparse.Namespace) -> None:
     from tessera.admin import create_frontend_key
 
@@ -178,9 +225,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = users.add_parser("create", help="register a user and print a new API key")
     p.add_argument("--platform", required=True, choices=["web", "telegram", "discord"])
     p.add_argument("--user-id", required=True)
-    p.add_argument("--plan", default="free", choices=["free", "starter", "pro", "admin"])
+    p.add_argument("--plan", default="free", help="a plan's tier: free, starter, pro, admin or one you defined")
     p.add_argument("--display-name", default=None)
     p.set_defaults(func=cmd_users_create)
+    p = users.add_parser("set-plan", help="move a user to another plan (an event; applies to new jobs)")
+    p.add_argument("--platform", required=True, choices=["web", "telegram", "discord"])
+    p.add_argument("--user-id", required=True)
+    p.add_argument("--plan", required=True)
+    p.set_defaults(func=cmd_users_set_plan)
+
+    plans = sub.add_parser("plans", help="plans and their limits").add_subparsers(dest="action", required=True)
+    plans.add_parser("list", help="the plans in force").set_defaults(func=cmd_plans_list)
+    p = plans.add_parser("set", help="define a plan or change some of its terms (each change is an event)")
+    p.add_argument("tier")
+    p.add_argument("--name")
+    p.add_argument("--daily-tokens", help="tokens per quota day, or 'unlimited'")
+    p.add_argument("--rpm", type=int, help="submits per minute")
+    p.add_argument("--max-running", type=int, help="jobs running at once")
+    p.add_argument("--max-queued", type=int, help="jobs waiting at once")
+    p.add_argument("--priority", type=int, choices=[0, 1, 2, 3])
+    p.add_argument("--max-resolution", type=int, help="longest image side in pixels")
+    p.add_argument("--models", help="comma-separated gated models the plan includes ('*' for all)")
+    p.add_argument("--price-cents", type=int)
+    p.add_argument("--description")
+    p.set_defaults(func=cmd_plans_set)
+    p = plans.add_parser("history", help="every definition a plan has had")
+    p.add_argument("tier")
+    p.set_defaults(func=cmd_plans_history)
 
     frontends = sub.add_parser("frontends", help="manage frontend keys").add_subparsers(dest="action", required=True)
     p = frontends.add_parser("create", help="print a new key for a bot or the website")
