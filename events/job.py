@@ -121,11 +121,13 @@ def evolve(job: Job | None, rec: RecordedEvent) -> Job:
             job.started_at = rec.recorded_at
         case JobCompleted(execution_time_seconds=seconds, cost_tokens=cost):
             _move(job, JobStatus.COMPLETED, rec.type)
+            job.started_at = job.started_at or event.started_at
             job.ended_at = rec.recorded_at
             job.execution_time_seconds = seconds
             job.cost_tokens = cost
         case JobFailed(code=code, message=message):
             _move(job, JobStatus.FAILED, rec.type)
+            job.started_at = job.started_at or event.started_at
             job.ended_at = rec.recorded_at
             job.error = {"code": code, "message": message}
         case JobCancelled(reason=reason, requested_by=by):

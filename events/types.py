@@ -98,6 +98,7 @@ class JobCompleted(Event, frozen=True, kw_only=True, tag="JobCompleted.v1"):
     reserved_tokens: float = 0.0
     quota_day: date | None = None
     usage: dict[str, float] = {}  # what the worker measured (output_tokens, audio_seconds, ...)
+    started_at: datetime | None = None  # the worker's start time when no JobStarted preceded it
 
 
 class JobFailed(Event, frozen=True, kw_only=True, tag="JobFailed.v1"):
@@ -109,6 +110,7 @@ class JobFailed(Event, frozen=True, kw_only=True, tag="JobFailed.v1"):
     attempt: int | None = None
     released_tokens: float = 0.0
     quota_day: date | None = None
+    started_at: datetime | None = None  # the worker's start time when no JobStarted preceded it
 
 
 class JobCancelled(Event, frozen=True, kw_only=True, tag="JobCancelled.v1"):

@@ -81,7 +81,7 @@ async def typical_seconds(conn: asyncpg.Connection, model: str) -> float:
     row = await conn.fetchrow("SELECT jobs_completed, total_execution_seconds FROM model_stats WHERE model = $1",
                               model)
     if row and row["jobs_completed"]:
-        return round(row["total_execution_seconds"] / row["jobs_completed"], 3)
+        return round(float(row["total_execution_seconds"]) / row["jobs_completed"], 3)
     found = catalog.CATALOG.get(model)
     return found.typical_seconds if found else 5.0
 

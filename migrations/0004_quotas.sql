@@ -7,13 +7,12 @@ ALTER TABLE plans ALTER COLUMN daily_token_limit DROP NOT NULL;
 -- The tokens a job holds against its user's quota, and the quota day they count against.
 ALTER TABLE jobs ADD COLUMN reserved_tokens numeric(10, 2) NOT NULL DEFAULT 0;
 ALTER TABLE jobs ADD COLUMN quota_day date;
-CREATE INDEX idx_jobs_user_unfinished ON jobs (user_id) WHERE status IN ('QUEUED', 'RUNNING');
 
 -- Measured execution times per model, for honest estimates.
 CREATE TABLE model_stats (
     model                   varchar(100) PRIMARY KEY,
-    jobs_completed          bigint           NOT NULL,
-    total_execution_seconds double precision NOT NULL
+    jobs_completed          bigint         NOT NULL,
+    total_execution_seconds numeric(18, 6) NOT NULL  -- exact sums: a rebuild must equal the live model
 );
 
 -- The scheduler sums the tokens charged on recent quota days when it starts.

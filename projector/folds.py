@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from datetime import UTC
+from decimal import Decimal
 
 import asyncpg
 
@@ -103,7 +104,7 @@ async def _apply_jobs(conn: asyncpg.Connection, records: list[RecordedEvent]) ->
 
     queue_rows, dequeued, artifacts = [], [], []
     usage: dict[tuple[uuid.UUID, object], list[float]] = defaultdict(lambda: [0.0, 0, 0, 0.0, 0.0, 0.0, 0.0])
-    model_stats: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    model_stats: dict[str, list] = defaultdict(lambda: [0, Decimal(0)])
     for job_id, job in folded.items():
         recs = applied[job_id]
         if job.status is JobStatus.QUEUED:
@@ -118,7 +119,7 @@ async def _apply_jobs(conn: asyncpg.Connection, records: list[RecordedEvent]) ->
             if isinstance(rec.data, JobCompleted):
                 stats = model_stats[job.model]
                 stats[0] += 1
-                stats[1] += rec.data.execution_time_seconds
+                stats[1] += Decimal(str(round(rec.data.execution_time_seconds, 6)))
                 row = usage[(job.user_id, day)]
                 row[0] += rec.data.cost_tokens
                 row[1] += 1
@@ -158,7 +159,7 @@ async def _apply_jobs(conn: asyncpg.Connection, records: list[RecordedEvent]) ->
     await _apply_model_stats(conn, model_stats)
 
 
-async def _apply_model_stats(conn: asyncpg.Connection, model_stats: dict[str, list[float]]) -> None:
+async def _apply_model_stats(conn: asyncpg.Connection, model_stats: dict[str, list]) -> None:
     if model_stats:
         await conn.executemany(
             "INSERT INTO model_stats AS m (model, jobs_completed, total_execution_seconds) VALUES ($1, $2, $3)"

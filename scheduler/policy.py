@@ -6,15 +6,17 @@ and its parameters are described in docs/scheduling.md; in short, for one free s
 
 1. Candidates are the first waiting job of each (model, tier, user) that this worker serves, fits
    (image size), and whose user is below the plan's concurrent-jobs limit.
-2. Each candidate's effective tier is its tier plus one per `aging_step_s` waited, capped at the
-   top tier: a free job is never starved, however busy the higher tiers are.
-3. The best candidate has the highest effective tier; among equals, the user with the fewest jobs
-   running, then the user served longest ago (so one user's backlog cannot starve another of the
-   same tier), then the oldest job.
-4. Model affinity: if the best candidate's model is not loaded on this worker and a candidate
-   for a loaded model exists, the worker takes that one instead when it is of the same effective
-   tier, or when the best candidate has waited less than `affinity_hold_s`. A model switch costs
-   30-60 s against 0-5 s (ARCHITECTURE §7.3); the hold bounds what a higher tier can lose to it.
+2. Rank, highest first: (a) starvation: 0 until a job has waited `starvation_s`, then 1 plus one
+   per `starvation_step_s` beyond, so no job waits forever, however busy the higher tiers are;
+   (b) the effective tier: the tier plus one per `aging_step_s` waited, capped at the top tier, so
+   a long-waiting job overtakes fresher jobs of the tiers below; (c) the real tier; (d) the user
+   with the fewest jobs running, then the user served longest ago, so one user's backlog cannot
+   starve another user of the same tier; (e) the oldest job.
+3. Model affinity: if the best candidate's model is not loaded on this worker and a candidate
+   for a loaded model exists, the worker takes that one instead when it has the same starvation
+   and effective tier, or when the best candidate has waited less than `affinity_hold_s` (and is
+   not starving). A model switch costs 30-60 s against 0-5 s (ARCHITECTURE §7.3); the hold and
+   the starvation guard bound what a higher tier can lose to affinity.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ class Slot:
 class PolicyConfig:
     aging_step_s: float = 120.0
     affinity_hold_s: float = 30.0
+    starvation_s: float = 900.0
+    starvation_step_s: float = 600.0
 
 
 class Pick(NamedTuple):
@@ -142,18 +146,26 @@ class TesseraPolicy:
         return iter(self._lanes)
 
     def effective_tier(self, job: Waiting, now: float) -> int:
+        """The tier plus one per aging step waited, uncapped: a tier is worth `aging_step_s` of waiting."""
         if self.config.aging_step_s <= 0:
             return job.priority
         return min(TOP_TIER, job.priority + int(max(0.0, now - job.enqueued_at) // self.config.aging_step_s))
 
+    def starving(self, job: Waiting, now: float) -> int:
+        """0 until the job has waited `starvation_s`; then 1, plus one per `starvation_step_s` beyond."""
+        waited = now - job.enqueued_at
+        if waited < self.config.starvation_s:
+            return 0
+        return 1 + int((waited - self.config.starvation_s) // max(self.config.starvation_step_s, 1.0))
+
     def pick(self, slot: Slot, now: float, running: Mapping[uuid.UUID, int],
              limit: Callable[[uuid.UUID], int]) -> Pick | None:
-        best: tuple[tuple[int, int, int, int], Waiting] | None = None
-        best_loaded: tuple[tuple[int, int, int, int], Waiting] | None = None
+        best: tuple[tuple[int, int, int, int, int, int], Waiting] | None = None
+        best_loaded: tuple[tuple[int, int, int, int, int, int], Waiting] | None = None
         for job in self._lanes.heads(slot.models):
             if not slot.fits(job) or running.get(job.user_id, 0) >= limit(job.user_id):
                 continue
-            key = (self.effective_tier(job, now), -running.get(job.user_id, 0),
+            key = (self.starving(job, now), self.effective_tier(job, now), job.priority, -running.get(job.user_id, 0),
                    -self._served.get(job.user_id, -1), -job.order)
             if best is None or key > best[0]:
                 best = (key, job)
@@ -161,16 +173,16 @@ class TesseraPolicy:
                 best_loaded = (key, job)
         if best is None:
             return None
-        job, tier = best[1], best[0][0]
+        job, tier = best[1], best[0][1]
         reason = (f"tier {job.priority} (effective {tier}), user had {running.get(job.user_id, 0)} running, "
                   f"waited {now - job.enqueued_at:.1f}s")
         if slot.loaded and job.model not in slot.loaded and best_loaded is not None:
             held = now - job.enqueued_at
-            if best_loaded[0][0] >= tier or held < self.config.affinity_hold_s:
+            if best_loaded[0][:2] >= best[0][:2] or (held < self.config.affinity_hold_s and not best[0][0]):
                 other = job
                 job = best_loaded[1]
                 reason = (f"model affinity: {job.model} is loaded on {slot.worker_id}; tier {job.priority} "
-                          f"(effective {best_loaded[0][0]}) taken before {other.model} tier {other.priority}, "
+                          f"(effective {best_loaded[0][1]}) taken before {other.model} tier {other.priority}, "
                           f"which has waited {held:.1f}s (hold {self.config.affinity_hold_s:.0f}s)")
         elif job.model in slot.loaded:
             reason += f"; {job.model} is loaded"

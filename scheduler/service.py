@@ -124,7 +124,9 @@ class Scheduler:
                                       queue_timeout_s=settings.queue_timeout_s,
                                       quota_timezone=settings.quota_timezone,
                                       policy=PolicyConfig(aging_step_s=settings.aging_step_s,
-                                                          affinity_hold_s=settings.affinity_hold_s)))
+                                                          affinity_hold_s=settings.affinity_hold_s,
+                                                          starvation_s=settings.starvation_s,
+                                                          starvation_step_s=settings.starvation_step_s)))
         active = await store.load_active_jobs(conn)
         users = {r.data.user_id for r in active if isinstance(r.data, JobSubmitted)}
         records = (await store.load_stream_type(conn, "plan") + await store.load_stream_type(conn, "frontend")
@@ -233,7 +235,7 @@ class Scheduler:
                 commands.append((index, command_decoder.decode(msg.data), msg))
             except msgspec.DecodeError as exc:
                 await self._dead_letter(js, msg, f"undecodable command: {exc}")
-        loaded = await self._prefetch(conn, [c for _, c, _ in commands])
+        loaded = await self._prefetch(conn, commands)
         while True:
             try:
                 self._decide(commands)
@@ -248,7 +250,7 @@ class Scheduler:
                 commands = [c for c in commands if c[0] != index]
                 self.state = await self._load(conn)  # the failed handler may have left half a decision
                 self._keep_fleet(state_before)
-                loaded = await self._prefetch(conn, [c for _, c, _ in commands])
+                loaded = await self._prefetch(conn, commands)
         await self._commit(conn, outbox)
         self.state.forget_terminal(loaded)  # finished jobs loaded only to answer a duplicate command
         for msg in msgs:  # committed (or moved aside): done with
@@ -294,14 +296,22 @@ class Scheduler:
         state.tick()
         state.schedule()
 
-    async def _prefetch(self, conn: asyncpg.Connection, commands: list[AnyCommand]) -> list[uuid.UUID]:
-        """Load the users and finished jobs this batch refers to that are not in memory; returns their ids."""
+    async def _prefetch(self, conn: asyncpg.Connection, commands: list[tuple[int, AnyCommand, Msg]]) -> list[uuid.UUID]:
+        """Load the users and finished jobs this batch refers to that are not in memory; returns their ids.
+
+        A submit's job id is looked up only when it could name an existing job: an id derived from
+        an Idempotency-Key (not a random version-4 UUID), or a command delivered more than once.
+        """
         state = self.state
         assert state is not None
         wanted: set[uuid.UUID] = set()
-        for command in commands:
-            if isinstance(command, SubmitJob) and command.user_id not in state.users:
-                wanted.add(command.user_id)
+        for _, command, msg in commands:
+            if isinstance(command, SubmitJob):
+                if command.user_id not in state.users:
+                    wanted.add(command.user_id)
+                if command.job_id not in state.jobs and (command.job_id.version != 4 or _redelivered(msg)):
+                    wanted.add(command.job_id)
+                continue
             if isinstance(command, CreateUser | ChangeUserPlan):
                 wanted.add(user_stream_id(command.platform, command.platform_user_id))
             job_id = getattr(command, "job_id", None)
@@ -342,3 +352,10 @@ class Scheduler:
 
 
 _TERMINAL_TYPES = {"JobCompleted.v1", "JobFailed.v1", "JobCancelled.v1"}
+
+
+def _redelivered(msg: Msg) -> bool:
+    try:
+        return msg.metadata.num_delivered > 1
+    except Exception:  # not a JetStream message: be safe
+        return True

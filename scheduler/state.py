@@ -487,6 +487,7 @@ class SchedulerState:
             worker_id=cmd.worker_id, attempt=cmd.attempt, artifacts=cmd.artifacts,
             execution_time_seconds=cmd.execution_time_seconds, cost_tokens=charge,
             reserved_tokens=job.reserved_tokens, quota_day=job.quota_day, usage=cmd.usage,
+            started_at=cmd.started_at if job.started_at is None else None,
         ), cause)
         previous = self.execution_s.get(job.model)
         seconds = cmd.execution_time_seconds
@@ -496,12 +497,14 @@ class SchedulerState:
         self._let_go(cmd.worker_id, cmd.job_id)
         job = self._current_attempt(cmd.job_id, cmd.worker_id, cmd.attempt)
         if job is not None:
-            self._fail(job, cmd.code, cmd.message, cause, worker_id=cmd.worker_id, attempt=cmd.attempt)
+            self._fail(job, cmd.code, cmd.message, cause, worker_id=cmd.worker_id, attempt=cmd.attempt,
+                       started_at=cmd.started_at if job.started_at is None else None)
 
     def _fail(self, job: Job, code: str, message: str, cause: str, *, worker_id: str | None = None,
-              attempt: int | None = None) -> Job:
+              attempt: int | None = None, started_at: datetime | None = None) -> Job:
         return self.emit_job(job.id, JobFailed(code=code, message=message, worker_id=worker_id, attempt=attempt,
-                                               released_tokens=job.reserved_tokens, quota_day=job.quota_day), cause)
+                                               released_tokens=job.reserved_tokens, quota_day=job.quota_day,
+                                               started_at=started_at), cause)
 
     def _let_go(self, worker_id: str, job_id: uuid.UUID) -> None:
         worker = self.workers.get(worker_id)

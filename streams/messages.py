@@ -52,6 +52,7 @@ class ReportCompleted(Command, frozen=True, kw_only=True, tag="job.completed"):
     artifacts: list[Artifact]
     execution_time_seconds: float
     usage: dict[str, float] = {}  # measured units the price depends on: output_tokens, audio_seconds, ...
+    started_at: datetime | None = None  # when the engine began; set when no ReportStarted was sent
 
 
 class ReportFailed(Command, frozen=True, kw_only=True, tag="job.failed"):
@@ -60,6 +61,7 @@ class ReportFailed(Command, frozen=True, kw_only=True, tag="job.failed"):
     attempt: int
     code: str
     message: str
+    started_at: datetime | None = None
 
 
 class CreateUser(Command, frozen=True, kw_only=True, tag="user.create"):

@@ -47,6 +47,8 @@ class Settings:
     quota_timezone: str = "UTC"
     aging_step_s: float = 120.0
     affinity_hold_s: float = 30.0
+    starvation_s: float = 900.0
+    starvation_step_s: float = 600.0
     # Worker
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-0")
     worker_slots: int = 0  # 0: the engines' own defaults
@@ -75,6 +77,8 @@ class Settings:
             "quota_timezone": os.environ.get("TESSERA_QUOTA_TIMEZONE") or "UTC",
             "aging_step_s": _env_float("TESSERA_AGING_STEP", 120.0),
             "affinity_hold_s": _env_float("TESSERA_AFFINITY_HOLD", 30.0),
+            "starvation_s": _env_float("TESSERA_STARVATION", 900.0),
+            "starvation_step_s": _env_float("TESSERA_STARVATION_STEP", 600.0),
             "worker_slots": _env_int("TESSERA_WORKER_SLOTS", 0),
             "artifact_ttl_s": _env_float("TESSERA_ARTIFACT_TTL", 7 * 24 * 3600),
             "key_cache_s": _env_float("TESSERA_KEY_CACHE_SECONDS", 30.0),

@@ -39,7 +39,8 @@ INLINE_TEXT_LIMIT = 64 * 1024  # text up to this size travels inside the complet
 
 class Worker:
     def __init__(self, *, nats_url: str, worker_id: str, engines: list[Engine], slots: int = 0,
-                 heartbeat_interval_s: float = 2.0, artifact_ttl_s: float = 7 * 24 * 3600) -> None:
+                 heartbeat_interval_s: float = 2.0, artifact_ttl_s: float = 7 * 24 * 3600,
+                 started_grace_s: float = 0.2) -> None:
         if not s.is_token(worker_id):
             raise ValueError(f"worker id {worker_id!r} may hold only letters, digits, '_' and '-'")
         self.nats_url = nats_url
@@ -49,6 +50,7 @@ class Worker:
         self.slots = slots or max(e.slots for e in engines)
         self.heartbeat_interval_s = heartbeat_interval_s
         self.artifact_ttl_s = artifact_ttl_s
+        self.started_grace_s = started_grace_s
         self.running: dict[uuid.UUID, tuple[int, asyncio.Task[None]]] = {}
         self._seen: collections.OrderedDict[tuple[uuid.UUID, int], None] = collections.OrderedDict()
         self._draining = asyncio.Event()
@@ -167,9 +169,11 @@ class Worker:
         job = JobInput(job_id=dispatch.job_id, attempt=dispatch.attempt, capability=dispatch.capability,
                        model=dispatch.model, params=dispatch.params)
         tag = f"{job.job_id}:{job.attempt}"
+        started_at = datetime.now(UTC)
+        # "Started" is reported only for a job still running after a short grace: a job that ends
+        # sooner reports its start inside its result, which saves a command and an event per job.
+        reporter = asyncio.create_task(self._report_started(job, tag))
         try:
-            await self._command(s.CMD_STARTED, ReportStarted(job_id=job.job_id, worker_id=self.worker_id,
-                                                            attempt=job.attempt), f"{tag}:started")
             engine = self.engines.get(job.model)
             started = time.perf_counter()
             try:
@@ -179,21 +183,24 @@ class Worker:
                                                  dispatch.timeout_seconds)
                 artifacts = [await self._store(job, output) for output in outputs]
             except TimeoutError:
-                await self._fail(job, "ENGINE_TIMEOUT", f"no result within {dispatch.timeout_seconds:.0f}s")
+                await self._fail(job, "ENGINE_TIMEOUT", f"no result within {dispatch.timeout_seconds:.0f}s",
+                                 started_at)
                 return
             except EngineError as exc:
-                await self._fail(job, exc.code, exc.message)
+                await self._fail(job, exc.code, exc.message, started_at)
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.exception("worker %s: engine failed on job %s", self.worker_id, job.job_id)
-                await self._fail(job, "ENGINE_ERROR", f"{type(exc).__name__}: {exc}")
+                await self._fail(job, "ENGINE_ERROR", f"{type(exc).__name__}: {exc}", started_at)
                 return
+            finally:
+                reporter.cancel()
             await self._command(s.CMD_COMPLETED, ReportCompleted(
                 job_id=job.job_id, worker_id=self.worker_id, attempt=job.attempt, artifacts=artifacts,
-                execution_time_seconds=round(time.perf_counter() - started, 6), usage=_usage(outputs)),
-                f"{tag}:completed")
+                execution_time_seconds=round(time.perf_counter() - started, 6), usage=_usage(outputs),
+                started_at=started_at), f"{tag}:completed")
         except asyncio.CancelledError:
             # Cancelled by the scheduler: tell it the slot is free again. Not a result.
             await asyncio.shield(self._fail(job, "CANCELLED", "interrupted on request"))
@@ -201,9 +208,15 @@ class Worker:
             self.running.pop(job.job_id, None)
             self._slot_freed.set()
 
-    async def _fail(self, job: JobInput, code: str, message: str) -> None:
+    async def _report_started(self, job: JobInput, tag: str) -> None:
+        await asyncio.sleep(self.started_grace_s)
+        await self._command(s.CMD_STARTED, ReportStarted(job_id=job.job_id, worker_id=self.worker_id,
+                                                        attempt=job.attempt), f"{tag}:started")
+
+    async def _fail(self, job: JobInput, code: str, message: str, started_at: datetime | None = None) -> None:
         await self._command(s.CMD_FAILED, ReportFailed(job_id=job.job_id, worker_id=self.worker_id,
-                                                      attempt=job.attempt, code=code, message=message),
+                                                      attempt=job.attempt, code=code, message=message,
+                                                      started_at=started_at),
                             f"{job.job_id}:{job.attempt}:failed")
 
     def _progress_fn(self, job: JobInput):  # type: ignore[no-untyped-def]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import wave
+from datetime import datetime
 
 import httpx
 import msgspec
 
+from scheduler.service import Scheduler
 from tests.conftest import Platform
 
 
@@ -120,3 +122,21 @@ async def test_openapi_docs_are_served(platform: Platform) -> None:
         assert [p["tier"] for p in plans] == ["free", "starter", "pro", "admin"]
         models = {m["name"]: m for m in (await client.get("/api/v1/models")).json()["models"]}
         assert models["espeak-ng"]["workers_online"] == 1
+
+
+async def test_a_quick_job_reports_its_start_inside_its_result(platform_parts: Platform) -> None:
+    """Jobs that end within the worker's grace send no separate "started": one command and one
+    event fewer per job, and the job still records when it started."""
+    scheduler = Scheduler(platform_parts.settings, nats_url=platform_parts.nats_url,
+                          database_url=platform_parts.database_url)
+    await platform_parts.start("scheduler", scheduler)
+    await platform_parts.start_worker("quick", engines=("echo",), started_grace_s=5.0)
+    key = await platform_parts.user_key()
+    async with platform_parts.client(key) as client:
+        job_id = (await client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "hi"}})).json()[
+            "job_id"]
+        job = await platform_parts.wait_status(client, job_id, {"COMPLETED"})
+        history = (await client.get(f"/api/v1/jobs/{job_id}/events")).json()
+    assert [e["type"] for e in history] == ["JobSubmitted.v1", "JobQueued.v1", "JobDispatched.v1", "JobCompleted.v1"]
+    started = datetime.fromisoformat(job["started_at"])
+    assert datetime.fromisoformat(job["created_at"]) <= started <= datetime.fromisoformat(job["ended_at"])
