@@ -251,13 +251,15 @@ async def _follow(services: Services, request: Request, job_id: uuid.UUID, after
             if rec.version > version:
                 version = rec.version
                 yield _sse("transition", _transition(rec, job), rec.version)
+        if job is not None and not job.status.terminal:
+            yield await _status_event(services, job, records)
         while job is not None and not job.status.terminal:
             try:
                 kind, data = await asyncio.wait_for(live.get(), 15)
             except TimeoutError:
                 if await request.is_disconnected():
                     return
-                yield b": keep-alive\n\n"
+                yield await _status_event(services, job, records)  # a fresh position doubles as keep-alive
                 continue
             if kind == "progress":
                 progress = msgspec.json.decode(data, type=Progress)
@@ -275,11 +277,21 @@ async def _follow(services: Services, request: Request, job_id: uuid.UUID, after
                 pending = [rec]
             for item in pending:
                 job = evolve(job, item)
+                records.append(item)
                 yield _sse("transition", _transition(item, job), item.version)
+            if not job.status.terminal:
+                yield await _status_event(services, job, records)
     finally:
         for sub in subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+
+async def _status_event(services: Services, job: Job, records: list[RecordedEvent]) -> bytes:
+    """Where an unfinished job stands now: an un-numbered `status` event, not part of the history."""
+    position, estimate = await _position_and_estimate(services, job, records)
+    return _sse("status", msgspec.json.encode({"status": job.status.value, "queue_position": position,
+                                               "estimated_time_seconds": estimate}))
 
 
 def _transition(rec: RecordedEvent, job: Job) -> bytes:

@@ -4,6 +4,7 @@ queue timeouts with their refund, and operators changing plans and moving users.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 
@@ -74,6 +75,14 @@ async def test_the_quota_is_reserved_charged_and_shown(gpu_platform: tuple[Platf
         assert first.headers["RateLimit-Remaining"] == "19"
         waiting = await client.post("/api/v1/jobs", json={"capability": "image", "params": {"prompt": "x"}})
         assert waiting.json()["queue_position"] == 0 and waiting.json()["estimated_time_seconds"] > 0
+        async with client.stream("GET", f"/api/v1/jobs/{waiting.json()['job_id']}/stream") as stream:
+            lines = stream.aiter_lines()
+            async for line in lines:
+                if line == "event: status":
+                    status = json.loads((await anext(lines)).removeprefix("data: "))
+                    break
+        assert status["status"] == "QUEUED" and status["queue_position"] == 0
+        assert status["estimated_time_seconds"] > 0
         await asyncio.sleep(0.3)
         me = (await client.get("/api/v1/user/me")).json()
         assert me["today"]["tokens_reserved"] == 5.0 and me["today"]["tokens_remaining"] == 115.0
