@@ -1,8 +1,8 @@
 """The projector process: folds relayed events into the read models, exactly once.
 
 Its position (the last event sequence applied) is stored in the same transaction as the rows it
-wrote, so nothing is folded twice. It reads the events themselves from the event store, in log
-order; the relayed events stream only tells it when there is something new to read.
+wrote, so nothing is folded twice. It reads the events from the event store, in log order, when
+the scheduler says the log has grown, and once a second in any case.
 """
 
 from __future__ import annotations
@@ -15,13 +15,12 @@ import asyncpg
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from events import store
 from events.types import RecordedEvent, decode_recorded
 from projector import folds
 from streams import subjects as s
-from streams import topology
 from tessera.db import create_pool
 
 log = logging.getLogger(__name__)
@@ -59,10 +58,11 @@ async def rebuild(conn: asyncpg.Connection, chunk: int = 5000) -> int:
 
 
 class Projector:
-    def __init__(self, *, nats_url: str, database_url: str, batch: int = 1000) -> None:
+    def __init__(self, *, nats_url: str, database_url: str, batch: int = 1000, poll_s: float = 1.0) -> None:
         self.nats_url = nats_url
         self.database_url = database_url
         self.batch = batch
+        self.poll_s = poll_s
         self.position = 0
         self._stopping = asyncio.Event()
         self._nc: NATS | None = None
@@ -87,47 +87,40 @@ class Projector:
                 await asyncio.wait_for(self._nc.close(), 5)
 
     async def _follow(self, pool: asyncpg.Pool) -> None:
-        """Fold everything after the stored position, then again each time the relay rings.
+        """Fold everything after the stored position, then again whenever the log grows.
 
-        The events stream is only the doorbell: what is folded is always read from PostgreSQL in
-        log order, so a relay message that is lost, late or acknowledged by a previous instance
-        cannot leave a hole, and AckPolicy.ALL is safe here.
+        What is folded is always read from PostgreSQL in log order. The scheduler's core-NATS
+        `tessera.committed` message after each commit only says when to look, so one that is lost
+        costs at most the poll interval, never an event.
         """
         assert self._nc is not None
-        async with pool.acquire() as conn:
-            self.position = await folds.position(conn)
-            await self._catch_up(conn)
-        js = self._nc.jetstream()
-        sub = await topology.durable_pull(
-            js, subject=s.EVENTS_ALL, durable=s.PROJECTOR_CONSUMER, stream=s.EVENTS_STREAM,
-            config=ConsumerConfig(ack_policy=AckPolicy.ALL, ack_wait=30, max_ack_pending=100_000,
-                                  deliver_policy=DeliverPolicy.NEW,
-                                  description="Read models: a doorbell; the projector folds from PostgreSQL"),
-        )
-        while not self._stopping.is_set():
-            try:
-                msgs = await sub.fetch(self.batch, timeout=0.5)
-            except TimeoutError:
-                continue
-            if not msgs:
-                continue
-            newest = max(_seq(m) for m in msgs)
-            if newest > self.position:
+        await self._forget_old_consumer()
+        grown = asyncio.Event()
+
+        async def on_commit(_msg: Msg) -> None:
+            grown.set()
+
+        sub = await self._nc.subscribe(s.COMMITTED, cb=on_commit)
+        try:
+            while not self._stopping.is_set():
+                grown.clear()
                 async with pool.acquire() as conn:
                     await self._catch_up(conn)
-            await msgs[-1].ack()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(grown.wait(), self.poll_s)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _forget_old_consumer(self) -> None:
+        """An earlier projector followed a durable consumer on the events stream; remove it."""
+        assert self._nc is not None
+        with contextlib.suppress(NotFoundError, nats.errors.Error):
+            await self._nc.jetstream().delete_consumer(s.EVENTS_STREAM, "projector")
 
     async def _catch_up(self, conn: asyncpg.Connection) -> None:
         while records := await store.load_after(conn, self.position, self.batch):
             self.position = await apply_batch(conn, records)
-
-
-def _seq(msg: Msg) -> int:
-    """The event's log sequence, from the relay's header (0 when absent: fold anyway)."""
-    try:
-        return int((msg.headers or {}).get(s.HDR_SEQ, ""))
-    except ValueError:
-        return 1 << 62
 
 
 __all__ = ["Projector", "apply_batch", "decode_recorded", "rebuild"]

@@ -332,6 +332,8 @@ class Scheduler:
         records = await store.commit_batch(conn, effects.pending, activated=effects.activated,
                                            finished=effects.finished, relayed_seq=outbox.relayed_seq)
         last_seq = records[-1].seq if records else 0
+        if last_seq:
+            await self._nc.publish(s.COMMITTED, str(last_seq).encode())  # wakes the projector
         for reply_to, job_id, decision in effects.replies:
             if job_id is not None and job_id in state.jobs:
                 decision = msgspec.structs.replace(decision, job=state.summary(state.jobs[job_id]), seq=last_seq)

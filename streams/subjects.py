@@ -17,7 +17,6 @@ ARTIFACTS_BUCKET = "TESSERA_ARTIFACTS"
 
 # Durable consumer names.
 SCHEDULER_CONSUMER = "scheduler"
-PROJECTOR_CONSUMER = "projector"
 
 # Commands: everything the scheduler decides on.
 COMMANDS_ALL = f"{PREFIX}.cmd.>"
@@ -32,6 +31,8 @@ DISPATCH_ALL = f"{PREFIX}.dispatch.>"
 EVENTS_ALL = f"{PREFIX}.events.>"
 NOTIFY_ALL = f"{PREFIX}.done.>"
 DEAD_LETTER_ALL = f"{PREFIX}.dead.>"
+# Core NATS, in no stream: the scheduler says "the log has grown to seq N" after each commit.
+COMMITTED = f"{PREFIX}.committed"
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
