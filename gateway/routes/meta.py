@@ -21,7 +21,8 @@ UNITS = {"image": "megapixel (1024x1024) per image", "video": "second of video a
 @router.get("/api/v1/models", summary="Models, their price and who serves them now")
 async def models(services: ServicesDep) -> dict[str, Any]:
     """Every model with its pricing (tokens = base + rate x units, rounded up to 0.01; 1 token is
-    one 1024x1024 image), the plans that include it, and the workers online that serve it."""
+    one 1024x1024 image), the price of a request with the model's defaults and a 1000-character
+    prompt, the plans that include it, and the workers online that serve it."""
     online = services.fleet.online()
     async with services.pool.acquire() as conn:
         plans = await queries.plans(conn)
@@ -29,7 +30,7 @@ async def models(services: ServicesDep) -> dict[str, Any]:
         {"name": m.name, "capability": m.capability, "engine": m.engine, "description": m.description,
          "diagnostic": m.diagnostic, "default": catalog.DEFAULT_MODEL.get(m.capability) == m.name,
          "cost": {"base_tokens": m.pricing.base, "tokens_per_unit": m.pricing.rate, "unit": UNITS[m.capability],
-                  "example_tokens": m.cost({"prompt": "x" * 1000})},
+                  "default_request_tokens": m.cost({"prompt": "x" * 1000})},
          "plans": [p["tier"] for p in plans
                    if not m.gated or "*" in p["allowed_models"] or m.name in p["allowed_models"]],
          "workers_online": sum(1 for w in online if m.name in w.models),
