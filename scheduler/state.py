@@ -264,6 +264,9 @@ class SchedulerState:
         cutoff = self.quota_day() - timedelta(days=2)
         for key in [k for k, v in self.ledger.items() if k[1] < cutoff and abs(v.reserved) < 1e-9]:
             del self.ledger[key]
+        now = self.clock()
+        for user_id in [u for u, w in self._requests.items() if not w or now - w[-1] >= 60.0]:
+            del self._requests[user_id]
 
     def plan_of(self, user_id: uuid.UUID) -> PlanDefined:
         user = self.users.get(user_id)
