@@ -124,14 +124,10 @@ class _Lanes:
                     del tiers[tier]
 
 
-@dataclass
-class TesseraPolicy:
-    """Tiers with aging, fairness between users, and bounded model affinity (module docstring)."""
+class _OnLanes:
+    """What every policy here shares: the waiting jobs, kept in lanes."""
 
-    config: PolicyConfig = field(default_factory=PolicyConfig)
-    _lanes: _Lanes = field(default_factory=_Lanes)
-    _served: dict[uuid.UUID, int] = field(default_factory=dict)  # user -> pick number of their last job
-    _picks: int = 0
+    _lanes: _Lanes
 
     def push(self, job: Waiting) -> None:
         self._lanes.push(job)
@@ -144,6 +140,16 @@ class TesseraPolicy:
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self._lanes)
+
+
+@dataclass
+class TesseraPolicy(_OnLanes):
+    """Tiers with aging, fairness between users, and bounded model affinity (module docstring)."""
+
+    config: PolicyConfig = field(default_factory=PolicyConfig)
+    _lanes: _Lanes = field(default_factory=_Lanes)
+    _served: dict[uuid.UUID, int] = field(default_factory=dict)  # user -> pick number of their last job
+    _picks: int = 0
 
     def effective_tier(self, job: Waiting, now: float) -> int:
         """The tier plus one per aging step waited, uncapped: a tier is worth `aging_step_s` of waiting."""
@@ -193,22 +199,10 @@ class TesseraPolicy:
 
 
 @dataclass
-class FifoPolicy:
+class FifoPolicy(_OnLanes):
     """Baseline: the oldest job any free worker can run, whatever its tier or model."""
 
     _lanes: _Lanes = field(default_factory=_Lanes)
-
-    def push(self, job: Waiting) -> None:
-        self._lanes.push(job)
-
-    def remove(self, job_id: uuid.UUID) -> Waiting | None:
-        return self._lanes.remove(job_id)
-
-    def __len__(self) -> int:
-        return len(self._lanes)
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(self._lanes)
 
     def pick(self, slot: Slot, now: float, running: Mapping[uuid.UUID, int],
              limit: Callable[[uuid.UUID], int]) -> Pick | None:
@@ -222,23 +216,11 @@ class FifoPolicy:
 
 
 @dataclass
-class SeedsNaivePolicy:
+class SeedsNaivePolicy(_OnLanes):
     """Baseline: the seeds' algorithm (ARCHITECTURE §7.2), tier by tier from the top, taking a
     tier's first compatible job if its model is loaded, else the highest tier's first job."""
 
     _lanes: _Lanes = field(default_factory=_Lanes)
-
-    def push(self, job: Waiting) -> None:
-        self._lanes.push(job)
-
-    def remove(self, job_id: uuid.UUID) -> Waiting | None:
-        return self._lanes.remove(job_id)
-
-    def __len__(self) -> int:
-        return len(self._lanes)
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(self._lanes)
 
     def pick(self, slot: Slot, now: float, running: Mapping[uuid.UUID, int],
              limit: Callable[[uuid.UUID], int]) -> Pick | None:
