@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 from worker_node.engines.base import Engine, EngineError, JobContext, JobInput, Output
 
 
+def _required(variable: str, engine: str) -> str:
+    value = os.environ.get(variable)
+    if not value:
+        raise ValueError(f"the {engine} engine needs {variable} (docs/engines.md)")
+    return value
+
+
 def build(name: str) -> Engine:
-    """Instantiate a built-in engine by name."""
+    """Instantiate a built-in engine by name; HTTP engines read their server from the environment."""
     if name == "echo":
         from worker_node.engines.echo import EchoEngine
 
@@ -15,7 +24,16 @@ def build(name: str) -> Engine:
         from worker_node.engines.espeak import EspeakEngine
 
         return EspeakEngine()
-    raise ValueError(f"unknown engine {name!r}; built in: echo, espeak")
+    if name in ("openai", "kobold"):
+        from worker_node.engines.llm_http import KoboldEngine, OpenAIChatEngine, model_map
+
+        prefix = f"TESSERA_{name.upper()}"
+        url, models = _required(f"{prefix}_URL", name), model_map(_required(f"{prefix}_MODELS", name))
+        slots = int(os.environ.get(f"{prefix}_SLOTS") or (4 if name == "openai" else 1))
+        if name == "openai":
+            return OpenAIChatEngine(url, models, api_key=os.environ.get("TESSERA_OPENAI_API_KEY"), slots=slots)
+        return KoboldEngine(url, models, slots=slots)
+    raise ValueError(f"unknown engine {name!r}; built in: echo, espeak, openai, kobold")
 
 
 __all__ = ["Engine", "EngineError", "JobContext", "JobInput", "Output", "build"]
