@@ -95,7 +95,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
         await serve(Worker(nats_url=nats_url, worker_id=worker_id, engines=engines,
                            slots=args.slots or settings.worker_slots,
                            heartbeat_interval_s=settings.heartbeat_interval_s,
-                           artifact_ttl_s=settings.artifact_ttl_s), grace_s=600)
+                           artifact_ttl_s=settings.artifact_ttl_s, gpu_index=args.gpu), grace_s=600)
 
     run_loop(main())
 

@@ -9,6 +9,7 @@ import logging
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import msgspec
 import nats
@@ -30,6 +31,7 @@ from streams.messages import (
     WorkerStatus,
     encode,
 )
+from worker_node import gpu
 from worker_node.engines import Engine, EngineError, JobContext, JobInput, Output
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,7 @@ INLINE_TEXT_LIMIT = 64 * 1024  # text up to this size travels inside the complet
 class Worker:
     def __init__(self, *, nats_url: str, worker_id: str, engines: list[Engine], slots: int = 0,
                  heartbeat_interval_s: float = 2.0, artifact_ttl_s: float = 7 * 24 * 3600,
-                 started_grace_s: float = 0.2) -> None:
+                 started_grace_s: float = 0.2, gpu_index: int | None = None) -> None:
         if not s.is_token(worker_id):
             raise ValueError(f"worker id {worker_id!r} may hold only letters, digits, '_' and '-'")
         self.nats_url = nats_url
@@ -51,6 +53,8 @@ class Worker:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.artifact_ttl_s = artifact_ttl_s
         self.started_grace_s = started_grace_s
+        self.gpu_index = gpu_index
+        self.gpu_state: dict[str, Any] | None = None
         self.running: dict[uuid.UUID, tuple[int, asyncio.Task[None]]] = {}
         self._seen: collections.OrderedDict[tuple[uuid.UUID, int], None] = collections.OrderedDict()
         self._draining = asyncio.Event()
@@ -66,7 +70,7 @@ class Worker:
             worker_id=self.worker_id, instance_id=self.instance_id, capabilities=capabilities, engines=engines,
             models=sorted(self.engines), loaded_models=sorted(self.engines), slots=self.slots,
             running=list(self.running), draining=self._draining.is_set(), sent_at=datetime.now(UTC),
-            heartbeat_interval_s=self.heartbeat_interval_s,
+            heartbeat_interval_s=self.heartbeat_interval_s, gpu=self.gpu_state,
         )
 
     async def stop(self) -> None:
@@ -83,6 +87,7 @@ class Worker:
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=30,
                                   description=f"Dispatches for worker {self.worker_id}"),
         )
+        self.gpu_state = await gpu.probe_async(self.gpu_index)
         await kv.put(self.worker_id, encode(self.status()))
         heartbeat = asyncio.create_task(self._heartbeat(kv), name=f"worker-{self.worker_id}-heartbeat")
         self.ready.set()
@@ -104,8 +109,11 @@ class Worker:
                 await asyncio.wait_for(self._nc.close(), 5)
 
     async def _heartbeat(self, kv) -> None:  # type: ignore[no-untyped-def]
+        has_gpu = self.gpu_state is not None
         while True:
             await asyncio.sleep(self.heartbeat_interval_s)
+            if has_gpu:
+                self.gpu_state = await gpu.probe_async(self.gpu_index) or self.gpu_state
             try:
                 await kv.put(self.worker_id, encode(self.status()))
             except (nats.errors.Error, TimeoutError) as exc:
