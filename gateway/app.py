@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import errors
 from gateway.deps import Services
 from gateway.fleet import Fleet
-from gateway.routes import artifacts, jobs, meta, users
+from gateway.routes import artifacts, jobs, meta, uploads, users
 from streams.commands import CommandBus
 from tessera.config import Settings
 from tessera.db import create_pool
@@ -23,17 +23,19 @@ from tessera.db import create_pool
 class BodyLimit:
     """Refuse bodies over `limit` bytes with 413 before any handler reads them."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, larger: dict[str, int] | None = None) -> None:
         self.app = app
         self.limit = limit
+        self.larger = larger or {}  # path -> its own limit (uploads)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.larger.get(scope.get("path", "").rstrip("/"), self.limit)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._refuse(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(scope, receive, send, limit)
             return
         seen = 0
 
@@ -41,14 +43,14 @@ class BodyLimit:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise errors.Problem(413, "BODY_TOO_LARGE", f"the body is larger than {self.limit} bytes")
+            if seen > limit:
+                raise errors.Problem(413, "BODY_TOO_LARGE", f"the body is larger than {limit} bytes")
             return message
 
         await self.app(scope, limited, send)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = errors.problem_response(413, "BODY_TOO_LARGE", f"the body is larger than {self.limit} bytes",
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        response = errors.problem_response(413, "BODY_TOO_LARGE", f"the body is larger than {limit} bytes",
                                            scope.get("path"))
         await response(scope, receive, send)
 
@@ -77,7 +79,7 @@ def create_app(settings: Settings, *, nats_url: str, database_url: str) -> FastA
                     "Errors are application/problem+json with a stable `code`.",
     )
     errors.install(app)
-    for router in (jobs.router, artifacts.router, users.router, meta.router):
+    for router in (jobs.router, uploads.router, artifacts.router, users.router, meta.router):
         app.include_router(router)
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, larger={"/api/v1/uploads": settings.max_upload_bytes})
     return app

@@ -52,11 +52,12 @@ class Settings:
     # Worker
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-0")
     worker_slots: int = 0  # 0: the engines' own defaults
-    worker_engines: tuple[str, ...] = ("echo", "espeak")
+    worker_engines: tuple[str, ...] = ("echo", "espeak", "pocketsphinx")
     artifact_ttl_s: float = 7 * 24 * 3600
     # Gateway limits
     max_body_bytes: int = 256 * 1024
     max_prompt_chars: int = 8000
+    max_upload_bytes: int = 25 * 1024 * 1024
     key_cache_s: float = 30.0  # how long a gateway trusts a key it has looked up
 
     @classmethod
@@ -82,6 +83,7 @@ class Settings:
             "worker_slots": _env_int("TESSERA_WORKER_SLOTS", 0),
             "artifact_ttl_s": _env_float("TESSERA_ARTIFACT_TTL", 7 * 24 * 3600),
             "key_cache_s": _env_float("TESSERA_KEY_CACHE_SECONDS", 30.0),
+            "max_upload_bytes": _env_int("TESSERA_MAX_UPLOAD_BYTES", 25 * 1024 * 1024),
         }
         if os.environ.get("TESSERA_WORKER_ID"):
             values["worker_id"] = os.environ["TESSERA_WORKER_ID"]

@@ -190,7 +190,7 @@ async def platform(platform_parts: Platform) -> Platform:
                           database_url=platform_parts.database_url, name="scheduler-a")
     await platform_parts.start("scheduler", scheduler)
     await asyncio.wait_for(scheduler.is_leader.wait(), 10)
-    await platform_parts.start_worker()
+    await platform_parts.start_worker(engines=("echo", "espeak", "pocketsphinx"))
     return platform_parts
 
 

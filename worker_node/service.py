@@ -18,6 +18,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ObjectMeta
+from nats.js.errors import NotFoundError
 
 from events.types import Artifact
 from streams import subjects as s
@@ -187,8 +188,8 @@ class Worker:
             try:
                 if engine is None:
                     raise EngineError("MODEL_NOT_SERVED", f"worker {self.worker_id} does not serve {job.model}")
-                outputs = await asyncio.wait_for(engine.run(job, JobContext(progress=self._progress_fn(job))),
-                                                 dispatch.timeout_seconds)
+                context = JobContext(progress=self._progress_fn(job), fetch=self._fetch_input)
+                outputs = await asyncio.wait_for(engine.run(job, context), dispatch.timeout_seconds)
                 artifacts = [await self._store(job, output) for output in outputs]
             except TimeoutError:
                 await self._fail(job, "ENGINE_TIMEOUT", f"no result within {dispatch.timeout_seconds:.0f}s",
@@ -234,6 +235,18 @@ class Worker:
                 job_id=job.job_id, attempt=job.attempt, fraction=fraction, message=message,
                 partial_text=partial_text)))
         return progress
+
+    async def _fetch_input(self, name: str) -> bytes:
+        """An uploaded input, from the object store (the gateway checked it is the job owner's)."""
+        assert self._js is not None
+        if not name.startswith("uploads/"):
+            raise EngineError("INPUT_UNAVAILABLE", f"{name!r} is not an upload")
+        store = await self._js.object_store(s.ARTIFACTS_BUCKET)
+        try:
+            result = await store.get(name)
+        except NotFoundError:
+            raise EngineError("INPUT_EXPIRED", "the uploaded input is no longer stored") from None
+        return result.data or b""
 
     async def _store(self, job: JobInput, output: Output) -> Artifact:
         artifact_id = uuid.uuid4()

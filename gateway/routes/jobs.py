@@ -20,6 +20,7 @@ from events.types import JobQueued, JobRequeued, RecordedEvent, decode_recorded
 from gateway import queries
 from gateway.deps import CurrentPrincipal, Services, ServicesDep, key_holder
 from gateway.errors import Problem
+from gateway.routes.uploads import resolve_input
 from gateway.views import EventView, JobAccepted, JobCreate, JobView, event_view, job_view
 from streams import subjects as s
 from streams.commands import NoDecision
@@ -27,6 +28,8 @@ from streams.messages import CancelJob, Decision, Progress, SubmitJob
 from tessera import catalog
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+
+INPUT_REQUIRED = {"stt"}  # capabilities that work on an uploaded file
 
 _BODY_SCHEMA = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": JobCreate.model_json_schema(),
@@ -62,7 +65,9 @@ def _decision_problem(decision: Decision) -> Problem:
 
 def _validate(body: JobCreate, settings_max_prompt: int) -> None:
     prompt = body.params.get("prompt")
-    if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
+    if body.capability in INPUT_REQUIRED and prompt is None:  # the input is the job; a prompt is a hint
+        prompt = ""
+    elif prompt is None or (isinstance(prompt, str) and not prompt.strip()):
         raise Problem(422, "MISSING_PROMPT", "params.prompt is required and must not be empty")
     if not isinstance(prompt, str):
         raise Problem(422, "VALIDATION_ERROR", "params.prompt must be a string")
@@ -106,13 +111,17 @@ async def submit_job(
         raise Problem(422, "VALIDATION_ERROR", "the request does not match the schema", errors=fields) from None
     _validate(body, services.settings.max_prompt_chars)
     principal = holder.acting_for(body.user_ref or tessera_user_ref)
+    params = await resolve_input(services, principal.user_id, body.params)
+    if body.capability in INPUT_REQUIRED and "input" not in params:
+        raise Problem(422, "INPUT_REQUIRED", f"{body.capability} needs an input file: upload it to /api/v1/uploads "
+                      "and send its id as params.input_upload")
     frontend = principal.frontend if principal.user_ref else (body.frontend or "api")
     job_id = uuid.uuid5(principal.user_id, f"idempotency:{idempotency_key}") if idempotency_key else uuid.uuid4()
     timeout = services.settings.submit_timeout_s
     command = SubmitJob(
         command_id=uuid.uuid4(), job_id=job_id, user_id=principal.user_id, user_ref=principal.user_ref,
         frontend=frontend, bot_id=principal.bot_id or body.bot_id, capability=body.capability,
-        model=body.params.get("model"), params=body.params, reply_context=body.reply_context,
+        model=body.params.get("model"), params=params, reply_context=body.reply_context,
         deadline=datetime.now(UTC) + timedelta(seconds=timeout * 0.8),
     )
     try:

@@ -24,6 +24,10 @@ def build(name: str) -> Engine:
         from worker_node.engines.espeak import EspeakEngine
 
         return EspeakEngine()
+    if name == "pocketsphinx":
+        from worker_node.engines.pocketsphinx_stt import PocketSphinxEngine
+
+        return PocketSphinxEngine()
     if name in ("openai", "kobold"):
         from worker_node.engines.llm_http import KoboldEngine, OpenAIChatEngine, model_map
 
@@ -33,7 +37,7 @@ def build(name: str) -> Engine:
         if name == "openai":
             return OpenAIChatEngine(url, models, api_key=os.environ.get("TESSERA_OPENAI_API_KEY"), slots=slots)
         return KoboldEngine(url, models, slots=slots)
-    raise ValueError(f"unknown engine {name!r}; built in: echo, espeak, openai, kobold")
+    raise ValueError(f"unknown engine {name!r}; built in: echo, espeak, pocketsphinx, openai, kobold")
 
 
 __all__ = ["Engine", "EngineError", "JobContext", "JobInput", "Output", "build"]

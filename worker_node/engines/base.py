@@ -51,9 +51,25 @@ class Output:
 ProgressFn = Callable[[float | None, str | None, str | None], Awaitable[None]]
 
 
+FetchFn = Callable[[str], Awaitable[bytes]]
+
+
+async def _no_inputs(name: str) -> bytes:
+    raise EngineError("INPUT_UNAVAILABLE", f"this worker cannot read input {name!r}")
+
+
 @dataclass(frozen=True)
 class JobContext:
     progress: ProgressFn  # (fraction, message, partial text)
+    fetch: FetchFn = _no_inputs  # the bytes of an input named by params.input.object
+
+
+async def read_input(job: JobInput, ctx: JobContext) -> tuple[bytes, str]:
+    """The job's input file and its content type; EngineError when the job has none."""
+    reference = job.params.get("input")
+    if not isinstance(reference, dict) or not isinstance(reference.get("object"), str):
+        raise EngineError("INPUT_REQUIRED", f"{job.capability} needs an input file (params.input_upload)")
+    return await ctx.fetch(reference["object"]), str(reference.get("content_type") or "application/octet-stream")
 
 
 class Engine(Protocol):
