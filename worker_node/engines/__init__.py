@@ -28,6 +28,14 @@ def build(name: str) -> Engine:
         from worker_node.engines.pocketsphinx_stt import PocketSphinxEngine
 
         return PocketSphinxEngine()
+    if name == "comfyui":
+        from worker_node.engines.comfyui import ComfyUIEngine
+        from worker_node.engines.llm_http import model_map
+
+        models = os.environ.get("TESSERA_COMFYUI_MODELS")
+        return ComfyUIEngine(_required("TESSERA_COMFYUI_URL", name), model_map(models) if models else None,
+                             templates_dir=os.environ.get("TESSERA_COMFYUI_TEMPLATES"),
+                             slots=int(os.environ.get("TESSERA_COMFYUI_SLOTS") or 1))
     if name in ("openai", "kobold"):
         from worker_node.engines.llm_http import KoboldEngine, OpenAIChatEngine, model_map
 
@@ -37,7 +45,7 @@ def build(name: str) -> Engine:
         if name == "openai":
             return OpenAIChatEngine(url, models, api_key=os.environ.get("TESSERA_OPENAI_API_KEY"), slots=slots)
         return KoboldEngine(url, models, slots=slots)
-    raise ValueError(f"unknown engine {name!r}; built in: echo, espeak, pocketsphinx, openai, kobold")
+    raise ValueError(f"unknown engine {name!r}; built in: echo, espeak, pocketsphinx, comfyui, openai, kobold")
 
 
 __all__ = ["Engine", "EngineError", "JobContext", "JobInput", "Output", "build"]
