@@ -6,6 +6,8 @@ import os
 
 from worker_node.engines.base import Engine, EngineError, JobContext, JobInput, Output
 
+BUILT_IN = ("echo", "espeak", "pocketsphinx", "comfyui", "openai", "kobold", "whisper", "tts-http")
+
 
 def _required(variable: str, engine: str) -> str:
     value = os.environ.get(variable)
@@ -36,6 +38,19 @@ def build(name: str) -> Engine:
         return ComfyUIEngine(_required("TESSERA_COMFYUI_URL", name), model_map(models) if models else None,
                              templates_dir=os.environ.get("TESSERA_COMFYUI_TEMPLATES"),
                              slots=int(os.environ.get("TESSERA_COMFYUI_SLOTS") or 1))
+    if name in ("whisper", "tts-http"):
+        from worker_node.engines.llm_http import model_map
+        from worker_node.engines.speech_http import SpeechEngine, WhisperEngine
+
+        prefix = "TESSERA_WHISPER" if name == "whisper" else "TESSERA_TTS"
+        url, models = _required(f"{prefix}_URL", name), model_map(_required(f"{prefix}_MODELS", name))
+        api = os.environ.get(f"{prefix}_API") or "openai"
+        slots = int(os.environ.get(f"{prefix}_SLOTS") or 2)
+        key = os.environ.get(f"{prefix}_API_KEY")
+        if name == "whisper":
+            return WhisperEngine(url, models, api=api, slots=slots, api_key=key)
+        return SpeechEngine(url, models, api=api, slots=slots, api_key=key,
+                            default_voice=os.environ.get("TESSERA_TTS_VOICE"))
     if name in ("openai", "kobold"):
         from worker_node.engines.llm_http import KoboldEngine, OpenAIChatEngine, model_map
 
@@ -45,7 +60,7 @@ def build(name: str) -> Engine:
         if name == "openai":
             return OpenAIChatEngine(url, models, api_key=os.environ.get("TESSERA_OPENAI_API_KEY"), slots=slots)
         return KoboldEngine(url, models, slots=slots)
-    raise ValueError(f"unknown engine {name!r}; built in: echo, espeak, pocketsphinx, comfyui, openai, kobold")
+    raise ValueError(f"unknown engine {name!r}; built in: {', '.join(BUILT_IN)}")
 
 
 __all__ = ["Engine", "EngineError", "JobContext", "JobInput", "Output", "build"]
