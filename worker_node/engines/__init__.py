@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from worker_node.engines.base import Engine, EngineError, JobContext, JobInput, Output
 
-BUILT_IN = ("echo", "espeak", "pocketsphinx", "comfyui", "openai", "kobold", "whisper", "tts-http")
+BUILT_IN = ("echo", "espeak", "pocketsphinx", "llama-cpp", "comfyui", "openai", "kobold", "whisper", "tts-http")
 
 
 def _required(variable: str, engine: str) -> str:
@@ -30,6 +31,11 @@ def build(name: str) -> Engine:
         from worker_node.engines.pocketsphinx_stt import PocketSphinxEngine
 
         return PocketSphinxEngine()
+    if name == "llama-cpp":
+        from worker_node.engines.llama_cpp import LlamaCppEngine
+
+        path = os.environ.get("TESSERA_LLAMA_MODEL")
+        return LlamaCppEngine(Path(path) if path else None)
     if name == "comfyui":
         from worker_node.engines.comfyui import ComfyUIEngine
         from worker_node.engines.llm_http import model_map

