@@ -35,7 +35,8 @@ def build(name: str) -> Engine:
         from worker_node.engines.llama_cpp import LlamaCppEngine
 
         path = os.environ.get("TESSERA_LLAMA_MODEL")
-        return LlamaCppEngine(Path(path) if path else None)
+        return LlamaCppEngine(Path(path) if path else None,
+                              prompt_format=os.environ.get("TESSERA_LLAMA_FORMAT") or "completion")
     if name == "comfyui":
         from worker_node.engines.comfyui import ComfyUIEngine
         from worker_node.engines.llm_http import model_map

