@@ -175,6 +175,16 @@ async def execution_times(conn: asyncpg.Connection, recent: int = 2000) -> dict[
     return {r["model"]: r["seconds"] for r in rows}
 
 
+async def expired_artifacts(conn: asyncpg.Connection,
+                            limit: int = 500) -> list[tuple[uuid.UUID, uuid.UUID, str | None]]:
+    """Artifacts past their expiry whose expiry is not recorded yet (the event log decides, not the
+    read model, so a lagging projector cannot cause a second event)."""
+    rows = await conn.fetch(
+        "SELECT a.id, a.job_id, a.object_name FROM artifacts a WHERE a.expires_at < now()"
+        " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.stream_id = a.id) ORDER BY a.expires_at LIMIT $1", limit)
+    return [(r["id"], r["job_id"], r["object_name"]) for r in rows]
+
+
 async def head(conn: asyncpg.Connection) -> int:
     """The newest sequence number in the log (0 when empty)."""
     return int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM events"))

@@ -180,9 +180,18 @@ class FrontendKeyIssued(Event, frozen=True, kw_only=True, tag="FrontendKeyIssued
     prefix: str
 
 
-AnyEvent = JobEvent | UserRegistered | ApiKeyIssued | UserPlanChanged | PlanDefined | FrontendKeyIssued
+class ArtifactExpired(Event, frozen=True, kw_only=True, tag="ArtifactExpired.v1"):
+    """An artifact passed its expiry; its bytes were removed from the object store. Stream: the artifact's id."""
 
-STREAM_TYPES = {"job", "user", "plan", "frontend"}
+    job_id: uuid.UUID
+    object_name: str | None = None
+    expired_at: datetime
+
+
+AnyEvent = (JobEvent | UserRegistered | ApiKeyIssued | UserPlanChanged | PlanDefined | FrontendKeyIssued
+            | ArtifactExpired)
+
+STREAM_TYPES = {"job", "user", "plan", "frontend", "artifact"}
 
 
 class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True):

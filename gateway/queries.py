@@ -39,8 +39,8 @@ async def queue_position(conn: asyncpg.Connection, capability: str, priority: in
 
 async def artifact(conn: asyncpg.Connection, artifact_id: uuid.UUID) -> asyncpg.Record | None:
     return await conn.fetchrow(
-        "SELECT id, job_id, user_id, type, format, content_type, object_name, inline_text, file_size_bytes, expires_at"
-        " FROM artifacts WHERE id = $1", artifact_id)
+        "SELECT id, job_id, user_id, type, format, content_type, object_name, inline_text, file_size_bytes, expires_at,"
+        " expired_at FROM artifacts WHERE id = $1", artifact_id)
 
 
 async def user(conn: asyncpg.Connection, user_id: uuid.UUID) -> asyncpg.Record | None:

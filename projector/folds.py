@@ -18,6 +18,7 @@ from events import store
 from events.job import Job, JobStatus, evolve
 from events.types import (
     ApiKeyIssued,
+    ArtifactExpired,
     FrontendKeyIssued,
     JobCompleted,
     JobFailed,
@@ -188,6 +189,8 @@ async def _apply_other(conn: asyncpg.Connection, rec: RecordedEvent) -> None:
             "INSERT INTO users (id, platform, platform_user_id, plan_tier, display_name, created_at)"
             " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
             rec.stream_id, event.platform, event.platform_user_id, event.plan, event.display_name, rec.recorded_at)
+    elif isinstance(event, ArtifactExpired):
+        await conn.execute("UPDATE artifacts SET expired_at = $2 WHERE id = $1", rec.stream_id, event.expired_at)
     elif isinstance(event, UserPlanChanged):
         await conn.execute("UPDATE users SET plan_tier = $2 WHERE id = $1", rec.stream_id, event.plan)
     elif isinstance(event, ApiKeyIssued):

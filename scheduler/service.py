@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from datetime import timedelta
 
@@ -24,6 +25,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from events import store
+from events.errors import ConcurrencyError
 from events.job import JobStatus, fold
 from events.types import JobSubmitted, user_stream_id
 from scheduler.outbox import Outbox, Outgoing, terminal_notifications
@@ -156,7 +158,12 @@ class Scheduler:
                                       description="The scheduler (leader only) consumes every command"),
             )
             self.is_leader.set()
+            next_expiry_check = 0.0
             while not self._stopping.is_set():
+                if time.monotonic() >= next_expiry_check:
+                    next_expiry_check = time.monotonic() + self.settings.expiry_check_s
+                    if not await self._expire_artifacts(conn, outbox):
+                        next_expiry_check = time.monotonic() + 600
                 for task in tasks:
                     if task.done():
                         task.result()  # a failed side task ends leadership with its error
@@ -174,6 +181,24 @@ class Scheduler:
             for task, result in zip(tasks, results, strict=True):
                 if isinstance(result, Exception):
                     log.error("%s: task %s failed: %r", self.name, task.get_name(), result)
+
+    async def _expire_artifacts(self, conn: asyncpg.Connection, outbox: Outbox) -> bool:
+        """Record and carry out the expiry of artifacts past their time, in a commit of its own, so a
+        failure here cannot stop the scheduling of jobs. False when it failed."""
+        expired = await store.expired_artifacts(conn)
+        if not expired:
+            return True
+        assert self.state is not None
+        try:
+            self.state.expire_artifacts(expired)
+            await self._commit(conn, outbox)
+            return True
+        except (asyncpg.PostgresError, ConcurrencyError):
+            log.exception("%s: recording artifact expiry failed; trying again later", self.name)
+            old = self.state
+            self.state = await self._load(conn)  # drop the half-made decision
+            self._keep_fleet(old)
+            return False
 
     async def _catch_up(self, conn: asyncpg.Connection, outbox: Outbox) -> None:
         """Relay the committed events a previous leader may not have published."""

@@ -26,6 +26,7 @@ from events.store import PendingEvent
 from events.types import (
     AnyEvent,
     ApiKeyIssued,
+    ArtifactExpired,
     FrontendKeyIssued,
     JobCancelled,
     JobCompleted,
@@ -562,6 +563,16 @@ class SchedulerState:
         if plan != current:
             self.emit("plan", plan_stream_id(cmd.tier), self.plan_versions.get(cmd.tier, 0) + 1, plan, cause)
         self.reply(reply_to, Decision(ok=True, status=200))
+
+    def expire_artifacts(self, expired: list[tuple[uuid.UUID, uuid.UUID, str | None]]) -> None:
+        """Record the expiry of artifacts past their time (id, job id, object name); their bytes are
+        removed from the object store once the events are committed."""
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        for artifact_id, job_id, object_name in expired:
+            self.emit("artifact", artifact_id, 1, ArtifactExpired(job_id=job_id, object_name=object_name,
+                                                                  expired_at=now), "scheduler:artifact-expiry")
+            if object_name:
+                self.effects.discard_objects.append(object_name)
 
     def create_frontend_key(self, cmd: CreateFrontendKey, reply_to: str | None, cause: str) -> None:
         stream_id = frontend_stream_id(cmd.frontend, cmd.bot_id)

@@ -63,6 +63,7 @@ class Settings:
     worker_slots: int = 0  # 0: the engines' own defaults
     worker_engines: tuple[str, ...] = field(default_factory=lambda: default_engines())
     artifact_ttl_s: float = 7 * 24 * 3600
+    expiry_check_s: float = 60.0  # how often the scheduler looks for expired artifacts
     # Gateway limits
     max_body_bytes: int = 256 * 1024
     max_prompt_chars: int = 8000
@@ -91,6 +92,7 @@ class Settings:
             "starvation_step_s": _env_float("TESSERA_STARVATION_STEP", 600.0),
             "worker_slots": _env_int("TESSERA_WORKER_SLOTS", 0),
             "artifact_ttl_s": _env_float("TESSERA_ARTIFACT_TTL", 7 * 24 * 3600),
+            "expiry_check_s": _env_float("TESSERA_EXPIRY_CHECK", 60.0),
             "key_cache_s": _env_float("TESSERA_KEY_CACHE_SECONDS", 30.0),
             "max_upload_bytes": _env_int("TESSERA_MAX_UPLOAD_BYTES", 25 * 1024 * 1024),
         }

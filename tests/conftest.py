@@ -120,11 +120,12 @@ class Platform:
             task.cancel()
 
     async def start_worker(self, worker_id: str = "w1", engines: tuple[str, ...] = ("echo", "espeak"),
-                           slots: int = 0, started_grace_s: float = 0.0) -> Worker:
+                           slots: int = 0, started_grace_s: float = 0.0,
+                           artifact_ttl_s: float = 7 * 24 * 3600) -> Worker:
         """A worker in this process. With no grace it reports every start (a JobStarted event per job)."""
         worker = Worker(nats_url=self.nats_url, worker_id=worker_id, engines=[build(e) for e in engines],
                         slots=slots, heartbeat_interval_s=self.settings.heartbeat_interval_s,
-                        started_grace_s=started_grace_s)
+                        started_grace_s=started_grace_s, artifact_ttl_s=artifact_ttl_s)
         await self.start(f"worker:{worker_id}", worker)
         await asyncio.wait_for(worker.ready.wait(), 10)
         return worker

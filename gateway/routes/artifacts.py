@@ -30,6 +30,8 @@ async def get_artifact(artifact_id: str, services: ServicesDep, principal: Curre
             row = await queries.artifact(conn, parsed)
     if row is None or row["user_id"] != principal.user_id:
         raise Problem(404, "ARTIFACT_NOT_FOUND", f"no artifact {artifact_id}")
+    if row["expired_at"] is not None:
+        raise Problem(410, "ARTIFACT_EXPIRED", f"artifact {artifact_id} expired at {row['expired_at'].isoformat()}")
     filename = f"{row['job_id']}-{row['id']}.{row['format']}"
     headers = {"Content-Disposition": f'inline; filename="{filename}"'}
     if row["object_name"] is None:

@@ -37,6 +37,8 @@ SAMPLES = [
     b'{"type":"JobCompleted.v1","worker_id":"vm-0","attempt":1,"artifacts":[],"execution_time_seconds":0.001,'
     b'"cost_tokens":0.0,"reserved_tokens":0.0,"quota_day":"2026-11-22","usage":{},'
     b'"started_at":"2026-11-22T13:50:01.123456Z"}',
+    b'{"type":"ArtifactExpired.v1","job_id":"2c47be06-3ddf-4eb9-9671-84a5d664079b","object_name":"jobs/x/1/y.wav",'
+    b'"expired_at":"2026-11-29T12:28:52.686626Z"}',
     b'{"type":"UserPlanChanged.v1","plan":"pro","previous_plan":"free","changed_by":"operator"}',
     b'{"type":"PlanDefined.v1","tier":"admin","name":"Admin","daily_token_limit":null,"requests_per_minute":600,'
     b'"max_concurrent_jobs":64,"max_queued_jobs":10000,"priority":3,"max_resolution":4096,"allowed_models":["*"],'
