@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import uuid
 
 import asyncpg
 import httpx
+import msgspec
+import nats
 import pytest
 
 from projector.folds import READ_MODEL_TABLES
 from projector.service import rebuild
 from scheduler.service import Scheduler
+from streams import subjects as s
 from tessera.db import init_connection
 from tests.conftest import Platform
 
@@ -235,3 +239,48 @@ async def test_worker_killed_mid_job_is_requeued_and_completes_once(platform_par
         assert done["worker_id"] == "rescuer" and done["attempt"] == 2
     types = await event_types(platform_parts.database_url, job_id)
     assert "JobRequeued.v1" in types and types.count("JobCompleted.v1") == 1
+
+
+@pytest.mark.timeout(90)
+async def test_a_paused_worker_cannot_complete_its_lost_job_a_second_time(platform_parts: Platform) -> None:
+    """SIGSTOP a worker mid-job past the heartbeat timeout: its attempt is declared lost and the job
+    runs again elsewhere. Resumed, the old worker reports its result, and the scheduler refuses it."""
+    scheduler = Scheduler(platform_parts.settings, nats_url=platform_parts.nats_url,
+                          database_url=platform_parts.database_url)
+    await platform_parts.start("scheduler", scheduler)
+    sleeper = platform_parts.subprocess("worker", "--worker-id", "sleeper", "--engines", "echo")
+    key = await platform_parts.user_key()
+    try:
+        async with platform_parts.client(key) as client:
+            await asyncio.sleep(1.5)  # the worker announces itself
+            job_id = (await client.post("/api/v1/jobs", json={"capability": "echo", "params": {
+                "prompt": "twice?", "delay_seconds": 2}})).json()["job_id"]
+            running = await platform_parts.wait_status(client, job_id, {"RUNNING"})
+            assert running["worker_id"] == "sleeper"
+            await asyncio.sleep(0.5)  # it has started the engine
+            sleeper.send_signal(signal.SIGSTOP)
+            await platform_parts.start_worker("awake", engines=("echo",))
+            done = await platform_parts.wait_status(client, job_id, {"COMPLETED"}, timeout=30)
+            assert done["worker_id"] == "awake" and done["attempt"] == 2
+            sleeper.send_signal(signal.SIGCONT)  # its delay is over: it reports attempt 1 as completed
+            await asyncio.sleep(3.0)
+            again = (await client.get(f"/api/v1/jobs/{job_id}")).json()
+        assert again["status"] == "COMPLETED" and again["worker_id"] == "awake" and again["attempt"] == 2
+    finally:
+        sleeper.send_signal(signal.SIGCONT)
+        sleeper.terminate()
+        sleeper.wait(20)
+    types = await event_types(platform_parts.database_url, job_id)
+    assert types.count("JobCompleted.v1") == 1 and "JobRequeued.v1" in types
+    # The late result was sent, and refused: the commands stream holds it.
+    nc = await nats.connect(platform_parts.nats_url)
+    try:
+        sub = await nc.jetstream().subscribe(s.CMD_COMPLETED, ordered_consumer=True)
+        reports = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                reports.append(msgspec.json.decode((await sub.next_msg(timeout=1)).data))
+    finally:
+        await nc.close()
+    assert {(r["worker_id"], r["attempt"]) for r in reports if r["job_id"] == job_id} == {("sleeper", 1),
+                                                                                          ("awake", 2)}
