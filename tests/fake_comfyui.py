@@ -21,7 +21,8 @@ from typing import Any
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 
-CHECKPOINTS = ["sd_xl_base_1.0.safetensors", "flux1-schnell-fp8.safetensors", "flux1-dev-fp8.safetensors"]
+CHECKPOINTS = ["sd_xl_base_1.0.safetensors", "flux1-schnell-fp8.safetensors", "flux1-dev-fp8.safetensors",
+               "ltx-video-2b-v0.9.5.safetensors"]
 
 
 def png(width: int, height: int) -> bytes:
@@ -117,9 +118,10 @@ async def _execute(state: ComfyState, prompt_id: str, workflow: dict[str, Any], 
         await socket.send_json({"type": kind, "data": {**data, "prompt_id": prompt_id}})
 
     text = next(n["inputs"]["text"] for n in workflow.values() if n["class_type"] == "CLIPTextEncode")
-    sampler = next(k for k, n in workflow.items() if n["class_type"] == "KSampler")
+    sampler = next(k for k, n in workflow.items() if n["class_type"] in ("KSampler", "SamplerCustomAdvanced"))
     latent = next(n["inputs"] for n in workflow.values() if n["class_type"].startswith("Empty"))
-    steps = workflow[sampler]["inputs"]["steps"]
+    steps = next(n["inputs"]["steps"] for n in workflow.values() if n["class_type"] in ("KSampler", "LTXVScheduler"))
+    saver_id, saver = next((k, n) for k, n in workflow.items() if n["class_type"].startswith("Save"))
     await send("execution_start", {"timestamp": 0})
     await send("execution_cached", {"nodes": [], "timestamp": 0})
     for node_id in workflow:
@@ -146,12 +148,17 @@ async def _execute(state: ComfyState, prompt_id: str, workflow: dict[str, Any], 
             return
     images = []
     for n in range(latent["batch_size"]):
-        name = f"tessera_{prompt_id[:8]}_{n:05}_.png"
-        state.files[name] = png(latent["width"] // 64, latent["height"] // 64)
+        if saver["class_type"] == "SaveAnimatedWEBP":  # a video: one animated WebP of `length` frames
+            name = f"tessera_{prompt_id[:8]}_{n:05}_.webp"
+            body = b"VP8X" + struct.pack("<I", 10) + bytes(10) + b"ANIM" + struct.pack("<I", latent["length"])
+            state.files[name] = b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body
+        else:
+            name = f"tessera_{prompt_id[:8]}_{n:05}_.png"
+            state.files[name] = png(latent["width"] // 64, latent["height"] // 64)
         images.append({"filename": name, "subfolder": "", "type": "output"})
-    state.history[prompt_id] = {"prompt": [0, prompt_id, workflow, {}, ["9"]],
-                                "outputs": {"9": {"images": images}},
+    state.history[prompt_id] = {"prompt": [0, prompt_id, workflow, {}, [saver_id]],
+                                "outputs": {saver_id: {"images": images}},
                                 "status": {"status_str": "success", "completed": True, "messages": []}}
-    await send("executed", {"node": "9", "display_node": "9", "output": {"images": images}})
+    await send("executed", {"node": saver_id, "display_node": saver_id, "output": {"images": images}})
     await send("executing", {"node": None})
     await send("execution_success", {"timestamp": 0})

@@ -12,7 +12,8 @@ Workflows are ComfyUI "API format" JSON files with placeholders: `"{{prompt}}"`,
 `"{{negative_prompt}}"`, `"{{width}}"`, `"{{height}}"`, `"{{batch_size}}"`, `"{{steps}}"`,
 `"{{cfg}}"`, `"{{seed}}"` and `"{{checkpoint}}"`. A placeholder is a whole JSON string, and it is
 replaced by a value of the right type. Built-in templates live in `comfyui_templates/` (sdxl,
-flux-schnell, flux-dev). An operator's directory (TESSERA_COMFYUI_TEMPLATES) adds templates or
+flux-schnell, flux-dev, and ltx-video, which also takes `"{{fps}}"` and `"{{frames}}"` and saves
+an animated WebP). An operator's directory (TESSERA_COMFYUI_TEMPLATES) adds templates or
 overrides these.
 """
 
@@ -40,7 +41,9 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "sdxl": {"steps": 25, "cfg": 7.0, "checkpoint": "sd_xl_base_1.0.safetensors"},
     "flux-schnell": {"steps": 4, "cfg": 1.0, "checkpoint": "flux1-schnell-fp8.safetensors"},
     "flux-dev": {"steps": 20, "cfg": 3.5, "checkpoint": "flux1-dev-fp8.safetensors"},
+    "ltx-video": {"steps": 30, "cfg": 3.0, "checkpoint": "ltx-video-2b-v0.9.5.safetensors", "fps": 24},
 }
+VIDEO_MODELS = {"ltx-video"}
 
 
 def load_templates(extra_dir: str | None = None) -> dict[str, dict[str, Any]]:
@@ -73,7 +76,6 @@ def png_size(data: bytes) -> tuple[int | None, int | None]:
 
 class ComfyUIEngine:
     name = "comfyui"
-    capabilities = ("image",)
 
     def __init__(self, base_url: str, models: dict[str, str] | None = None, *, templates_dir: str | None = None,
                  slots: int = 1, timeout_s: float = 600.0) -> None:
@@ -86,6 +88,7 @@ class ComfyUIEngine:
             raise ValueError(f"no ComfyUI workflow template for {', '.join(missing)}")
         self.checkpoints = chosen
         self.models = tuple(chosen)
+        self.capabilities = tuple(sorted({"video" if m in VIDEO_MODELS else "image" for m in chosen}))
         self.slots = slots
         self._client = httpx.AsyncClient(base_url=self.base_url, timeout=httpx.Timeout(timeout_s, connect=10.0))
 
@@ -121,10 +124,16 @@ class ComfyUIEngine:
         cfg = params.get("cfg", defaults.get("cfg", 7.0))
         if isinstance(cfg, bool) or not isinstance(cfg, int | float) or not 0 <= cfg <= 30:
             raise EngineError("INVALID_PARAMS", "params.cfg must be a number from 0 to 30")
+        video = job.model in VIDEO_MODELS
+        fps = int(defaults.get("fps", 24))
+        seconds = float(params.get("duration_seconds", 4.0))
+        side = 768 if video else 1024
         values = {"prompt": str(params.get("prompt", "")), "negative_prompt": str(params.get("negative_prompt", "")),
-                  "width": int(params.get("width", 1024)), "height": int(params.get("height", 1024)),
+                  "width": int(params.get("width", side)), "height": int(params.get("height", 512 if video else side)),
                   "batch_size": int(params.get("batch_size", 1)), "steps": steps, "cfg": float(cfg), "seed": seed,
-                  "checkpoint": self.checkpoints[job.model]}
+                  "checkpoint": self.checkpoints[job.model], "fps": fps,
+                  # LTX-Video renders 8k + 1 frames.
+                  "frames": max(9, round(seconds * fps / 8) * 8 + 1)}
         return fill(self.templates[job.model], values)
 
     async def run(self, job: JobInput, ctx: JobContext) -> list[Output]:
@@ -139,7 +148,7 @@ class ComfyUIEngine:
                     raise _prompt_error(response)
                 prompt_id = response.json()["prompt_id"]
                 await self._follow(ws, prompt_id, ctx)
-            return await self._outputs(prompt_id)
+            return await self._outputs(prompt_id, _video_seconds(workflow))
         except asyncio.CancelledError:
             if prompt_id is not None:
                 await asyncio.shield(self._interrupt())
@@ -168,7 +177,7 @@ class ComfyUIEngine:
                 raise EngineError("ENGINE_INTERRUPTED", "ComfyUI interrupted the prompt")
         raise EngineError("ENGINE_DISCONNECTED", "ComfyUI closed the websocket before the prompt finished")
 
-    async def _outputs(self, prompt_id: str) -> list[Output]:
+    async def _outputs(self, prompt_id: str, video_seconds: float | None = None) -> list[Output]:
         history = (await self._client.get(f"/history/{prompt_id}")).json().get(prompt_id) or {}
         outputs = []
         for node_output in (history.get("outputs") or {}).values():
@@ -179,6 +188,11 @@ class ComfyUIEngine:
                     "filename": image["filename"], "subfolder": image.get("subfolder", ""), "type": "output"})
                 if response.status_code != 200:
                     raise EngineError("ENGINE_ERROR", f"ComfyUI could not serve {image['filename']}")
+                if image["filename"].endswith(".webp"):  # SaveAnimatedWEBP: a video
+                    outputs.append(Output(kind="video", format="webp", content_type="image/webp",
+                                          data=response.content, duration_seconds=video_seconds,
+                                          usage={"duration_seconds": video_seconds} if video_seconds else {}))
+                    continue
                 width, height = png_size(response.content)
                 outputs.append(Output(kind="image", format="png", content_type="image/png", data=response.content,
                                       width=width, height=height))
@@ -189,6 +203,16 @@ class ComfyUIEngine:
     async def _interrupt(self) -> None:
         with contextlib.suppress(httpx.HTTPError):
             await self._client.post("/interrupt", timeout=5)
+
+
+def _video_seconds(workflow: dict[str, Any]) -> float | None:
+    """The length of the video a workflow renders: frames / fps, from its latent and its saver."""
+    frames = next((n["inputs"].get("length") for n in workflow.values() if "length" in n.get("inputs", {})), None)
+    fps = next((n["inputs"].get("fps") for n in workflow.values() if n.get("class_type", "").startswith("Save")
+                and "fps" in n.get("inputs", {})), None)
+    if isinstance(frames, int) and isinstance(fps, int | float) and fps > 0:
+        return round(frames / fps, 3)
+    return None
 
 
 def _prompt_error(response: httpx.Response) -> EngineError:
