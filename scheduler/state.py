@@ -75,6 +75,7 @@ class WorkerView:
     cancelling: set[uuid.UUID] = field(default_factory=set)
     loaded: set[str] = field(default_factory=set)  # models it holds: heartbeat, plus what it was sent since
     gone: bool = False  # said goodbye, or replaced by a new instance
+    left_at: float | None = None  # when it said goodbye: its last reports may still be on their way
 
     @property
     def free_slots(self) -> int:
@@ -600,10 +601,14 @@ class SchedulerState:
         view.last_seen = now
         view.cancelling &= set(status.running)
 
-    def worker_gone(self, worker_id: str) -> None:
+    def worker_gone(self, worker_id: str, now: float | None = None) -> None:
+        """The worker said goodbye (or its entry went). It takes nothing more. A draining worker says
+        goodbye after reporting its jobs, but the reports travel on the command stream and may
+        arrive after the goodbye, so what it still runs is declared lost only after a grace period."""
         view = self.workers.get(worker_id)
-        if view is not None:
-            self._lose_worker(view, "the worker left")
+        if view is not None and not view.gone:
+            view.gone = True
+            view.left_at = time.monotonic() if now is None else now
 
     def _lose_worker(self, view: WorkerView, reason: str) -> None:
         view.gone = True
@@ -627,6 +632,8 @@ class SchedulerState:
         now = time.monotonic() if now is None else now
         for worker_id, view in list(self.workers.items()):
             if view.gone:
+                if view.running and view.left_at is not None and now - view.left_at > self.worker_timeout_s:
+                    self._lose_worker(view, "the worker left without reporting these jobs")
                 if not view.running:
                     del self.workers[worker_id]
                 continue

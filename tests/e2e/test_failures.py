@@ -284,3 +284,34 @@ async def test_a_paused_worker_cannot_complete_its_lost_job_a_second_time(platfo
         await nc.close()
     assert {(r["worker_id"], r["attempt"]) for r in reports if r["job_id"] == job_id} == {("sleeper", 1),
                                                                                           ("awake", 2)}
+
+
+@pytest.mark.timeout(60)
+async def test_sigterm_drains_the_worker(platform_parts: Platform) -> None:
+    """SIGTERM: the worker finishes the job it runs, takes no new one, and says goodbye."""
+    await platform_parts.start("scheduler", Scheduler(platform_parts.settings, nats_url=platform_parts.nats_url,
+                                                      database_url=platform_parts.database_url))
+    leaving = platform_parts.subprocess("worker", "--worker-id", "leaving", "--engines", "echo", "--slots", "1")
+    key = await platform_parts.user_key()
+    async with platform_parts.client(key) as client:
+        await asyncio.sleep(1.5)  # the worker announces itself
+        first = (await client.post("/api/v1/jobs", json={"capability": "echo", "params": {
+            "prompt": "finish me", "delay_seconds": 2}})).json()["job_id"]
+        await platform_parts.wait_status(client, first, {"RUNNING"})
+        await asyncio.sleep(0.5)
+        leaving.send_signal(signal.SIGTERM)
+        second = (await client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "not you"}}
+                                     )).json()["job_id"]
+        done = await platform_parts.wait_status(client, first, {"COMPLETED"})
+        assert done["worker_id"] == "leaving" and done["attempt"] == 1  # finished, not re-queued
+        assert leaving.wait(20) == 0
+        await platform_parts.start_worker("staying", engines=("echo",))
+        later = await platform_parts.wait_status(client, second, {"COMPLETED"})
+        assert later["worker_id"] == "staying"  # the drained worker took no new job
+    nc = await nats.connect(platform_parts.nats_url)
+    try:
+        kv = await nc.jetstream().key_value(s.WORKERS_BUCKET)
+        with pytest.raises(nats.js.errors.KeyNotFoundError):  # it said goodbye
+            await kv.get("leaving")
+    finally:
+        await nc.close()

