@@ -69,10 +69,19 @@ class Worker:
         capabilities = sorted({c for e in self.engines.values() for c in e.capabilities})
         return WorkerStatus(
             worker_id=self.worker_id, instance_id=self.instance_id, capabilities=capabilities, engines=engines,
-            models=sorted(self.engines), loaded_models=sorted(self.engines), slots=self.slots,
+            models=sorted(self.engines), loaded_models=self.loaded_models(), slots=self.slots,
             running=list(self.running), draining=self._draining.is_set(), sent_at=datetime.now(UTC),
             heartbeat_interval_s=self.heartbeat_interval_s, gpu=self.gpu_state,
         )
+
+    def loaded_models(self) -> list[str]:
+        """Models ready to run without a load: what an engine says it holds (`loaded`, e.g. the
+        checkpoint ComfyUI used last), or all its models for engines that keep everything loaded."""
+        loaded: set[str] = set()
+        for engine in set(self.engines.values()):
+            held = getattr(engine, "loaded", None)
+            loaded.update(engine.models if held is None else held)
+        return sorted(loaded)
 
     async def stop(self) -> None:
         """Drain: take no new job, finish the running ones, say goodbye."""

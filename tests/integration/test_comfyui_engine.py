@@ -58,12 +58,14 @@ async def test_each_model_has_its_own_workflow() -> None:
     state = ComfyState()
     async with serve(comfyui_app(state)) as url:
         engine = ComfyUIEngine(url)
+        assert engine.loaded == ()
         try:
             await engine.run(job("fast", model="flux-schnell"), JobContext(Progress()))
             await engine.run(job("slowly", model="flux-dev", cfg=2.5), JobContext(Progress()))
         finally:
             await engine.close()
     schnell, dev = state.prompts
+    assert engine.loaded == ("flux-dev",)  # reported as the worker's loaded model, for affinity
     assert schnell["3"]["inputs"]["steps"] == 4 and schnell["5"]["class_type"] == "EmptySD3LatentImage"
     assert dev["10"]["inputs"]["guidance"] == 2.5 and dev["4"]["inputs"]["ckpt_name"] == "flux1-dev-fp8.safetensors"
 
@@ -149,5 +151,6 @@ async def test_an_image_job_through_the_platform(platform_parts: Platform) -> No
             artifact = done["artifacts"][0]
             image = await client.get(artifact["url"])
         await platform_parts.stop("worker:gpu0")
+    assert worker.loaded_models() == ["sdxl"]  # what the heartbeats now tell the scheduler
     assert image.status_code == 200 and image.headers["content-type"] == "image/png"
     assert (artifact["width"], artifact["height"]) == (20, 12) and image.content.startswith(b"\x89PNG")

@@ -77,6 +77,8 @@ class Engine(Protocol):
     capabilities: tuple[str, ...]
     models: tuple[str, ...]
     slots: int  # how many jobs it runs at once by default
+    # Optionally `loaded: tuple[str, ...]`: the models it holds ready now (a GPU engine that swaps
+    # checkpoints). Engines without it are taken to hold all their models.
 
     async def run(self, job: JobInput, ctx: JobContext) -> list[Output]: ...
 

@@ -89,6 +89,9 @@ class ComfyUIEngine:
         self.checkpoints = chosen
         self.models = tuple(chosen)
         self.capabilities = tuple(sorted({"video" if m in VIDEO_MODELS else "image" for m in chosen}))
+        # The model whose checkpoint ComfyUI used last, and so most likely holds in VRAM: what the
+        # worker reports as loaded, for the scheduler's model affinity.
+        self.loaded: tuple[str, ...] = ()
         self.slots = slots
         self._client = httpx.AsyncClient(base_url=self.base_url, timeout=httpx.Timeout(timeout_s, connect=10.0))
 
@@ -147,6 +150,7 @@ class ComfyUIEngine:
                 if response.status_code != 200:
                     raise _prompt_error(response)
                 prompt_id = response.json()["prompt_id"]
+                self.loaded = (job.model,)
                 await self._follow(ws, prompt_id, ctx)
             return await self._outputs(prompt_id, _video_seconds(workflow))
         except asyncio.CancelledError:
