@@ -95,7 +95,8 @@ def cmd_worker(args: argparse.Namespace) -> None:
         await serve(Worker(nats_url=nats_url, worker_id=worker_id, engines=engines,
                            slots=args.slots or settings.worker_slots,
                            heartbeat_interval_s=settings.heartbeat_interval_s,
-                           artifact_ttl_s=settings.artifact_ttl_s, gpu_index=args.gpu), grace_s=600)
+                           artifact_ttl_s=settings.artifact_ttl_s, gpu_index=args.gpu,
+                           max_resolution=args.max_resolution), grace_s=600)
 
     run_loop(main())
 
@@ -219,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", type=int, default=None, help="GPU index: sets CUDA_VISIBLE_DEVICES and the id suffix")
     p.add_argument("--engines", default=None, help="comma-separated engines (default echo,espeak)")
     p.add_argument("--slots", type=int, default=0, help="jobs at once (default: the engines' own)")
+    p.add_argument("--max-resolution", type=int, default=None,
+                   help="the largest image side it takes (default: judged from its GPU's memory)")
     p.set_defaults(func=cmd_worker)
 
     users = sub.add_parser("users", help="manage users").add_subparsers(dest="action", required=True)

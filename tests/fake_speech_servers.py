@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 
 def silent_wav(seconds: float, rate: int = 16000) -> bytes:
@@ -86,6 +86,13 @@ def speech_app(state: SpeechState) -> FastAPI:
     async def piper(request: Request) -> Response:
         body = await request.json()
         state.requests.append(body)
+        if body["text"] == "drop":  # half a WAV, then the connection goes
+
+            async def half() -> Any:
+                yield silent_wav(1.0)[:100]
+                raise ConnectionResetError("server went away")
+
+            return StreamingResponse(half(), media_type="audio/wav")
         return Response(silent_wav(len(body["text"]) / 20, rate=22050), media_type="audio/wav")
 
     return app

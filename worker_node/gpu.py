@@ -79,3 +79,12 @@ def probe(index: int | None) -> dict[str, Any] | None:
 async def probe_async(index: int | None) -> dict[str, Any] | None:
     """`probe` off the event loop: NVML and nvidia-smi can take tens of milliseconds."""
     return await asyncio.to_thread(probe, index)
+
+
+def max_resolution_for(memory_total_mib: int) -> int | None:
+    """The largest image side a GPU of this memory is offered (None: no limit): a conservative
+    guess for SDXL/FLUX-class models, which an operator overrides with --max-resolution."""
+    for limit_mib, side in ((10 * 1024, 1024), (20 * 1024, 1536), (40 * 1024, 2048)):
+        if memory_total_mib < limit_mib:
+            return side
+    return None

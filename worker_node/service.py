@@ -43,7 +43,8 @@ INLINE_TEXT_LIMIT = 64 * 1024  # text up to this size travels inside the complet
 class Worker:
     def __init__(self, *, nats_url: str, worker_id: str, engines: list[Engine], slots: int = 0,
                  heartbeat_interval_s: float = 2.0, artifact_ttl_s: float = 7 * 24 * 3600,
-                 started_grace_s: float = 0.2, gpu_index: int | None = None) -> None:
+                 started_grace_s: float = 0.2, gpu_index: int | None = None,
+                 max_resolution: int | None = None) -> None:
         if not s.is_token(worker_id):
             raise ValueError(f"worker id {worker_id!r} may hold only letters, digits, '_' and '-'")
         self.nats_url = nats_url
@@ -55,6 +56,7 @@ class Worker:
         self.artifact_ttl_s = artifact_ttl_s
         self.started_grace_s = started_grace_s
         self.gpu_index = gpu_index
+        self.max_resolution = max_resolution  # None: from the GPU's memory, if it has one
         self.gpu_state: dict[str, Any] | None = None
         self.running: dict[uuid.UUID, tuple[int, asyncio.Task[None]]] = {}
         self._seen: collections.OrderedDict[tuple[uuid.UUID, int], None] = collections.OrderedDict()
@@ -72,7 +74,16 @@ class Worker:
             models=sorted(self.engines), loaded_models=self.loaded_models(), slots=self.slots,
             running=list(self.running), draining=self._draining.is_set(), sent_at=datetime.now(UTC),
             heartbeat_interval_s=self.heartbeat_interval_s, gpu=self.gpu_state,
+            max_resolution=self.resolution_limit(capabilities),
         )
+
+    def resolution_limit(self, capabilities: list[str]) -> int | None:
+        """The largest image side this worker takes: set by the operator, else judged from its GPU."""
+        if self.max_resolution is not None:
+            return self.max_resolution
+        if self.gpu_state and {"image", "video"} & set(capabilities):
+            return gpu.max_resolution_for(int(self.gpu_state.get("memory_total_mib", 0)))
+        return None
 
     def loaded_models(self) -> list[str]:
         """Models ready to run without a load: what an engine says it holds (`loaded`, e.g. the

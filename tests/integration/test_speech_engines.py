@@ -90,3 +90,15 @@ async def test_text_to_speech_server_errors_say_why() -> None:
         finally:
             await engine.close()
     assert error.value.code == "ENGINE_REJECTED" and "voice 'nobody' not found" in error.value.message
+
+
+async def test_a_dropped_connection_is_engine_disconnected() -> None:
+    async with serve(speech_app(SpeechState())) as url:
+        engine = SpeechEngine(url, {"voice-http": "piper"}, api="piper")
+        try:
+            with pytest.raises(EngineError) as error:
+                await engine.run(JobInput(job_id=uuid.uuid4(), attempt=1, capability="tts", model="voice-http",
+                                          params={"prompt": "drop"}), JobContext(no_progress))
+        finally:
+            await engine.close()
+    assert error.value.code == "ENGINE_DISCONNECTED"

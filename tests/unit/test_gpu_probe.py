@@ -31,3 +31,21 @@ def test_no_gpu_means_no_figures(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shutil, "which", lambda _name: None)
     monkeypatch.setattr(gpu, "_nvml", lambda _index: None)
     assert gpu.probe(None) is None
+
+
+def test_image_size_offered_follows_gpu_memory() -> None:
+    assert gpu.max_resolution_for(8 * 1024) == 1024  # an 8 GB card
+    assert gpu.max_resolution_for(16 * 1024) == 1536
+    assert gpu.max_resolution_for(24 * 1024) == 2048
+    assert gpu.max_resolution_for(80 * 1024) is None  # an H100: no limit
+
+
+def test_a_worker_with_a_small_gpu_says_so_in_its_heartbeat() -> None:
+    from worker_node.engines.comfyui import ComfyUIEngine
+    from worker_node.service import Worker
+
+    worker = Worker(nats_url="nats://unused", worker_id="small", engines=[ComfyUIEngine("http://127.0.0.1:1")])
+    worker.gpu_state = {"memory_total_mib": 12 * 1024}
+    assert worker.status().max_resolution == 1536
+    worker.max_resolution = 2048  # the operator knows better
+    assert worker.status().max_resolution == 2048

@@ -65,6 +65,8 @@ class _HttpSpeech:
     async def _post(self, server: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = await self._client.post(path, **kwargs)
+        except httpx.RemoteProtocolError as exc:
+            raise EngineError("ENGINE_DISCONNECTED", f"{server} dropped the connection: {exc}") from exc
         except httpx.TransportError as exc:
             raise EngineError("ENGINE_UNAVAILABLE", f"{server} at {self.base_url}: {exc!r}") from exc
         if response.status_code != 200:
