@@ -106,6 +106,21 @@ def kobold_app(recorder: Recorder) -> FastAPI:
     async def model() -> dict[str, str]:
         return {"result": "koboldcpp/fake-7b"}
 
+    @app.post("/api/v1/generate")
+    async def generate_blocking(request: Request):  # type: ignore[no-untyped-def]
+        body = await request.json()
+        recorder.requests.append(body)
+        if body.get("prompt") == "fail":
+            busy = {"msg": "Server is busy; please try again later.", "type": "service_unavailable"}
+            return JSONResponse({"detail": busy}, status_code=503)
+        text = "".join(_tokens(body.get("prompt", ""), body.get("max_length", 256)))
+        return {"results": [{"text": text, "finish_reason": "length"}]}
+
+    @app.post("/api/extra/tokencount")
+    async def tokencount(request: Request) -> dict[str, object]:
+        text = (await request.json()).get("prompt", "")
+        return {"value": len(text.split()), "ids": []}
+
     @app.post("/api/extra/abort")
     async def abort(request: Request) -> dict[str, str]:
         genkey = (await request.json()).get("genkey", "")

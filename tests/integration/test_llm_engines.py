@@ -115,6 +115,20 @@ async def test_kobold_streams_tokens_and_counts_them() -> None:
     assert recorder.requests[1]["prompt"] == "User: hi\nAssistant:"
 
 
+async def test_kobold_without_streaming_uses_the_blocking_api_and_counts_tokens() -> None:
+    recorder = Recorder()
+    async with serve(kobold_app(recorder)) as url:
+        engine = KoboldEngine(url, {"chat": "koboldcpp/fake-7b"}, stream=False)
+        try:
+            [output] = await engine.run(job("hello", max_tokens=3), JobContext(Progress()))
+            with pytest.raises(EngineError) as busy:
+                await engine.run(job("fail"), JobContext(Progress()))
+        finally:
+            await engine.close()
+    assert output.text == "the answer is" and output.usage == {"output_tokens": 3.0}
+    assert busy.value.code == "ENGINE_ERROR" and "busy" in busy.value.message
+
+
 async def test_kobold_errors_and_dropped_streams() -> None:
     async with serve(kobold_app(Recorder())) as url:
         engine = KoboldEngine(url, {"chat": "koboldcpp/fake-7b"})

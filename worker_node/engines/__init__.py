@@ -66,7 +66,7 @@ def build(name: str) -> Engine:
         slots = int(os.environ.get(f"{prefix}_SLOTS") or (4 if name == "openai" else 1))
         if name == "openai":
             return OpenAIChatEngine(url, models, api_key=os.environ.get("TESSERA_OPENAI_API_KEY"), slots=slots)
-        return KoboldEngine(url, models, slots=slots)
+        return KoboldEngine(url, models, slots=slots, stream=os.environ.get("TESSERA_KOBOLD_STREAM", "1") != "0")
     raise ValueError(f"unknown engine {name!r}; built in: {', '.join(BUILT_IN)}")
 
 

@@ -175,8 +175,10 @@ class KoboldEngine(_HttpTextEngine):
     """KoboldCPP's native API: `POST /api/extra/generate/stream` (one token per event), with
     `/api/extra/abort` on cancel and `/api/v1/model` to check what is loaded."""
 
-    def __init__(self, base_url: str, models: dict[str, str], *, slots: int = 1, timeout_s: float = 300.0) -> None:
+    def __init__(self, base_url: str, models: dict[str, str], *, slots: int = 1, timeout_s: float = 300.0,
+                 stream: bool = True) -> None:
         super().__init__(name="kobold", base_url=base_url, models=models, slots=slots, timeout_s=timeout_s)
+        self.stream = stream  # False: the blocking /api/v1/generate, for servers without streaming
 
     async def loaded_model(self) -> str | None:
         """The server's model (`koboldcpp/<name>`), or None when it cannot be reached."""
@@ -199,6 +201,8 @@ class KoboldEngine(_HttpTextEngine):
         body = {"prompt": self._prompt(job.params), "max_length": max_tokens, "genkey": genkey,
                 **_sampling(job.params)}
         partial = _Partial(ctx, max_tokens)
+        if not self.stream:
+            return await self._generate(body, genkey, partial)
         try:
             async with self._client.stream("POST", "/api/extra/generate/stream", json=body) as response:
                 if response.status_code != 200:
@@ -219,6 +223,27 @@ class KoboldEngine(_HttpTextEngine):
             raise EngineError("ENGINE_UNAVAILABLE", f"KoboldCPP at {self.base_url}: {exc!r}") from exc
         except msgspec.DecodeError as exc:
             raise EngineError("ENGINE_ERROR", f"KoboldCPP sent a malformed event: {exc}") from exc
+        return self._output(partial)
+
+    async def _generate(self, body: dict[str, Any], genkey: str, partial: _Partial) -> list[Output]:
+        """`POST /api/v1/generate`: the whole text at once; `/api/extra/tokencount` counts it."""
+        try:
+            response = await self._client.post("/api/v1/generate", json=body)
+            if response.status_code != 200:
+                raise await _server_error(response, "KoboldCPP")
+            text = "".join(r.get("text", "") for r in response.json().get("results", []))
+            counted = await self._client.post("/api/extra/tokencount", json={"prompt": text})
+            tokens = int(counted.json()["value"]) if counted.status_code == 200 else len(text.split())
+        except asyncio.CancelledError:
+            await asyncio.shield(self._abort(genkey))
+            raise
+        except httpx.RemoteProtocolError as exc:
+            raise EngineError("ENGINE_DISCONNECTED", f"KoboldCPP dropped the connection: {exc}") from exc
+        except httpx.TransportError as exc:
+            raise EngineError("ENGINE_UNAVAILABLE", f"KoboldCPP at {self.base_url}: {exc!r}") from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise EngineError("ENGINE_ERROR", f"KoboldCPP answered in an unexpected shape: {exc!r}") from exc
+        await partial.add(text, tokens)
         return self._output(partial)
 
     async def _abort(self, genkey: str) -> None:
