@@ -128,10 +128,12 @@ def evolve(job: Job | None, rec: RecordedEvent) -> Job:
         case JobFailed(code=code, message=message):
             _move(job, JobStatus.FAILED, rec.type)
             job.started_at = job.started_at or event.started_at
+            job.cost_tokens = 0.0  # a failed job costs nothing; its reservation is released
             job.ended_at = rec.recorded_at
             job.error = {"code": code, "message": message}
         case JobCancelled(reason=reason, requested_by=by):
             _move(job, JobStatus.CANCELLED, rec.type)
+            job.cost_tokens = 0.0  # a cancelled job costs nothing
             job.ended_at = rec.recorded_at
             job.error = {"code": "CANCELLED", "message": reason, "requested_by": by}
         case JobRequeued():
