@@ -1,0 +1,73 @@
+"""A bot's completion feed: every terminal notification for its jobs, delivered at least once.
+
+The scheduler publishes a `Notification` to `tessera.done.<frontend>.<bot>.<job>` in the
+`TESSERA_NOTIFY` stream when a job reaches its terminal state. The message id is `done:<job>`, so
+there is one per job. A bot consumes its own subjects with a durable consumer, so notifications
+that arrive while it is down wait for it. It acknowledges each one only after its handler has
+replied to the user. A handler that fails gets the notification again after `ack_wait`, so
+handlers must tolerate a repeat. The notification's `reply_context` is what the bot attached at
+submit (chat id, message id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import msgspec
+import nats
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from streams import subjects as s
+from streams.messages import Notification
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Notification], Awaitable[None]]
+
+
+class CompletionFeed:
+    def __init__(self, nats_url: str, frontend: str, bot_id: str | None, *, ack_wait_s: float = 30.0) -> None:
+        self.nats_url = nats_url
+        self.subject = s.done_for(frontend, bot_id)
+        self.durable = f"bot-{s.token(frontend)}-{s.token(bot_id)}"
+        self.ack_wait_s = ack_wait_s
+        self._stopping = asyncio.Event()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self, handler: Handler) -> None:
+        """Call `handler` for each notification until `stop()`; acknowledge those it handled."""
+        nc = await nats.connect(self.nats_url, name=self.durable, max_reconnect_attempts=-1)
+        decoder = msgspec.json.Decoder(Notification)
+        try:
+            sub = await nc.jetstream().pull_subscribe(
+                self.subject, durable=self.durable, stream=s.NOTIFY_STREAM,
+                config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait_s,
+                                      deliver_policy=DeliverPolicy.ALL, description=f"completions for {self.durable}"))
+            while not self._stopping.is_set():
+                try:
+                    msgs = await sub.fetch(32, timeout=0.5)
+                except TimeoutError:
+                    continue
+                for msg in msgs:
+                    try:
+                        notification = decoder.decode(msg.data)
+                    except msgspec.DecodeError as exc:
+                        log.error("%s: dropping an undecodable notification on %s: %s", self.durable, msg.subject, exc)
+                        await msg.term()
+                        continue
+                    try:
+                        await handler(notification)
+                    except Exception:  # the user was not told: let NATS deliver it again
+                        log.exception("%s: handling job %s failed; it will come again", self.durable,
+                                      notification.job_id)
+                        await msg.nak(delay=1.0)
+                        continue
+                    await msg.ack()
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.close(), 5)

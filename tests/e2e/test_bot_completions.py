@@ -1,0 +1,44 @@
+"""A bot learns of its users' results from its completion subject, not by polling."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bots.completions import CompletionFeed
+from streams.messages import Notification
+from tests.conftest import Platform
+
+
+async def test_a_bot_gets_each_result_once_handled_even_if_its_handler_fails_first(platform: Platform) -> None:
+    key = await platform.frontend_key("telegram", "tg-1")
+    async with platform.client(key, **{"Tessera-User-Ref": "telegram:42"}) as client:
+        job_id = (await client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "hi"},
+                                                          "reply_context": {"chat_id": 42, "message_id": 7}})
+                  ).json()["job_id"]
+        other = await platform.frontend_key("discord", "dc-1")
+    async with platform.client(other, **{"Tessera-User-Ref": "discord:9"}) as stranger:
+        await stranger.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "not for tg-1"}})
+
+    feed = CompletionFeed(platform.nats_url, "telegram", "tg-1", ack_wait_s=5)
+    received: list[Notification] = []
+    attempts = 0
+
+    async def reply_to_user(notification: Notification) -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise RuntimeError("Telegram is down")  # not acknowledged: delivered again
+        received.append(notification)
+
+    task = asyncio.create_task(feed.run(reply_to_user))
+    for _ in range(100):
+        if received:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
+    await feed.stop()
+    await asyncio.wait_for(task, 10)
+    assert attempts == 2 and len(received) == 1  # only its own job, handled once after one failure
+    done = received[0]
+    assert str(done.job_id) == job_id and done.status == "COMPLETED" and done.user_ref == "telegram:42"
+    assert done.reply_context == {"chat_id": 42, "message_id": 7} and done.artifacts[0].text == "hi"
