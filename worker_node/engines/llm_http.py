@@ -22,6 +22,7 @@ import httpx
 import msgspec
 
 from worker_node.engines.base import EngineError, JobContext, JobInput, Output
+from worker_node.engines.http import server_error, transport_errors
 
 PROGRESS_EVERY_S = 0.25  # partial text goes out at most this often
 
@@ -50,20 +51,6 @@ def _sampling(params: dict[str, Any]) -> dict[str, Any]:
                 raise EngineError("INVALID_PARAMS", f"params.{name} must be a number")
             out[name] = value
     return out
-
-
-async def _server_error(response: httpx.Response, server: str) -> EngineError:
-    """The server's own error message, from the error shapes both APIs use."""
-    await response.aread()
-    detail = response.text[:300]
-    with contextlib.suppress(ValueError, msgspec.DecodeError):
-        body = msgspec.json.decode(response.content)
-        if isinstance(body, dict):
-            error = body.get("error") or body.get("detail") or body
-            detail = str(error.get("message") or error.get("msg") or error) if isinstance(error, dict) else str(
-                error)
-    code = "ENGINE_REJECTED" if 400 <= response.status_code < 500 else "ENGINE_ERROR"
-    return EngineError(code, f"{server} answered {response.status_code}: {detail}")
 
 
 class _Partial:
@@ -141,27 +128,24 @@ class OpenAIChatEngine(_HttpTextEngine):
         reported: int | None = None
         finished = False
         try:
-            async with self._client.stream("POST", "/v1/chat/completions", json=body) as response:
-                if response.status_code != 200:
-                    raise await _server_error(response, "the LLM server")
-                async for data in _sse_data(response):
-                    if data == "[DONE]":
-                        finished = True
-                        break
-                    chunk = msgspec.json.decode(data)
-                    if chunk.get("error"):
-                        raise EngineError("ENGINE_ERROR", f"the LLM server: {chunk['error'].get('message')}")
-                    for choice in chunk.get("choices") or []:
-                        piece = (choice.get("delta") or {}).get("content")
-                        if piece:
-                            await partial.add(piece)
-                    usage = chunk.get("usage")
-                    if usage and usage.get("completion_tokens") is not None:
-                        reported = int(usage["completion_tokens"])
-        except httpx.RemoteProtocolError as exc:
-            raise EngineError("ENGINE_DISCONNECTED", f"the LLM server dropped the stream: {exc}") from exc
-        except httpx.TransportError as exc:
-            raise EngineError("ENGINE_UNAVAILABLE", f"the LLM server at {self.base_url}: {exc!r}") from exc
+            with transport_errors("the LLM server", self.base_url):
+                async with self._client.stream("POST", "/v1/chat/completions", json=body) as response:
+                    if response.status_code != 200:
+                        raise await server_error(response, "the LLM server")
+                    async for data in _sse_data(response):
+                        if data == "[DONE]":
+                            finished = True
+                            break
+                        chunk = msgspec.json.decode(data)
+                        if chunk.get("error"):
+                            raise EngineError("ENGINE_ERROR", f"the LLM server: {chunk['error'].get('message')}")
+                        for choice in chunk.get("choices") or []:
+                            piece = (choice.get("delta") or {}).get("content")
+                            if piece:
+                                await partial.add(piece)
+                        usage = chunk.get("usage")
+                        if usage and usage.get("completion_tokens") is not None:
+                            reported = int(usage["completion_tokens"])
         except msgspec.DecodeError as exc:
             raise EngineError("ENGINE_ERROR", f"the LLM server sent a malformed chunk: {exc}") from exc
         if not finished:
@@ -204,23 +188,17 @@ class KoboldEngine(_HttpTextEngine):
         if not self.stream:
             return await self._generate(body, genkey, partial)
         try:
-            async with self._client.stream("POST", "/api/extra/generate/stream", json=body) as response:
-                if response.status_code != 200:
-                    raise await _server_error(response, "KoboldCPP")
-                async for data in _sse_data(response):
-                    event = msgspec.json.decode(data)
-                    token = event.get("token")
-                    if token:
-                        await partial.add(token)
-                    if event.get("finish_reason") not in (None, "null"):
-                        break
-        except asyncio.CancelledError:
-            await asyncio.shield(self._abort(genkey))
-            raise
-        except httpx.RemoteProtocolError as exc:
-            raise EngineError("ENGINE_DISCONNECTED", f"KoboldCPP dropped the stream: {exc}") from exc
-        except httpx.TransportError as exc:
-            raise EngineError("ENGINE_UNAVAILABLE", f"KoboldCPP at {self.base_url}: {exc!r}") from exc
+            async with self._aborting(genkey):
+                async with self._client.stream("POST", "/api/extra/generate/stream", json=body) as response:
+                    if response.status_code != 200:
+                        raise await server_error(response, "KoboldCPP")
+                    async for data in _sse_data(response):
+                        event = msgspec.json.decode(data)
+                        token = event.get("token")
+                        if token:
+                            await partial.add(token)
+                        if event.get("finish_reason") not in (None, "null"):
+                            break
         except msgspec.DecodeError as exc:
             raise EngineError("ENGINE_ERROR", f"KoboldCPP sent a malformed event: {exc}") from exc
         return self._output(partial)
@@ -228,23 +206,27 @@ class KoboldEngine(_HttpTextEngine):
     async def _generate(self, body: dict[str, Any], genkey: str, partial: _Partial) -> list[Output]:
         """`POST /api/v1/generate`: the whole text at once; `/api/extra/tokencount` counts it."""
         try:
-            response = await self._client.post("/api/v1/generate", json=body)
-            if response.status_code != 200:
-                raise await _server_error(response, "KoboldCPP")
-            text = "".join(r.get("text", "") for r in response.json().get("results", []))
-            counted = await self._client.post("/api/extra/tokencount", json={"prompt": text})
-            tokens = int(counted.json()["value"]) if counted.status_code == 200 else len(text.split())
-        except asyncio.CancelledError:
-            await asyncio.shield(self._abort(genkey))
-            raise
-        except httpx.RemoteProtocolError as exc:
-            raise EngineError("ENGINE_DISCONNECTED", f"KoboldCPP dropped the connection: {exc}") from exc
-        except httpx.TransportError as exc:
-            raise EngineError("ENGINE_UNAVAILABLE", f"KoboldCPP at {self.base_url}: {exc!r}") from exc
+            async with self._aborting(genkey):
+                response = await self._client.post("/api/v1/generate", json=body)
+                if response.status_code != 200:
+                    raise await server_error(response, "KoboldCPP")
+                text = "".join(r.get("text", "") for r in response.json().get("results", []))
+                counted = await self._client.post("/api/extra/tokencount", json={"prompt": text})
+                tokens = int(counted.json()["value"]) if counted.status_code == 200 else len(text.split())
         except (ValueError, KeyError, TypeError) as exc:
             raise EngineError("ENGINE_ERROR", f"KoboldCPP answered in an unexpected shape: {exc!r}") from exc
         await partial.add(text, tokens)
         return self._output(partial)
+
+    @contextlib.asynccontextmanager
+    async def _aborting(self, genkey: str) -> AsyncIterator[None]:
+        """Transport failures as job errors; a cancelled job's generation stopped on the server."""
+        try:
+            with transport_errors("KoboldCPP", self.base_url):
+                yield
+        except asyncio.CancelledError:
+            await asyncio.shield(self._abort(genkey))
+            raise
 
     async def _abort(self, genkey: str) -> None:
         with contextlib.suppress(httpx.HTTPError):

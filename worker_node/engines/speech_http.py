@@ -14,15 +14,14 @@ speech-to-text jobs are charged by.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import wave
 from typing import Any
 
 import httpx
-import msgspec
 
 from worker_node.engines.base import EngineError, JobContext, JobInput, Output, read_input
+from worker_node.engines.http import server_error, transport_errors
 
 
 def wav_seconds(data: bytes) -> float | None:
@@ -31,17 +30,6 @@ def wav_seconds(data: bytes) -> float | None:
             return wav.getnframes() / wav.getframerate()
     except (wave.Error, EOFError, ZeroDivisionError):
         return None
-
-
-def _error(response: httpx.Response, server: str) -> EngineError:
-    detail = response.text[:300]
-    with contextlib.suppress(ValueError, msgspec.DecodeError):
-        body = msgspec.json.decode(response.content)
-        if isinstance(body, dict):
-            error = body.get("error") or body.get("detail") or body
-            detail = str(error.get("message") if isinstance(error, dict) and error.get("message") else error)
-    code = "ENGINE_REJECTED" if 400 <= response.status_code < 500 else "ENGINE_ERROR"
-    return EngineError(code, f"{server} answered {response.status_code}: {detail}")
 
 
 class _HttpSpeech:
@@ -63,14 +51,10 @@ class _HttpSpeech:
         await self._client.aclose()
 
     async def _post(self, server: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
+        with transport_errors(server, self.base_url):
             response = await self._client.post(path, **kwargs)
-        except httpx.RemoteProtocolError as exc:
-            raise EngineError("ENGINE_DISCONNECTED", f"{server} dropped the connection: {exc}") from exc
-        except httpx.TransportError as exc:
-            raise EngineError("ENGINE_UNAVAILABLE", f"{server} at {self.base_url}: {exc!r}") from exc
         if response.status_code != 200:
-            raise _error(response, server)
+            raise await server_error(response, server)
         return response
 
 
