@@ -13,6 +13,7 @@ from datetime import UTC
 from decimal import Decimal
 
 import asyncpg
+import msgspec
 
 from events import store
 from events.job import Job, JobStatus, evolve
@@ -34,16 +35,52 @@ from tessera.catalog import USAGE_GROUP
 READ_MODEL_TABLES = ("plans", "users", "api_keys", "frontend_keys", "jobs", "job_queue", "artifacts", "usage_daily",
                      "model_stats")
 
-_JOB_COLUMNS = (
-    "id", "version", "status", "user_id", "user_ref", "frontend", "bot_id", "capability", "model", "params",
-    "priority", "cost_tokens", "reserved_tokens", "quota_day", "reply_context", "worker_id", "attempt", "created_at",
-    "queued_at", "started_at",
-    "ended_at", "execution_time_seconds", "error", "last_seq",
-)
-_UPSERT_JOB = (
-    f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) VALUES ({', '.join(f'${i + 1}' for i in range(len(_JOB_COLUMNS)))})"
-    f" ON CONFLICT (id) DO UPDATE SET {', '.join(f'{c} = EXCLUDED.{c}' for c in _JOB_COLUMNS[1:])}"
-)
+# The jobs read model's columns, each with the array type its values travel in. A batch of jobs
+# is written by one statement over unnest() of one array per column: PostgreSQL plans and runs
+# it once for the whole batch, where one statement per row costs a round of parsing, binding
+# and executing each.
+_JOB_COLUMN_TYPES = {
+    "id": "uuid", "version": "int4", "status": "text", "user_id": "uuid", "user_ref": "text",
+    "frontend": "text", "bot_id": "text", "capability": "text", "model": "text", "params": "jsonb",
+    "priority": "int4", "cost_tokens": "float8", "reserved_tokens": "float8", "quota_day": "date",
+    "reply_context": "jsonb", "worker_id": "text", "attempt": "int4", "created_at": "timestamptz",
+    "queued_at": "timestamptz", "started_at": "timestamptz", "ended_at": "timestamptz",
+    "execution_time_seconds": "float8", "error": "jsonb", "last_seq": "int8",
+}
+_JOB_COLUMNS = tuple(_JOB_COLUMN_TYPES)
+_JSON_COLUMNS = frozenset(c for c, t in _JOB_COLUMN_TYPES.items() if t == "jsonb")
+_json = msgspec.json.Encoder()
+
+
+def _unnest_insert(table: str, columns: dict[str, str]) -> str:
+    """INSERT INTO table (columns) SELECT ... FROM unnest($1::type[], ...): one array per column.
+
+    jsonb values travel as text and are cast on the way in."""
+    arrays = ", ".join(f"${i + 1}::{'text' if t == 'jsonb' else t}[]" for i, t in enumerate(columns.values()))
+    select = ", ".join(f"{c}::jsonb" if t == "jsonb" else c for c, t in columns.items())
+    return f"INSERT INTO {table} ({', '.join(columns)}) SELECT {select} FROM unnest({arrays}) AS u({', '.join(columns)})"
+
+
+_UPSERT_JOBS = (_unnest_insert("jobs", _JOB_COLUMN_TYPES)
+                + f" ON CONFLICT (id) DO UPDATE SET {', '.join(f'{c} = EXCLUDED.{c}' for c in _JOB_COLUMNS[1:])}")
+
+_ARTIFACT_COLUMN_TYPES = {
+    "id": "uuid", "job_id": "uuid", "user_id": "uuid", "type": "text", "format": "text", "content_type": "text",
+    "object_name": "text", "inline_text": "text", "width": "int4", "height": "int4", "duration_seconds": "float8",
+    "file_size_bytes": "int8", "expires_at": "timestamptz", "created_at": "timestamptz",
+}
+_INSERT_ARTIFACTS = _unnest_insert("artifacts", _ARTIFACT_COLUMN_TYPES) + " ON CONFLICT (id) DO NOTHING"
+
+
+def _job_arrays(jobs: list[Job]) -> list[list]:
+    """One list per column of `jobs`, in column order, for `_UPSERT_JOBS`."""
+    arrays = []
+    for column in _JOB_COLUMNS:
+        values = [getattr(job, column) for job in jobs]
+        if column in _JSON_COLUMNS:
+            values = [None if v is None else _json.encode(v).decode() for v in values]
+        arrays.append(values)
+    return arrays
 
 
 def job_from_row(row: asyncpg.Record) -> Job:
@@ -101,7 +138,7 @@ async def _apply_jobs(conn: asyncpg.Connection, records: list[RecordedEvent]) ->
     folded, applied = await _fold_jobs(conn, records)
     if not folded:
         return
-    await conn.executemany(_UPSERT_JOB, [tuple(getattr(job, c) for c in _JOB_COLUMNS) for job in folded.values()])
+    await conn.execute(_UPSERT_JOBS, *_job_arrays(list(folded.values())))
 
     queue_rows, dequeued, artifacts = [], [], []
     usage: dict[tuple[uuid.UUID, object], list[float]] = defaultdict(lambda: [0.0, 0, 0, 0.0, 0.0, 0.0, 0.0])
@@ -140,11 +177,7 @@ async def _apply_jobs(conn: asyncpg.Connection, records: list[RecordedEvent]) ->
     if dequeued:
         await conn.execute("DELETE FROM job_queue WHERE job_id = ANY($1::uuid[])", dequeued)
     if artifacts:
-        await conn.executemany(
-            "INSERT INTO artifacts (id, job_id, user_id, type, format, content_type, object_name, inline_text, width,"
-            " height, duration_seconds, file_size_bytes, expires_at, created_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT (id) DO NOTHING",
-            artifacts)
+        await conn.execute(_INSERT_ARTIFACTS, *(list(column) for column in zip(*artifacts, strict=True)))
     if usage:
         await conn.executemany(
             "INSERT INTO usage_daily AS u (user_id, date, tokens_used, jobs_completed, jobs_failed, tokens_image,"

@@ -58,11 +58,13 @@ async def rebuild(conn: asyncpg.Connection, chunk: int = 5000) -> int:
 
 
 class Projector:
-    def __init__(self, *, nats_url: str, database_url: str, batch: int = 1000, poll_s: float = 1.0) -> None:
+    def __init__(self, *, nats_url: str, database_url: str, batch: int = 1000, poll_s: float = 1.0,
+                 gather_s: float = 0.05) -> None:
         self.nats_url = nats_url
         self.database_url = database_url
         self.batch = batch
         self.poll_s = poll_s
+        self.gather_s = gather_s
         self.position = 0
         self._stopping = asyncio.Event()
         self._nc: NATS | None = None
@@ -92,6 +94,11 @@ class Projector:
         What is folded is always read from PostgreSQL in log order. The scheduler's core-NATS
         `tessera.committed` message after each commit only says when to look, so one that is lost
         costs at most the poll interval, never an event.
+
+        After a catch-up that folded something, it lets the log grow for `gather_s` before it
+        looks again. The first event after a quiet spell is folded at once; under load, each
+        transaction folds a larger batch, and a job that went from queued to completed within it
+        is written once instead of once per transition.
         """
         assert self._nc is not None
         await self._forget_old_consumer()
@@ -104,8 +111,12 @@ class Projector:
         try:
             while not self._stopping.is_set():
                 grown.clear()
+                before = self.position
                 async with pool.acquire() as conn:
                     await self._catch_up(conn)
+                if self.position != before:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), self.gather_s)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(grown.wait(), self.poll_s)
         finally:
@@ -119,8 +130,12 @@ class Projector:
             await self._nc.jetstream().delete_consumer(s.EVENTS_STREAM, "projector")
 
     async def _catch_up(self, conn: asyncpg.Connection) -> None:
-        while records := await store.load_after(conn, self.position, self.batch):
-            self.position = await apply_batch(conn, records)
+        while True:
+            records = await store.load_after(conn, self.position, self.batch)
+            if records:
+                self.position = await apply_batch(conn, records)
+            if len(records) < self.batch:  # that was the end of the log
+                return
 
 
 __all__ = ["Projector", "apply_batch", "decode_recorded", "rebuild"]

@@ -49,6 +49,7 @@ from streams.messages import (
     encode,
 )
 from tessera.config import Settings
+from tessera.db import SERVER_SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,8 @@ class Scheduler:
         try:
             while not self._stopping.is_set():
                 try:
-                    conn = await asyncpg.connect(self.database_url, server_settings={"application_name": self.name})
+                    conn = await asyncpg.connect(self.database_url, server_settings={
+                        **SERVER_SETTINGS, "application_name": self.name})
                 except (OSError, asyncpg.PostgresError) as exc:
                     log.warning("%s: cannot reach PostgreSQL (%s); retrying", self.name, exc)
                     await self._sleep(1.0)
