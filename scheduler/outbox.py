@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import nats.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
@@ -23,6 +24,8 @@ from streams.messages import Dispatch, Notification
 from streams.messages import encode as encode_msg
 
 log = logging.getLogger(__name__)
+
+ACK_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -42,10 +45,72 @@ def notification_for(rec: RecordedEvent, job: Job) -> Notification:
                         artifacts=artifacts, error=job.error)
 
 
+class _Round:
+    """The acknowledgements of one send: every message carries the same reply subject, and the
+    round is over when as many acknowledgements came back as messages went out."""
+
+    def __init__(self, subject: str) -> None:
+        self.subject = subject
+        self.count = 0  # messages sent
+        self.acked = 0
+        self.error: bytes | None = None
+        self._sealed = False  # no more messages to come
+        self._done = asyncio.get_running_loop().create_future()
+
+    def ack(self, data: bytes) -> None:
+        self.acked += 1
+        # A stored message, or a duplicate the stream dropped, is acknowledged with its stream
+        # and sequence. An error, or an empty "no responders" status, is a refusal.
+        if (not data or b'"error"' in data) and self.error is None:
+            self.error = data or b"no stream took the message"
+        if self._sealed and self.acked >= self.count and not self._done.done():
+            self._done.set_result(None)
+
+    async def all_stored(self) -> None:
+        """Wait for the acknowledgement of every message sent in this round."""
+        self._sealed = True
+        if self.acked < self.count:
+            # An acknowledgement lost with a connection would otherwise be waited for forever.
+            await asyncio.wait_for(asyncio.shield(self._done), ACK_TIMEOUT_S)
+        if self.error is not None:
+            raise nats.errors.Error(f"JetStream refused a message: {self.error[:300]!r}")
+
+
+class _Acks:
+    """JetStream acknowledgements of the outbox's publishes, read on one subscription of its own.
+
+    nats-py's publish_async makes a future, a token and a parsed PubAck for each message; the
+    outbox only needs to know that all of a send's messages were stored, and this is a
+    measurable share of the scheduler's CPU per job (docs/performance.md).
+    """
+
+    def __init__(self, nc: NATS) -> None:
+        self._nc = nc
+        self._prefix = f"{nc.new_inbox()}."
+        self._rounds: dict[str, _Round] = {}
+        self._sub = None
+        self._n = 0
+
+    async def expect(self) -> _Round:
+        if self._sub is None:
+            self._sub = await self._nc.subscribe(f"{self._prefix}*", cb=self._on_ack)
+        self._rounds.clear()  # a timed-out round's late acknowledgements are of no use
+        self._n += 1
+        round_ = _Round(f"{self._prefix}{self._n}")
+        self._rounds[round_.subject] = round_
+        return round_
+
+    async def _on_ack(self, msg: Msg) -> None:
+        round_ = self._rounds.get(msg.subject)
+        if round_ is not None:
+            round_.ack(msg.data)
+
+
 class Outbox:
     def __init__(self, nc: NATS, js: JetStreamContext) -> None:
         self._nc = nc
         self._js = js
+        self._acks = _Acks(nc)
         self._queue: asyncio.Queue[Outgoing] = asyncio.Queue()
         self.relayed_seq = 0
         self._idle = asyncio.Event()
@@ -79,28 +144,25 @@ class Outbox:
                 delay = min(delay * 2, 2.0)
 
     async def _send(self, batch: list[Outgoing]) -> None:
-        futures: list[asyncio.Future] = []
+        acks = await self._acks.expect()
+        publish = self._nc.publish
         for out in batch:  # dispatches first: they are what latency is measured on
             for worker_id, dispatch in out.dispatches:
-                futures.append(await self._js.publish_async(
-                    s.dispatch(worker_id), encode_msg(dispatch),
-                    headers={s.HDR_MSG_ID: f"{dispatch.job_id}:{dispatch.attempt}"}))
+                await publish(s.dispatch(worker_id), encode_msg(dispatch), reply=acks.subject,
+                              headers={s.HDR_MSG_ID: f"{dispatch.job_id}:{dispatch.attempt}"})
+                acks.count += 1
         last_seq = 0
         for out in batch:
             for rec in out.events:
-                futures.append(await self._js.publish_async(
-                    s.event(rec.stream_type, str(rec.stream_id), rec.type), encode(rec),
-                    headers={s.HDR_MSG_ID: str(rec.event_id), s.HDR_SEQ: str(rec.seq)}))
+                await publish(s.event(rec.stream_type, str(rec.stream_id), rec.type), encode(rec), reply=acks.subject,
+                              headers={s.HDR_MSG_ID: str(rec.event_id), s.HDR_SEQ: str(rec.seq)})
+                acks.count += 1
                 last_seq = max(last_seq, rec.seq)
             for rec, job in out.notifications:
-                futures.append(await self._js.publish_async(
-                    s.done(job.frontend, job.bot_id, str(job.id)), encode_msg(notification_for(rec, job)),
-                    headers={s.HDR_MSG_ID: f"done:{job.id}"}))
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            raise errors[0] if isinstance(errors[0], nats.errors.Error | TimeoutError) else nats.errors.Error(
-                str(errors[0]))
+                await publish(s.done(job.frontend, job.bot_id, str(job.id)), encode_msg(notification_for(rec, job)),
+                              reply=acks.subject, headers={s.HDR_MSG_ID: f"done:{job.id}"})
+                acks.count += 1
+        await acks.all_stored()
         self.relayed_seq = max(self.relayed_seq, last_seq)
         for out in batch:
             await self._side_effects(out)

@@ -201,7 +201,9 @@ class Worker:
         started_at = datetime.now(UTC)
         # "Started" is reported only for a job still running after a short grace: a job that ends
         # sooner reports its start inside its result, which saves a command and an event per job.
-        reporter = asyncio.create_task(self._report_started(job, tag))
+        reporters: list[asyncio.Task[None]] = []
+        grace = asyncio.get_running_loop().call_later(
+            self.started_grace_s, lambda: reporters.append(asyncio.create_task(self._report_started(job, tag))))
         try:
             engine = self.engines.get(job.model)
             started = time.perf_counter()
@@ -209,7 +211,8 @@ class Worker:
                 if engine is None:
                     raise EngineError("MODEL_NOT_SERVED", f"worker {self.worker_id} does not serve {job.model}")
                 context = JobContext(progress=self._progress_fn(job), fetch=self._fetch_input)
-                outputs = await asyncio.wait_for(engine.run(job, context), dispatch.timeout_seconds)
+                async with asyncio.timeout(dispatch.timeout_seconds):
+                    outputs = await engine.run(job, context)
                 artifacts = [await self._store(job, output) for output in outputs]
             except TimeoutError:
                 await self._fail(job, "ENGINE_TIMEOUT", f"no result within {dispatch.timeout_seconds:.0f}s",
@@ -225,7 +228,9 @@ class Worker:
                 await self._fail(job, "ENGINE_ERROR", f"{type(exc).__name__}: {exc}", started_at)
                 return
             finally:
-                reporter.cancel()
+                grace.cancel()
+                for reporter in reporters:
+                    reporter.cancel()
             await self._command(s.CMD_COMPLETED, ReportCompleted(
                 job_id=job.job_id, worker_id=self.worker_id, attempt=job.attempt, artifacts=artifacts,
                 execution_time_seconds=round(time.perf_counter() - started, 6), usage=_usage(outputs),
@@ -238,7 +243,6 @@ class Worker:
             self._slot_freed.set()
 
     async def _report_started(self, job: JobInput, tag: str) -> None:
-        await asyncio.sleep(self.started_grace_s)
         await self._command(s.CMD_STARTED, ReportStarted(job_id=job.job_id, worker_id=self.worker_id,
                                                         attempt=job.attempt), f"{tag}:started")
 
