@@ -90,17 +90,6 @@ class CpuMeter:
         return self.spent
 
 
-def python_speed_ms() -> float:
-    """CPU milliseconds of a fixed pure-Python loop, best of three: how fast this machine runs
-    Python right now. A shared VM's speed drifts between runs; compare figures against this."""
-    best = float("inf")
-    for _ in range(3):
-        started = time.process_time()
-        sum(i * i for i in range(1_000_000))
-        best = min(best, time.process_time() - started)
-    return best * 1000
-
-
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -277,8 +266,7 @@ async def main(args: argparse.Namespace) -> None:
         _, key = await create_user(nats_server.url, pg.url, platform="web", user_id="bench", plan="admin")
         await asyncio.sleep(1.0)  # the worker's first heartbeat
 
-        ceilings = {"pg_rows_per_s": await pg_ceiling(pg.url), "js_pub_ack_per_s": await js_ceiling(nats_server.url),
-                    "python_ms": python_speed_ms()}
+        ceilings = {"pg_rows_per_s": await pg_ceiling(pg.url), "js_pub_ack_per_s": await js_ceiling(nats_server.url)}
         tracker = Tracker()
         nc = await tracker.follow(nats_server.url)
         await saturate(api, key, tracker, min(500, args.jobs), args.clients)  # warm-up
@@ -296,8 +284,7 @@ async def main(args: argparse.Namespace) -> None:
               f"(nats-server, PostgreSQL 18, scheduler, projector, gateway, 1 echo worker with {args.slots} slots)\n")
         print("| raw ceiling | rate |\n|---|---|")
         print(f"| PostgreSQL batched insert (500 rows/tx) | {ceilings['pg_rows_per_s']:,.0f} rows/s |")
-        print(f"| JetStream publish + ack (async, 1 client) | {ceilings['js_pub_ack_per_s']:,.0f} msgs/s |")
-        print(f"| machine speed: a fixed Python loop (lower is faster) | {ceilings['python_ms']:.1f} ms |\n")
+        print(f"| JetStream publish + ack (async, 1 client) | {ceilings['js_pub_ack_per_s']:,.0f} msgs/s |\n")
         print(f"| saturation: {sat['jobs']} echo jobs, {args.clients} clients | value |\n|---|---|")
         print(f"| submit throughput (202s per second) | {sat['submit_per_s']:,.0f} jobs/s |")
         print(f"| end-to-end completions per second | {sat['completed_per_s']:,.0f} jobs/s |")
