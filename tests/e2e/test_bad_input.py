@@ -47,6 +47,10 @@ async def test_bad_requests_get_stable_problem_codes(platform: Platform) -> None
             (client.get(f"/api/v1/jobs/{uuid.uuid4()}"), 404, "JOB_NOT_FOUND"),
             (client.delete(f"/api/v1/jobs/{uuid.uuid4()}"), 404, "JOB_NOT_FOUND"),
             (client.get("/api/v1/artifacts/zzz"), 400, "INVALID_ARTIFACT_ID"),
+            (client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "x"}},
+                         headers={"Idempotency-Key": "k" * 201}), 422, "VALIDATION_ERROR"),
+            (client.post("/api/v1/jobs", content=b"prompt=x", headers={"content-type": "text/plain"}),
+             415, "UNSUPPORTED_MEDIA_TYPE"),
         ]
         for request, status, code in cases:
             response = await request
