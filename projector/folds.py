@@ -58,7 +58,8 @@ def _unnest_insert(table: str, columns: dict[str, str]) -> str:
     jsonb values travel as text and are cast on the way in."""
     arrays = ", ".join(f"${i + 1}::{'text' if t == 'jsonb' else t}[]" for i, t in enumerate(columns.values()))
     select = ", ".join(f"{c}::jsonb" if t == "jsonb" else c for c, t in columns.items())
-    return f"INSERT INTO {table} ({', '.join(columns)}) SELECT {select} FROM unnest({arrays}) AS u({', '.join(columns)})"
+    names = ", ".join(columns)
+    return f"INSERT INTO {table} ({names}) SELECT {select} FROM unnest({arrays}) AS u({names})"
 
 
 _UPSERT_JOBS = (_unnest_insert("jobs", _JOB_COLUMN_TYPES)
