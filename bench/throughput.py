@@ -316,5 +316,5 @@ if __name__ == "__main__":
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--slots", type=int, default=512)
+    parser.add_argument("--slots", type=int, default=256, help="the echo worker's slots (echo's own: 256)")
     run_loop(main(parser.parse_args()))

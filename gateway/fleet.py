@@ -27,7 +27,7 @@ class Fleet:
         return [w for w, seen in self._workers.values() if now - seen <= self.stale_after_s and not w.draining]
 
     def slots_for(self, model: str) -> int:
-        return sum(w.slots for w in self.online() if model in w.models)
+        return sum(w.slots_for(model) for w in self.online())
 
     async def start(self, js: JetStreamContext) -> None:
         kv = await js.key_value(s.WORKERS_BUCKET)

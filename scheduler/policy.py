@@ -92,8 +92,13 @@ class _Lanes:
         self.lanes: dict[str, dict[int, dict[uuid.UUID, deque[Waiting]]]] = {}
 
     def push(self, job: Waiting) -> None:
+        """Add a job to its lane in `order`: at the end, except for a job requeued after a newer one."""
         self.jobs[job.job_id] = job
-        self.lanes.setdefault(job.model, {}).setdefault(job.priority, {}).setdefault(job.user_id, deque()).append(job)
+        lane = self.lanes.setdefault(job.model, {}).setdefault(job.priority, {}).setdefault(job.user_id, deque())
+        if lane and lane[-1].order > job.order:
+            lane.insert(next(i for i, waiting in enumerate(lane) if waiting.order > job.order), job)
+        else:
+            lane.append(job)
 
     def remove(self, job_id: uuid.UUID) -> Waiting | None:
         return self.jobs.pop(job_id, None)

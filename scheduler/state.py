@@ -69,13 +69,44 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class WorkerView:
+    """A worker as the scheduler sees it, and the slots its jobs take.
+
+    A job takes a slot of the worker and one of the pool of the engine that serves its model,
+    from its dispatch until its report; a cancelled job keeps both until the worker lets go.
+    """
+
     status: WorkerStatus
     last_seen: float
-    running: set[uuid.UUID] = field(default_factory=set)
-    cancelling: set[uuid.UUID] = field(default_factory=set)
+    running: dict[uuid.UUID, str] = field(default_factory=dict)  # job -> model
+    cancelling: dict[uuid.UUID, str] = field(default_factory=dict)  # job -> model
     loaded: set[str] = field(default_factory=set)  # models it holds: heartbeat, plus what it was sent since
     gone: bool = False  # said goodbye, or replaced by a new instance
     left_at: float | None = None  # when it said goodbye: its last reports may still be on their way
+    _pool_of: dict[str, int] = field(default_factory=dict, repr=False)  # model -> pool index
+    _capacity: list[int] = field(default_factory=list, repr=False)
+    _busy: list[int] = field(default_factory=list, repr=False)
+    _room: frozenset[str] | None = field(default=None, repr=False)  # models with a free slot, cached
+
+    def __post_init__(self) -> None:
+        self.update(self.status)
+
+    def update(self, status: WorkerStatus) -> None:
+        self.status = status
+        pools = status.engine_pools()
+        self._pool_of = {model: i for i, pool in enumerate(pools) for model in pool.models}
+        self._capacity = [pool.slots for pool in pools]
+        self._recount()
+
+    def _recount(self) -> None:
+        self._busy = [0] * len(self._capacity)
+        for model in (*self.running.values(), *self.cancelling.values()):
+            self._count(model, 1)
+
+    def _count(self, model: str, delta: int) -> None:
+        pool = self._pool_of.get(model)
+        if pool is not None:
+            self._busy[pool] += delta
+            self._room = None
 
     @property
     def free_slots(self) -> int:
@@ -83,6 +114,42 @@ class WorkerView:
 
     def can_take(self) -> bool:
         return not self.gone and not self.status.draining and self.free_slots > 0
+
+    def models_with_room(self) -> frozenset[str]:
+        if self._room is None:
+            self._room = frozenset(model for model, pool in self._pool_of.items()
+                                   if self._busy[pool] < self._capacity[pool])
+        return self._room
+
+    def take(self, job_id: uuid.UUID, model: str) -> None:
+        if job_id not in self.running:
+            self.running[job_id] = model
+            self._count(model, 1)
+
+    def release(self, job_id: uuid.UUID) -> None:
+        model = self.running.pop(job_id, None)
+        if model is not None:
+            self._count(model, -1)
+
+    def hold_cancelled(self, job_id: uuid.UUID, model: str) -> None:
+        """A cancelled job's slot stays taken until the worker lets go of it."""
+        if job_id not in self.cancelling:
+            self.cancelling[job_id] = model
+            self._count(model, 1)
+
+    def let_go(self, job_id: uuid.UUID) -> None:
+        model = self.cancelling.pop(job_id, None)
+        if model is not None:
+            self._count(model, -1)
+
+    def keep_cancelling(self, still_running: set[uuid.UUID]) -> None:
+        self.cancelling = {j: m for j, m in self.cancelling.items() if j in still_running}
+        self._recount()
+
+    def clear(self) -> None:
+        self.running.clear()
+        self.cancelling.clear()
+        self._recount()
 
 
 @dataclass
@@ -147,6 +214,7 @@ class SchedulerState:
         self.ledger: dict[tuple[uuid.UUID, date], Ledger] = {}
         self.execution_s: dict[str, float] = {}  # model -> moving average of measured execution time
         self._requests: dict[uuid.UUID, deque[float]] = {}  # user -> submit times in the last minute
+        self._admitted: dict[uuid.UUID, int] = {}  # unfinished job -> its place in the queue's order
         self._order = 0
         self._last_timeout_check = 0.0
         self.effects = Effects()
@@ -159,22 +227,23 @@ class SchedulerState:
         """Rebuild from the events of plans, frontends, the users of active jobs and active jobs
         (in log order), the tokens charged on recent quota days and measured execution times."""
         self._order = head_seq
-        queued_at_seq: dict[uuid.UUID, int] = {}
         for rec in records:
             self.apply(rec)
-            if isinstance(rec.data, JobQueued | JobRequeued):
-                queued_at_seq[rec.stream_id] = rec.seq
+            if isinstance(rec.data, JobQueued):
+                self._admitted[rec.stream_id] = rec.seq
         for (user_id, day), tokens in (used or {}).items():
             self._ledger(user_id, day).used += tokens
         self.execution_s.update(execution_s or {})
+        self._admitted = {job_id: order for job_id, order in self._admitted.items()
+                          if job_id in self.jobs and not self.jobs[job_id].status.terminal}
         for job in self.jobs.values():
             if job.status is JobStatus.QUEUED:
-                self._enqueue(job, order=queued_at_seq[job.id])
+                self._enqueue(job)
             elif job.status is JobStatus.RUNNING:
                 self.user_running[job.user_id] += 1
                 worker = self.workers.get(job.worker_id or "")
                 if worker:
-                    worker.running.add(job.id)
+                    worker.take(job.id, job.model)
             if job.quota_day is not None and not job.status.terminal:
                 self._ledger(job.user_id, job.quota_day).reserved += job.reserved_tokens
 
@@ -226,6 +295,7 @@ class SchedulerState:
         if isinstance(event, JobQueued) and job.quota_day is not None:
             self._ledger(job.user_id, job.quota_day).reserved += job.reserved_tokens
         if after.terminal:
+            self._admitted.pop(job_id, None)
             if job.quota_day is not None:
                 ledger = self._ledger(job.user_id, job.quota_day)
                 ledger.reserved -= job.reserved_tokens
@@ -288,8 +358,12 @@ class SchedulerState:
 
     # --- queue -------------------------------------------------------------------------------
 
-    def _enqueue(self, job: Job, order: int | None = None) -> None:
-        order = self._next_order() if order is None else order
+    def _enqueue(self, job: Job) -> None:
+        """Put a job in the queue: a new one behind those admitted before it, a requeued one back
+        in its place of admission (its wait for a worker that was lost was not its fault)."""
+        order = self._admitted.get(job.id)
+        if order is None:
+            order = self._admitted[job.id] = self._next_order()
         enqueued_at = job.queued_at.timestamp() if job.queued_at else self.clock()
         model = catalog.CATALOG.get(job.model)
         size = max(model.size(job.params)) if model else 0
@@ -312,7 +386,7 @@ class SchedulerState:
 
     def _release_slot(self, job: Job) -> None:
         if job.worker_id and job.worker_id in self.workers:
-            self.workers[job.worker_id].running.discard(job.id)
+            self.workers[job.worker_id].release(job.id)
 
     # --- command handlers --------------------------------------------------------------------
 
@@ -331,7 +405,7 @@ class SchedulerState:
         return model.typical_seconds if model else 5.0
 
     def capable_slots(self, model_name: str) -> int:
-        return sum(w.status.slots for w in self.workers.values() if not w.gone and model_name in w.status.models)
+        return sum(w.status.slots_for(model_name) for w in self.workers.values() if not w.gone)
 
     def summary(self, job: Job) -> JobSummary:
         position = self.queue_position(job) if job.status is JobStatus.QUEUED else None
@@ -460,7 +534,7 @@ class SchedulerState:
         if was_running and worker_id:
             worker = self.workers.get(worker_id)
             if worker:
-                worker.cancelling.add(job.id)  # its slot stays taken until the worker lets go
+                worker.hold_cancelled(job.id, job.model)
             self.effects.controls.append((worker_id, CancelRunning(job_id=job.id, attempt=attempt)))
         self.reply(reply_to, Decision(ok=True, status=202), job.id)
 
@@ -514,7 +588,7 @@ class SchedulerState:
     def _let_go(self, worker_id: str, job_id: uuid.UUID) -> None:
         worker = self.workers.get(worker_id)
         if worker:
-            worker.cancelling.discard(job_id)
+            worker.let_go(job_id)
 
     def create_user(self, cmd: CreateUser, reply_to: str | None, cause: str) -> None:
         if cmd.plan not in self.plans:
@@ -594,12 +668,13 @@ class SchedulerState:
         if view is None:
             view = WorkerView(status=status, last_seen=now)
             self.workers[status.worker_id] = view
-            view.running = {j.id for j in self.jobs.values()
-                            if j.status is JobStatus.RUNNING and j.worker_id == status.worker_id}
-        view.status = status
+            for job in self.jobs.values():
+                if job.status is JobStatus.RUNNING and job.worker_id == status.worker_id:
+                    view.take(job.id, job.model)
+        view.update(status)
         view.loaded = set(status.loaded_models)
         view.last_seen = now
-        view.cancelling &= set(status.running)
+        view.keep_cancelling(set(status.running))
 
     def worker_gone(self, worker_id: str, now: float | None = None) -> None:
         """The worker said goodbye (or its entry went). It takes nothing more. A draining worker says
@@ -623,8 +698,7 @@ class SchedulerState:
             else:
                 self._fail(job, "WORKER_LOST", f"{reason} (attempt {job.attempt} of {self.max_attempts})",
                            "scheduler:worker-lost", worker_id=view.status.worker_id, attempt=job.attempt)
-        view.running.clear()
-        view.cancelling.clear()
+        view.clear()
         self.effects.purge_workers.append(view.status.worker_id)
 
     def tick(self, now: float | None = None) -> None:
@@ -658,7 +732,10 @@ class SchedulerState:
         now = self.clock()
         for view in self.workers.values():
             while view.can_take():
-                slot = Slot(worker_id=view.status.worker_id, models=frozenset(view.status.models),
+                models = view.models_with_room()
+                if not models:
+                    break
+                slot = Slot(worker_id=view.status.worker_id, models=models,
                             loaded=frozenset(view.loaded), max_resolution=view.status.max_resolution)
                 pick = self.policy.pick(slot, now, self.user_running, self.concurrency_limit)
                 if pick is None:
@@ -666,7 +743,7 @@ class SchedulerState:
                 job = self.jobs[pick.job.job_id]
                 job = self.emit_job(job.id, JobDispatched(worker_id=view.status.worker_id, attempt=job.attempt + 1,
                                                           reason=pick.reason), "scheduler:dispatch")
-                view.running.add(job.id)
+                view.take(job.id, job.model)
                 view.loaded.add(job.model)  # until its next heartbeat says otherwise
                 self.effects.dispatches.append((view.status.worker_id, self.dispatch_message(job)))
 

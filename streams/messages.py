@@ -158,8 +158,20 @@ class Dispatch(msgspec.Struct, frozen=True, kw_only=True):
     dispatched_at: datetime
 
 
+class EnginePool(msgspec.Struct, frozen=True, kw_only=True):
+    """One engine of a worker: the models it serves and how many of their jobs it runs at once."""
+
+    engine: str
+    models: list[str]
+    slots: int
+
+
 class WorkerStatus(msgspec.Struct, frozen=True, kw_only=True):
-    """What a worker announces in the workers bucket at start and on every heartbeat."""
+    """What a worker announces in the workers bucket at start and on every heartbeat.
+
+    `slots` caps the jobs it runs at once in all; each of its `pools` (one per engine) caps the
+    jobs of that engine's models. A worker that lists no pools has one pool of all its models.
+    """
 
     worker_id: str
     instance_id: uuid.UUID
@@ -174,6 +186,17 @@ class WorkerStatus(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat_interval_s: float = 2.0
     gpu: dict[str, Any] | None = None
     max_resolution: int | None = None  # the largest image side it can render; None: no limit
+    pools: list[EnginePool] = []
+
+    def engine_pools(self) -> list[EnginePool]:
+        return self.pools or [EnginePool(engine="*", models=self.models, slots=self.slots)]
+
+    def slots_for(self, model: str) -> int:
+        """How many jobs of `model` it can run at once (0 when it does not serve it)."""
+        for pool in self.engine_pools():
+            if model in pool.models:
+                return min(pool.slots, self.slots)
+        return 0
 
 
 class CancelRunning(msgspec.Struct, frozen=True, kw_only=True):

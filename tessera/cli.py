@@ -218,8 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a worker node")
     p.add_argument("--worker-id", default=None, help="letters, digits, '_' and '-' (default <host>-0)")
     p.add_argument("--gpu", type=int, default=None, help="GPU index: sets CUDA_VISIBLE_DEVICES and the id suffix")
-    p.add_argument("--engines", default=None, help="comma-separated engines (default echo,espeak)")
-    p.add_argument("--slots", type=int, default=0, help="jobs at once (default: the engines' own)")
+    p.add_argument("--engines", default=None,
+                   help="comma-separated engines (default echo,espeak,pocketsphinx, and llama-cpp with the llm extra)")
+    p.add_argument("--slots", type=int, default=0,
+                   help="jobs at once across its engines, each also held to its own (default: their sum)")
     p.add_argument("--max-resolution", type=int, default=None,
                    help="the largest image side it takes (default: judged from its GPU's memory)")
     p.set_defaults(func=cmd_worker)

@@ -25,6 +25,7 @@ from streams import subjects as s
 from streams.messages import (
     CancelRunning,
     Dispatch,
+    EnginePool,
     Progress,
     ReportCompleted,
     ReportFailed,
@@ -51,7 +52,7 @@ class Worker:
         self.worker_id = worker_id
         self.instance_id = uuid.uuid4()
         self.engines = {model: engine for engine in engines for model in engine.models}
-        self.slots = slots or max(e.slots for e in engines)
+        self.slots = slots or sum(e.slots for e in engines)  # each engine is also held to its own
         self.heartbeat_interval_s = heartbeat_interval_s
         self.artifact_ttl_s = artifact_ttl_s
         self.started_grace_s = started_grace_s
@@ -67,11 +68,14 @@ class Worker:
         self.ready = asyncio.Event()
 
     def status(self) -> WorkerStatus:
-        engines = list(dict.fromkeys(e.name for e in self.engines.values()))
-        capabilities = sorted({c for e in self.engines.values() for c in e.capabilities})
+        engines = list(dict.fromkeys(self.engines.values()))
+        capabilities = sorted({c for e in engines for c in e.capabilities})
         return WorkerStatus(
-            worker_id=self.worker_id, instance_id=self.instance_id, capabilities=capabilities, engines=engines,
-            models=sorted(self.engines), loaded_models=self.loaded_models(), slots=self.slots,
+            worker_id=self.worker_id, instance_id=self.instance_id, capabilities=capabilities,
+            engines=list(dict.fromkeys(e.name for e in engines)), models=sorted(self.engines),
+            loaded_models=self.loaded_models(), slots=self.slots,
+            pools=[EnginePool(engine=e.name, models=sorted(m for m, owner in self.engines.items() if owner is e),
+                              slots=e.slots) for e in engines],
             running=list(self.running), draining=self._draining.is_set(), sent_at=datetime.now(UTC),
             heartbeat_interval_s=self.heartbeat_interval_s, gpu=self.gpu_state,
             max_resolution=self.resolution_limit(capabilities),

@@ -34,7 +34,7 @@ async def models(services: ServicesDep) -> dict[str, Any]:
          "plans": [p["tier"] for p in plans
                    if not m.gated or "*" in p["allowed_models"] or m.name in p["allowed_models"]],
          "workers_online": sum(1 for w in online if m.name in w.models),
-         "slots_online": sum(w.slots for w in online if m.name in w.models)}
+         "slots_online": sum(w.slots_for(m.name) for w in online)}
         for m in catalog.CATALOG.values()
     ]}
 
