@@ -27,6 +27,19 @@ from worker_node.engines.base import EngineError, JobContext, JobInput, Output
 PROGRESS_EVERY_S = 0.25
 
 
+def _quiet_devnull() -> None:
+    """llama-cpp-python opens two /dev/null files when it is imported, to silence the library's
+    output, and never closes them: every process that loaded it printed a ResourceWarning as it
+    exited. Swap them for files that do not own their descriptor, which do not warn."""
+    from llama_cpp import _utils
+
+    for name in ("outnull_file", "errnull_file"):
+        current = getattr(_utils, name, None)
+        if current is not None and getattr(current.buffer.raw, "closefd", False):
+            setattr(_utils, name, open(os.open(os.devnull, os.O_WRONLY), "w", closefd=False))
+            current.close()
+
+
 def completion_prompt(params: dict[str, Any]) -> str:
     """The text to continue: the prompt, or a plain transcript of the messages."""
     messages = params.get("messages")
@@ -96,6 +109,7 @@ class LlamaCppEngine:
                 from llama_cpp import Llama
             except ImportError as exc:
                 raise EngineError("ENGINE_UNAVAILABLE", "install the llm extra: pip install -e '.[llm]'") from exc
+            _quiet_devnull()
             path = self.model_path or packaged_model_path()
             self._llm = Llama(model_path=str(path), n_ctx=self.context, n_threads=self.threads, verbose=False)
         return self._llm
