@@ -7,6 +7,7 @@ interrupts it in its `except CancelledError` before re-raising.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -70,6 +71,25 @@ async def read_input(job: JobInput, ctx: JobContext) -> tuple[bytes, str]:
     if not isinstance(reference, dict) or not isinstance(reference.get("object"), str):
         raise EngineError("INPUT_REQUIRED", f"{job.capability} needs an input file (params.input_upload)")
     return await ctx.fetch(reference["object"]), str(reference.get("content_type") or "application/octet-stream")
+
+
+async def run_exclusive(lock: asyncio.Lock, fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)` in a thread, holding `lock` until the thread ends.
+
+    A thread cannot be stopped. When the job is cancelled or times out, its task lets go at once
+    and the job is reported, but the lock stays held until the thread is done with what it
+    guards (a decoder, a model), so the next job cannot use it at the same time.
+    """
+    await lock.acquire()
+    work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+
+    def finished(task: asyncio.Future[Any]) -> None:
+        lock.release()
+        if not task.cancelled():
+            task.exception()  # retrieved here too: a cancelled caller no longer awaits it
+
+    work.add_done_callback(finished)
+    return await asyncio.shield(work)
 
 
 class Engine(Protocol):

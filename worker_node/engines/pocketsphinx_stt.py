@@ -14,7 +14,7 @@ import asyncio
 import io
 import wave
 
-from worker_node.engines.base import EngineError, JobContext, JobInput, Output, read_input
+from worker_node.engines.base import EngineError, JobContext, JobInput, Output, read_input, run_exclusive
 
 MODEL_RATE = 16_000
 
@@ -69,8 +69,7 @@ class PocketSphinxEngine:
             raise EngineError("UNSUPPORTED_INPUT", f"PocketSphinx reads WAV files, not {content_type}")
         pcm, seconds = await asyncio.to_thread(pcm16_mono_16k, data)
         await ctx.progress(0.1, f"{seconds:.1f}s of audio", None)
-        async with self._lock:  # one decoder, one utterance at a time
-            text = await asyncio.to_thread(self._transcribe, pcm)
+        text = await run_exclusive(self._lock, self._transcribe, pcm)  # one decoder, one utterance at a time
         return [Output(kind="text", format="txt", content_type="text/plain; charset=utf-8", text=text,
                        usage={"audio_seconds": round(seconds, 3)})]
 
