@@ -196,8 +196,6 @@ class SchedulerState:
     def __init__(self, limits: Limits | None = None, *, wall_clock: Callable[[], float] = time.time,
                  policy: QueuePolicy | None = None) -> None:
         self.limits = limits or Limits()
-        self.max_attempts = self.limits.max_attempts
-        self.worker_timeout_s = self.limits.worker_timeout_s
         self.clock = wall_clock
         self.quota_zone = ZoneInfo(self.limits.quota_timezone)
         self.jobs: dict[uuid.UUID, Job] = {}
@@ -691,12 +689,12 @@ class SchedulerState:
             job = self.jobs.get(job_id)
             if job is None or job.status is not JobStatus.RUNNING or job.worker_id != view.status.worker_id:
                 continue
-            if job.attempt < self.max_attempts:
+            if job.attempt < self.limits.max_attempts:
                 job = self.emit_job(job.id, JobRequeued(worker_id=view.status.worker_id, attempt=job.attempt,
                                                         reason=reason), "scheduler:worker-lost")
                 self._enqueue(job)
             else:
-                self._fail(job, "WORKER_LOST", f"{reason} (attempt {job.attempt} of {self.max_attempts})",
+                self._fail(job, "WORKER_LOST", f"{reason} (attempt {job.attempt} of {self.limits.max_attempts})",
                            "scheduler:worker-lost", worker_id=view.status.worker_id, attempt=job.attempt)
         view.clear()
         self.effects.purge_workers.append(view.status.worker_id)
@@ -706,12 +704,12 @@ class SchedulerState:
         now = time.monotonic() if now is None else now
         for worker_id, view in list(self.workers.items()):
             if view.gone:
-                if view.running and view.left_at is not None and now - view.left_at > self.worker_timeout_s:
+                if view.running and view.left_at is not None and now - view.left_at > self.limits.worker_timeout_s:
                     self._lose_worker(view, "the worker left without reporting these jobs")
                 if not view.running:
                     del self.workers[worker_id]
                 continue
-            if now - view.last_seen > self.worker_timeout_s:
+            if now - view.last_seen > self.limits.worker_timeout_s:
                 log.warning("worker %s missed its heartbeats for %.1fs: declared lost", worker_id, now - view.last_seen)
                 self._lose_worker(view, f"no heartbeat for {now - view.last_seen:.0f}s")
                 del self.workers[worker_id]
