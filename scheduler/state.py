@@ -121,24 +121,15 @@ class WorkerView:
                                    if self._busy[pool] < self._capacity[pool])
         return self._room
 
-    def take(self, job_id: uuid.UUID, model: str) -> None:
-        if job_id not in self.running:
-            self.running[job_id] = model
+    def take(self, job_id: uuid.UUID, model: str, *, cancelled: bool = False) -> None:
+        """Count a job's slot: from its dispatch, or, once cancelled, until the worker lets go of it."""
+        held = self.cancelling if cancelled else self.running
+        if job_id not in held:
+            held[job_id] = model
             self._count(model, 1)
 
-    def release(self, job_id: uuid.UUID) -> None:
-        model = self.running.pop(job_id, None)
-        if model is not None:
-            self._count(model, -1)
-
-    def hold_cancelled(self, job_id: uuid.UUID, model: str) -> None:
-        """A cancelled job's slot stays taken until the worker lets go of it."""
-        if job_id not in self.cancelling:
-            self.cancelling[job_id] = model
-            self._count(model, 1)
-
-    def let_go(self, job_id: uuid.UUID) -> None:
-        model = self.cancelling.pop(job_id, None)
+    def release(self, job_id: uuid.UUID, *, cancelled: bool = False) -> None:
+        model = (self.cancelling if cancelled else self.running).pop(job_id, None)
         if model is not None:
             self._count(model, -1)
 
@@ -532,7 +523,7 @@ class SchedulerState:
         if was_running and worker_id:
             worker = self.workers.get(worker_id)
             if worker:
-                worker.hold_cancelled(job.id, job.model)
+                worker.take(job.id, job.model, cancelled=True)
             self.effects.controls.append((worker_id, CancelRunning(job_id=job.id, attempt=attempt)))
         self.reply(reply_to, Decision(ok=True, status=202), job.id)
 
@@ -586,7 +577,7 @@ class SchedulerState:
     def _let_go(self, worker_id: str, job_id: uuid.UUID) -> None:
         worker = self.workers.get(worker_id)
         if worker:
-            worker.let_go(job_id)
+            worker.release(job_id, cancelled=True)
 
     def create_user(self, cmd: CreateUser, reply_to: str | None, cause: str) -> None:
         if cmd.plan not in self.plans:
