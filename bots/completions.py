@@ -17,9 +17,9 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import msgspec
-import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from streams import connection
 from streams import subjects as s
 from streams.messages import Notification
 
@@ -41,7 +41,7 @@ class CompletionFeed:
 
     async def run(self, handler: Handler) -> None:
         """Call `handler` for each notification until `stop()`; acknowledge those it handled."""
-        nc = await nats.connect(self.nats_url, name=self.durable, max_reconnect_attempts=-1)
+        nc = await connection.connect(self.nats_url, self.durable)
         decoder = msgspec.json.Decoder(Notification)
         try:
             sub = await nc.jetstream().pull_subscribe(

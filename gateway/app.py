@@ -7,7 +7,6 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
-import nats
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -15,6 +14,7 @@ from gateway import errors
 from gateway.deps import Services
 from gateway.fleet import Fleet
 from gateway.routes import artifacts, jobs, meta, uploads, users
+from streams import connection
 from streams.commands import CommandBus
 from tessera.config import Settings
 from tessera.db import create_pool
@@ -58,10 +58,14 @@ class BodyLimit:
 def create_app(settings: Settings, *, nats_url: str, database_url: str) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        nc = await nats.connect(nats_url, name="gateway", max_reconnect_attempts=-1)
+        fleet = Fleet(stale_after_s=settings.worker_timeout_s)
+
+        async def reconnected() -> None:
+            fleet.reconnected()
+
+        nc = await connection.connect(nats_url, "gateway", reconnected_cb=reconnected)
         pool = await create_pool(database_url, min_size=2, max_size=20)
         bus = await CommandBus(nc, f"gw-{uuid.uuid4().hex[:8]}").start()
-        fleet = Fleet(stale_after_s=settings.worker_timeout_s)
         await fleet.start(nc.jetstream())
         app.state.services = Services(settings=settings, pool=pool, nc=nc, bus=bus, fleet=fleet)
         try:

@@ -7,11 +7,10 @@ import contextlib
 import logging
 import time
 
-import msgspec
 from nats.js import JetStreamContext
 
-from streams import subjects as s
 from streams.messages import WorkerStatus
+from streams.workers_feed import WorkersFeed
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +20,7 @@ class Fleet:
         self.stale_after_s = stale_after_s
         self._workers: dict[str, tuple[WorkerStatus, float]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._feed: WorkersFeed | None = None
 
     def online(self) -> list[WorkerStatus]:
         now = time.monotonic()
@@ -30,29 +30,21 @@ class Fleet:
         return sum(w.slots_for(model) for w in self.online())
 
     async def start(self, js: JetStreamContext) -> None:
-        kv = await js.key_value(s.WORKERS_BUCKET)
-        watcher = await kv.watchall()
-        self._task = asyncio.create_task(self._follow(watcher), name="gateway-fleet")
+        self._feed = WorkersFeed(js, on_status=self._seen, on_gone=lambda key: self._workers.pop(key, None))
+        self._task = asyncio.create_task(self._feed.run(), name="gateway-fleet")
+
+    def reconnected(self) -> None:
+        """Back on NATS: workers were silent only to us; follow the bucket anew."""
+        now = time.monotonic()
+        self._workers = {key: (status, now) for key, (status, _) in self._workers.items()}
+        if self._feed is not None:
+            self._feed.reconnected()
+
+    def _seen(self, status: WorkerStatus) -> None:
+        self._workers[status.worker_id] = (status, time.monotonic())
 
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-
-    async def _follow(self, watcher) -> None:  # type: ignore[no-untyped-def]
-        decoder = msgspec.json.Decoder(WorkerStatus)
-        while True:
-            try:
-                entry = await watcher.updates(timeout=5)
-            except TimeoutError:
-                continue
-            if entry is None:
-                continue
-            if entry.operation in ("DEL", "PURGE") or not entry.value:
-                self._workers.pop(entry.key, None)
-                continue
-            try:
-                self._workers[entry.key] = (decoder.decode(entry.value), time.monotonic())
-            except msgspec.DecodeError:
-                log.warning("ignoring malformed status of worker %s", entry.key)

@@ -20,6 +20,7 @@ from nats.js.errors import NotFoundError
 from events import store
 from events.types import RecordedEvent, decode_recorded
 from projector import folds
+from streams import connection
 from streams import subjects as s
 from tessera.db import create_pool
 
@@ -73,7 +74,7 @@ class Projector:
         self._stopping.set()
 
     async def run(self) -> None:
-        self._nc = await nats.connect(self.nats_url, name="projector", max_reconnect_attempts=-1)
+        self._nc = await connection.connect(self.nats_url, "projector")
         pool = await create_pool(self.database_url, max_size=2)
         try:
             while not self._stopping.is_set():

@@ -147,6 +147,9 @@ class Outbox:
         acks = await self._acks.expect()
         publish = self._nc.publish
         for out in batch:  # dispatches first: they are what latency is measured on
+            # A lost worker's old dispatches are purged before the batch's new ones are sent:
+            # purging after them deleted the re-dispatches of a restarted worker's jobs.
+            await self._purge(out)
             for worker_id, dispatch in out.dispatches:
                 await publish(s.dispatch(worker_id), encode_msg(dispatch), reply=acks.subject,
                               headers={s.HDR_MSG_ID: f"{dispatch.job_id}:{dispatch.attempt}"})
@@ -167,12 +170,19 @@ class Outbox:
         for out in batch:
             await self._side_effects(out)
 
-    async def _side_effects(self, out: Outgoing) -> None:
-        for worker_id in out.purge_workers:
+    async def _purge(self, out: Outgoing) -> None:
+        """Drop the unread dispatches of workers the batch declared lost, once (a retried send
+        must not purge again: it would delete what the failed try already stored). Only tidying:
+        a restarted worker also drops the dispatches meant for its previous instance."""
+        while out.purge_workers:
+            worker_id = out.purge_workers[0]
             try:
                 await self._js.purge_stream(s.DISPATCH_STREAM, subject=s.dispatch(worker_id))
             except nats.errors.Error as exc:
                 log.warning("could not purge dispatches of lost worker %s: %s", worker_id, exc)
+            out.purge_workers.pop(0)
+
+    async def _side_effects(self, out: Outgoing) -> None:
         if out.discard_objects:
             store = await self._js.object_store(s.ARTIFACTS_BUCKET)
             for name in out.discard_objects:

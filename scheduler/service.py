@@ -17,8 +17,6 @@ from datetime import timedelta
 
 import asyncpg
 import msgspec
-import nats
-import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -31,8 +29,8 @@ from events.types import JobSubmitted, user_stream_id
 from scheduler.outbox import Outbox, Outgoing, terminal_notifications
 from scheduler.policy import PolicyConfig
 from scheduler.state import Limits, SchedulerState
+from streams import connection, topology
 from streams import subjects as s
-from streams import topology
 from streams.messages import (
     AnyCommand,
     CancelJob,
@@ -48,6 +46,7 @@ from streams.messages import (
     command_decoder,
     encode,
 )
+from streams.workers_feed import WorkersFeed
 from tessera.config import Settings
 from tessera.db import SERVER_SETTINGS
 
@@ -75,12 +74,15 @@ class Scheduler:
         self._stopping = asyncio.Event()
         self._nc: NATS | None = None
         self.state: SchedulerState | None = None
+        self._feed: WorkersFeed | None = None
+        self._connected = True  # to NATS; kept here too, as a new leader's state starts from it
 
     async def stop(self) -> None:
         self._stopping.set()
 
     async def run(self) -> None:
-        self._nc = await nats.connect(self.nats_url, name=self.name, max_reconnect_attempts=-1)
+        self._nc = await connection.connect(self.nats_url, self.name, disconnected_cb=self._disconnected,
+                                            reconnected_cb=self._reconnected)
         try:
             while not self._stopping.is_set():
                 try:
@@ -104,6 +106,20 @@ class Scheduler:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._nc.close(), 5)
 
+    async def _disconnected(self) -> None:
+        log.warning("%s: lost its NATS connection; no worker is judged by its silence until it is back", self.name)
+        self._connected = False
+        if self.state is not None:
+            self.state.connection_lost()
+
+    async def _reconnected(self) -> None:
+        log.info("%s: NATS connection back", self.name)
+        self._connected = True
+        if self.state is not None:
+            self.state.connection_back()
+        if self._feed is not None:
+            self._feed.reconnected()
+
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
@@ -125,6 +141,7 @@ class Scheduler:
     async def _load(self, conn: asyncpg.Connection) -> SchedulerState:
         settings = self.settings
         state = SchedulerState(Limits(max_attempts=settings.max_attempts, worker_timeout_s=settings.worker_timeout_s,
+                                      reconcile_grace_s=settings.reconcile_grace_s,
                                       queue_timeout_s=settings.queue_timeout_s,
                                       quota_timezone=settings.quota_timezone,
                                       policy=PolicyConfig(aging_step_s=settings.aging_step_s,
@@ -139,6 +156,8 @@ class Scheduler:
         since = state.quota_day() - timedelta(days=1)
         state.load(records, await store.head(conn), used=await store.tokens_charged(conn, since),
                    execution_s=await store.execution_times(conn))
+        if not self._connected:
+            state.connection_lost()
         return state
 
     async def _lead(self, conn: asyncpg.Connection) -> None:
@@ -159,8 +178,13 @@ class Scheduler:
                                       deliver_policy=DeliverPolicy.ALL,
                                       description="The scheduler (leader only) consumes every command"),
             )
+            # Every command up to the consumer's acknowledged floor was handled by a leader before.
+            info = await sub.consumer_info()
+            self.state.commands_seq = info.ack_floor.stream_seq if info.ack_floor else 0
             self.is_leader.set()
             next_expiry_check = 0.0
+            next_position_check = 0.0
+            idle = False
             while not self._stopping.is_set():
                 if time.monotonic() >= next_expiry_check:
                     next_expiry_check = time.monotonic() + self.settings.expiry_check_s
@@ -169,10 +193,18 @@ class Scheduler:
                 for task in tasks:
                     if task.done():
                         task.result()  # a failed side task ends leadership with its error
+                stored_seq = None
+                if idle and time.monotonic() >= next_position_check:
+                    # The stream's end before an empty fetch: then every command up to it was handled.
+                    next_position_check = time.monotonic() + 1.0
+                    stored_seq = (await js.stream_info(s.COMMANDS_STREAM)).state.last_seq
                 try:
                     msgs = await sub.fetch(self.settings.command_batch, timeout=0.25)
                 except TimeoutError:
                     msgs = []
+                idle = not msgs
+                if idle and stored_seq is not None:
+                    self.state.commands_seq = max(self.state.commands_seq, stored_seq)
                 await self._process(conn, js, outbox, msgs)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(outbox.drained(), 5)
@@ -231,27 +263,23 @@ class Scheduler:
             outbox.put(Outgoing(dispatches=pending))
 
     async def _watch_workers(self, js: JetStreamContext) -> None:
-        kv = await js.key_value(s.WORKERS_BUCKET)
-        watcher = await kv.watchall()
-        decoder = msgspec.json.Decoder(WorkerStatus)
-        while True:
-            try:
-                entry = await watcher.updates(timeout=5)
-            except TimeoutError:
-                continue
-            if entry is None:  # the end of the bucket's current contents: the fleet is known
-                if self.state is not None:
-                    self.state.fleet_known = True
-                continue
-            if self.state is None:
-                continue
-            if entry.operation in ("DEL", "PURGE") or not entry.value:
-                self.state.worker_gone(entry.key)
-                continue
-            try:
-                self.state.worker_seen(decoder.decode(entry.value))
-            except msgspec.DecodeError as exc:
-                log.warning("ignoring malformed announcement of worker %s: %s", entry.key, exc)
+        def seen(status: WorkerStatus) -> None:
+            if self.state is not None:
+                self.state.worker_seen(status)
+
+        def gone(worker_id: str) -> None:
+            if self.state is not None:
+                self.state.worker_gone(worker_id)
+
+        def known() -> None:  # the end of the bucket's current contents: the fleet is known
+            if self.state is not None:
+                self.state.fleet_known = True
+
+        self._feed = WorkersFeed(js, on_status=seen, on_gone=gone, on_known=known)
+        try:
+            await self._feed.run()
+        finally:
+            self._feed = None
 
     # --- one batch ---------------------------------------------------------------------------
 
@@ -282,6 +310,8 @@ class Scheduler:
         self.state.forget_terminal(loaded)  # finished jobs loaded only to answer a duplicate command
         for msg in msgs:  # committed (or moved aside): done with
             await msg.ack()
+        if msgs:
+            self.state.commands_seq = max(self.state.commands_seq, *(m.metadata.sequence.stream for m in msgs))
 
     def _keep_fleet(self, old: SchedulerState | None) -> None:
         """After a reload, keep knowing the workers (the bucket only tells again at their next heartbeat)."""
@@ -291,6 +321,7 @@ class Scheduler:
             if not view.gone:
                 self.state.worker_seen(view.status, view.last_seen)
         self.state.fleet_known = old.fleet_known
+        self.state.commands_seq = old.commands_seq
 
     def _decide(self, commands: list[tuple[int, AnyCommand, Msg]]) -> None:
         state = self.state

@@ -81,6 +81,10 @@ class WorkerView:
     cancelling: dict[uuid.UUID, str] = field(default_factory=dict)  # job -> model
     loaded: set[str] = field(default_factory=set)  # models it holds: heartbeat, plus what it was sent since
     gone: bool = False  # said goodbye, or replaced by a new instance
+    # Attempts the scheduler believes this worker runs that its heartbeats did not list: job ->
+    # (when first missed, the worker's `reported_seq` then). Requeued once missed for a grace
+    # period with every report the worker had stored by then read.
+    missing: dict[uuid.UUID, tuple[float, int]] = field(default_factory=dict)
     left_at: float | None = None  # when it said goodbye: its last reports may still be on their way
     _pool_of: dict[str, int] = field(default_factory=dict, repr=False)  # model -> pool index
     _capacity: list[int] = field(default_factory=list, repr=False)
@@ -129,6 +133,8 @@ class WorkerView:
             self._count(model, 1)
 
     def release(self, job_id: uuid.UUID, *, cancelled: bool = False) -> None:
+        if not cancelled:
+            self.missing.pop(job_id, None)
         model = (self.cancelling if cancelled else self.running).pop(job_id, None)
         if model is not None:
             self._count(model, -1)
@@ -140,6 +146,7 @@ class WorkerView:
     def clear(self) -> None:
         self.running.clear()
         self.cancelling.clear()
+        self.missing.clear()
         self._recount()
 
 
@@ -178,6 +185,9 @@ class Limits:
 
     max_attempts: int = 3
     worker_timeout_s: float = 10.0
+    # How long an attempt may be missing from its worker's heartbeats before it is requeued (at
+    # least three of that worker's heartbeat intervals).
+    reconcile_grace_s: float = 5.0
     queue_timeout_s: float = 1800.0
     quota_timezone: str = "UTC"
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -196,6 +206,10 @@ class SchedulerState:
         self.frontends: dict[uuid.UUID, int] = {}  # frontend stream id -> version
         self.workers: dict[str, WorkerView] = {}
         self.fleet_known = False  # the first snapshot of the workers bucket has been read
+        # False while the scheduler is cut off from NATS: no heartbeat can reach it then, so no
+        # worker is judged by its silence (see `connection_lost` and `connection_back`).
+        self.connected = True
+        self.commands_seq = 0  # the command stream's sequence read up to (every command before it handled)
         self.policy: QueuePolicy = policy or TesseraPolicy(self.limits.policy)
         self._depth: dict[tuple[str, int], int] = {}  # (capability, priority) -> jobs waiting
         self.user_queued: Counter[uuid.UUID] = Counter()
@@ -564,9 +578,25 @@ class SchedulerState:
     def failed(self, cmd: ReportFailed, cause: str) -> None:
         self._let_go(cmd.worker_id, cmd.job_id)
         job = self._current_attempt(cmd.job_id, cmd.worker_id, cmd.attempt)
-        if job is not None:
-            self._fail(job, cmd.code, cmd.message, cause, worker_id=cmd.worker_id, attempt=cmd.attempt,
-                       started_at=cmd.started_at if job.started_at is None else None)
+        if job is None:
+            return
+        if cmd.code in RETRIED_CODES:  # not the job's fault: another attempt, here or on another worker
+            self._retry(job, cmd.code, f"{cmd.message}", cause)
+            return
+        self._fail(job, cmd.code, cmd.message, cause, worker_id=cmd.worker_id, attempt=cmd.attempt,
+                   started_at=cmd.started_at if job.started_at is None else None)
+
+    def _retry(self, job: Job, code: str, reason: str, cause: str) -> None:
+        """End a running attempt that was lost through no fault of the job's: requeue the job for a
+        new attempt (its place in the queue kept; the old attempt fenced, so a late result of it is
+        refused), or fail it with `code` once it has had its attempts."""
+        worker_id, attempt = job.worker_id, job.attempt
+        if attempt < self.limits.max_attempts:
+            job = self.emit_job(job.id, JobRequeued(worker_id=worker_id or "", attempt=attempt, reason=reason), cause)
+            self._enqueue(job)
+        else:
+            self._fail(job, code, f"{reason} (attempt {attempt} of {self.limits.max_attempts})", cause,
+                       worker_id=worker_id, attempt=attempt)
 
     def _fail(self, job: Job, code: str, message: str, cause: str, *, worker_id: str | None = None,
               attempt: int | None = None, started_at: datetime | None = None) -> Job:
@@ -664,6 +694,50 @@ class SchedulerState:
         view.loaded = set(status.loaded_models)
         view.last_seen = now
         view.keep_cancelling(set(status.running))
+        if status.held is not None:
+            self._reconcile(view, status.held, status.reported_seq, now)
+
+    def _reconcile(self, view: WorkerView, held: dict[uuid.UUID, int], reported_seq: int, now: float) -> None:
+        """Note the attempts this worker should run that its heartbeat does not hold."""
+        missing = {}
+        for job_id in view.running:
+            job = self.jobs.get(job_id)
+            if job is None or held.get(job_id) == job.attempt:
+                continue
+            missing[job_id] = view.missing.get(job_id) or (now, reported_seq)
+        view.missing = missing
+
+    def _requeue_missing(self, view: WorkerView, now: float) -> None:
+        """Requeue the attempts a worker has not held for a grace period, once every report it had
+        stored when first missing them has been read: their dispatch was lost (a purge, a NATS
+        restart, a crash between fetch and start) and no result can come."""
+        grace = max(self.limits.reconcile_grace_s, 3 * view.status.heartbeat_interval_s)
+        for job_id, (since, reported_seq) in list(view.missing.items()):
+            if now - since < grace or self.commands_seq < reported_seq:
+                continue
+            del view.missing[job_id]
+            job = self.jobs.get(job_id)
+            if job is None or job.status is not JobStatus.RUNNING or job.worker_id != view.status.worker_id:
+                continue
+            log.warning("worker %s does not hold job %s attempt %d (missing for %.1fs): requeued",
+                        view.status.worker_id, job_id, job.attempt, now - since)
+            self._retry(job, "ATTEMPT_LOST", f"worker {view.status.worker_id} never ran attempt {job.attempt} "
+                        f"(not held for {now - since:.0f}s)", "scheduler:reconcile")
+
+    def connection_lost(self) -> None:
+        """The scheduler's NATS connection dropped: heartbeats cannot reach it until it is back."""
+        self.connected = False
+
+    def connection_back(self, now: float | None = None) -> None:
+        """Connected again: every worker gets a full timeout from now (its silence while the
+        scheduler was away says nothing), and missing attempts are judged afresh."""
+        now = time.monotonic() if now is None else now
+        self.connected = True
+        for view in self.workers.values():
+            view.last_seen = max(view.last_seen, now)
+            if view.left_at is not None:
+                view.left_at = max(view.left_at, now)
+            view.missing.clear()
 
     def worker_gone(self, worker_id: str, now: float | None = None) -> None:
         """The worker said goodbye (or its entry went). It takes nothing more. A draining worker says
@@ -680,13 +754,7 @@ class SchedulerState:
             job = self.jobs.get(job_id)
             if job is None or job.status is not JobStatus.RUNNING or job.worker_id != view.status.worker_id:
                 continue
-            if job.attempt < self.limits.max_attempts:
-                job = self.emit_job(job.id, JobRequeued(worker_id=view.status.worker_id, attempt=job.attempt,
-                                                        reason=reason), "scheduler:worker-lost")
-                self._enqueue(job)
-            else:
-                self._fail(job, "WORKER_LOST", f"{reason} (attempt {job.attempt} of {self.limits.max_attempts})",
-                           "scheduler:worker-lost", worker_id=view.status.worker_id, attempt=job.attempt)
+            self._retry(job, "WORKER_LOST", reason, "scheduler:worker-lost")
         view.clear()
         self.effects.purge_workers.append(view.status.worker_id)
 
@@ -694,6 +762,8 @@ class SchedulerState:
         """Declare workers lost whose heartbeats stopped; fail jobs that waited too long."""
         now = time.monotonic() if now is None else now
         for worker_id, view in list(self.workers.items()):
+            if not self.connected:
+                break  # a worker's silence is judged only over time the scheduler could hear it
             if view.gone:
                 if view.running and view.left_at is not None and now - view.left_at > self.limits.worker_timeout_s:
                     self._lose_worker(view, "the worker left without reporting these jobs")
@@ -704,6 +774,8 @@ class SchedulerState:
                 log.warning("worker %s missed its heartbeats for %.1fs: declared lost", worker_id, now - view.last_seen)
                 self._lose_worker(view, f"no heartbeat for {now - view.last_seen:.0f}s")
                 del self.workers[worker_id]
+            elif view.missing:
+                self._requeue_missing(view, now)
         wall = self.clock()
         if wall - self._last_timeout_check >= 1.0:
             self._last_timeout_check = wall
@@ -737,12 +809,20 @@ class SchedulerState:
                 self.effects.dispatches.append((view.status.worker_id, self.dispatch_message(job)))
 
     def dispatch_message(self, job: Job) -> Dispatch:
+        """The dispatch of a running job's attempt, addressed to the worker instance it was given to
+        when that instance is known (a restarted worker drops what was meant for its previous life)."""
         model = catalog.CATALOG[job.model]
+        view = self.workers.get(job.worker_id or "")
         return Dispatch(job_id=job.id, attempt=job.attempt, capability=job.capability, model=job.model,
-                        params=job.params, timeout_seconds=model.timeout_seconds, dispatched_at=datetime.now(UTC))
+                        params=job.params, timeout_seconds=model.timeout_seconds, dispatched_at=datetime.now(UTC),
+                        instance_id=view.status.instance_id if view is not None and not view.gone else None)
 
 
 EWMA_WEIGHT = 0.2  # weight of the newest measurement in a model's execution-time average
+
+# Failures a worker reports that are not the job's fault: the engine's server could not be reached,
+# or went away before any result. The job gets another attempt (docs/engines.md).
+RETRIED_CODES = frozenset({"ENGINE_UNAVAILABLE", "ENGINE_DISCONNECTED"})
 
 
 def _check_plan(plan: PlanDefined) -> None:

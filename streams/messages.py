@@ -156,6 +156,9 @@ class Dispatch(msgspec.Struct, frozen=True, kw_only=True):
     params: dict[str, Any]
     timeout_seconds: float
     dispatched_at: datetime
+    # The instance of the worker this attempt is meant for: a restarted worker (a new instance)
+    # drops the dispatches of its previous life, whose attempts the scheduler has fenced.
+    instance_id: uuid.UUID | None = None
 
 
 class EnginePool(msgspec.Struct, frozen=True, kw_only=True):
@@ -181,6 +184,13 @@ class WorkerStatus(msgspec.Struct, frozen=True, kw_only=True):
     loaded_models: list[str]
     slots: int
     running: list[uuid.UUID]
+    # The attempts it holds (fetched, running, or reporting), and the command stream's sequence
+    # of its newest stored report. An attempt the scheduler believes is on this worker that the
+    # worker does not hold, once the scheduler has read the commands up to `reported_seq` (so no
+    # report of it is still on its way), was lost: it is requeued after a grace period.
+    # None from a worker that does not say (then only its heartbeats are judged).
+    held: dict[uuid.UUID, int] | None = None
+    reported_seq: int = 0
     draining: bool = False
     sent_at: datetime
     heartbeat_interval_s: float = 2.0

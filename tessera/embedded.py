@@ -7,6 +7,7 @@ runs a system PostgreSQL or an old nats-server does not get in the way.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pwd
@@ -68,11 +69,24 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout:
 
 @dataclass
 class EmbeddedNats:
-    """A nats-server with JetStream, its store under `store_dir`."""
+    """A nats-server with JetStream, its store under `store_dir`.
+
+    `sync_interval` is how often JetStream fsyncs its files. nats-server's default (every two
+    minutes) loses acknowledged writes when the machine loses power (Jepsen's analysis of NATS
+    2.12.1), so the embedded server syncs every write ("always"); docs/operations.md has the cost
+    and what to set on an external server. None keeps nats-server's default.
+    """
 
     store_dir: Path
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
+    sync_interval: str | None = "always"
+
+    def config(self) -> str:
+        lines = [f"store_dir: {json.dumps(str(self.store_dir))}"]
+        if self.sync_interval:
+            lines.append(f"sync_interval: {self.sync_interval}")
+        return "jetstream {\n" + "".join(f"  {line}\n" for line in lines) + "}\n"
 
     @property
     def url(self) -> str:
@@ -81,9 +95,11 @@ class EmbeddedNats:
     def start(self, preferred_port: int | None = 4222) -> EmbeddedNats:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port(preferred_port)
+        conf = self.store_dir / "nats-server.conf"
+        conf.write_text(self.config())
         with open(self.store_dir / "nats-server.log", "ab") as log_file:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
-                [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store_dir)],
+                [nats_server_binary(), "-c", str(conf), "-a", "127.0.0.1", "-p", str(self.port)],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches `tessera up`, which stops the services first

@@ -164,6 +164,13 @@ class Platform:
 @pytest.fixture
 async def platform_parts(nats_url: str, database_url: str) -> AsyncIterator[Platform]:
     """Gateway and projector running; scheduler and workers are the test's to start."""
+    async with gateway_and_projector(nats_url, database_url) as platform:
+        yield platform
+
+
+@contextlib.asynccontextmanager
+async def gateway_and_projector(nats_url: str, database_url: str) -> AsyncIterator[Platform]:
+    """A Platform with its gateway and projector running on the given servers."""
     settings = test_settings()
     platform = Platform(nats_url=nats_url, database_url=database_url, settings=settings)
     port = free_port(None)

@@ -43,7 +43,9 @@ class ScriptedWorker:
                             running=sorted(self.running), sent_at=datetime.now(UTC),
                             heartbeat_interval_s=self.heartbeat_interval_s, max_resolution=self.max_resolution)
 
-    async def start(self) -> ScriptedWorker:
+    async def start(self, *, consume: bool = True) -> ScriptedWorker:
+        """Connect, announce and heartbeat; fetch dispatches too unless `consume` is False (then
+        the test calls `consume()` when it wants the worker to start reading)."""
         self.nc = await nats.connect(self.nats_url)
         self.js = self.nc.jetstream()
         self.kv = await self.js.key_value(s.WORKERS_BUCKET)
@@ -51,8 +53,20 @@ class ScriptedWorker:
             s.dispatch(self.worker_id), durable=f"worker-{self.worker_id}", stream=s.DISPATCH_STREAM,
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=30))
         await self.kv.put(self.worker_id, encode(self.status()))
-        self._tasks = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._consume())]
+        self._tasks = [asyncio.create_task(self._heartbeat())]
+        if consume:
+            self.consume()
         return self
+
+    def consume(self) -> None:
+        self._tasks.append(asyncio.create_task(self._consume()))
+
+    async def crash(self) -> None:
+        """Stop as a killed process does: no goodbye, the dispatches it did not fetch left behind."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.nc.close()
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -21,6 +21,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ObjectMeta
 from nats.js.errors import NotFoundError
 
 from events.types import Artifact
+from streams import connection
 from streams import subjects as s
 from streams.messages import (
     CancelRunning,
@@ -39,6 +40,10 @@ from worker_node.engines import Engine, EngineError, JobContext, JobInput, Outpu
 log = logging.getLogger(__name__)
 
 INLINE_TEXT_LIMIT = 64 * 1024  # text up to this size travels inside the completion event
+PROBE_TIMEOUT_S = 5.0
+# Failures that say the engine's server could not be reached or went away: the engine is probed
+# at once, so its models are withdrawn before the scheduler requeues the job elsewhere.
+UNREACHABLE = frozenset({"ENGINE_UNAVAILABLE", "ENGINE_DISCONNECTED"})
 
 
 class Worker:
@@ -60,23 +65,30 @@ class Worker:
         self.max_resolution = max_resolution  # None: from the GPU's memory, if it has one
         self.gpu_state: dict[str, Any] | None = None
         self.running: dict[uuid.UUID, tuple[int, asyncio.Task[None]]] = {}
+        self._reported_seq = 0  # the command stream's sequence of the newest report stored
+        self._down: set[Engine] = set()  # engines whose probe failed: their models are not offered
         self._seen: collections.OrderedDict[tuple[uuid.UUID, int], None] = collections.OrderedDict()
         self._draining = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
+        self._kv: Any = None
         self.ready = asyncio.Event()
 
     def status(self) -> WorkerStatus:
-        engines = list(dict.fromkeys(self.engines.values()))
+        """What the worker offers now: the engines whose probe last succeeded, and what it holds."""
+        served = {model: engine for model, engine in self.engines.items() if engine not in self._down}
+        engines = list(dict.fromkeys(served.values()))
         capabilities = sorted({c for e in engines for c in e.capabilities})
         return WorkerStatus(
             worker_id=self.worker_id, instance_id=self.instance_id, capabilities=capabilities,
-            engines=list(dict.fromkeys(e.name for e in engines)), models=sorted(self.engines),
-            loaded_models=self.loaded_models(), slots=self.slots,
-            pools=[EnginePool(engine=e.name, models=sorted(m for m, owner in self.engines.items() if owner is e),
+            engines=list(dict.fromkeys(e.name for e in engines)), models=sorted(served),
+            loaded_models=self.loaded_models(engines), slots=self.slots,
+            pools=[EnginePool(engine=e.name, models=sorted(m for m, owner in served.items() if owner is e),
                               slots=e.slots) for e in engines],
-            running=list(self.running), draining=self._draining.is_set(), sent_at=datetime.now(UTC),
+            running=list(self.running), held={job_id: attempt for job_id, (attempt, _) in self.running.items()},
+            reported_seq=self._reported_seq,
+            draining=self._draining.is_set(), sent_at=datetime.now(UTC),
             heartbeat_interval_s=self.heartbeat_interval_s, gpu=self.gpu_state,
             max_resolution=self.resolution_limit(capabilities),
         )
@@ -89,11 +101,11 @@ class Worker:
             return gpu.max_resolution_for(int(self.gpu_state.get("memory_total_mib", 0)))
         return None
 
-    def loaded_models(self) -> list[str]:
+    def loaded_models(self, engines: list[Engine] | None = None) -> list[str]:
         """Models ready to run without a load: what an engine says it holds (`loaded`, e.g. the
         checkpoint ComfyUI used last), or all its models for engines that keep everything loaded."""
         loaded: set[str] = set()
-        for engine in set(self.engines.values()):
+        for engine in set(self.engines.values()) if engines is None else engines:
             held = getattr(engine, "loaded", None)
             loaded.update(engine.models if held is None else held)
         return sorted(loaded)
@@ -103,7 +115,7 @@ class Worker:
         self._draining.set()
 
     async def run(self) -> None:
-        self._nc = await nats.connect(self.nats_url, name=f"worker-{self.worker_id}", max_reconnect_attempts=-1)
+        self._nc = await connection.connect(self.nats_url, f"worker-{self.worker_id}")
         self._js = self._nc.jetstream()
         kv = await self._js.key_value(s.WORKERS_BUCKET)
         control = await self._nc.subscribe(s.control(self.worker_id), cb=self._on_control)
@@ -112,9 +124,12 @@ class Worker:
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=30,
                                   description=f"Dispatches for worker {self.worker_id}"),
         )
+        self._kv = kv
         self.gpu_state = await gpu.probe_async(self.gpu_index)
+        await self._probe_engines()  # an engine that is down at start is not offered
         await kv.put(self.worker_id, encode(self.status()))
         heartbeat = asyncio.create_task(self._heartbeat(kv), name=f"worker-{self.worker_id}-heartbeat")
+        prober = asyncio.create_task(self._watch_engines(), name=f"worker-{self.worker_id}-probes")
         self.ready.set()
         log.info("worker %s ready: models %s, %d slot(s)", self.worker_id, sorted(self.engines), self.slots)
         try:
@@ -124,7 +139,8 @@ class Worker:
                 await asyncio.gather(*(task for _, task in self.running.values()), return_exceptions=True)
         finally:
             heartbeat.cancel()
-            await asyncio.gather(heartbeat, return_exceptions=True)
+            prober.cancel()
+            await asyncio.gather(heartbeat, prober, return_exceptions=True)
             with contextlib.suppress(nats.errors.Error):
                 await kv.delete(self.worker_id)  # goodbye
             await control.unsubscribe()
@@ -143,6 +159,44 @@ class Worker:
                 await kv.put(self.worker_id, encode(self.status()))
             except (nats.errors.Error, TimeoutError) as exc:
                 log.warning("worker %s: heartbeat failed: %s", self.worker_id, exc)
+
+    async def _probe_engines(self) -> bool:
+        """Ask every engine that can be probed whether its server answers; True when that changed
+        what the worker offers."""
+        probed = [e for e in dict.fromkeys(self.engines.values()) if hasattr(e, "probe")]
+        if not probed:
+            return False
+        results = await asyncio.gather(*(self._probe(e) for e in probed))
+        changed = False
+        for engine, up in zip(probed, results, strict=True):
+            if up and engine in self._down:
+                log.info("worker %s: engine %s answers again; offering its models", self.worker_id, engine.name)
+                self._down.discard(engine)
+                changed = True
+            elif not up and engine not in self._down:
+                log.warning("worker %s: engine %s does not answer; withdrawing its models %s", self.worker_id,
+                            engine.name, sorted(engine.models))
+                self._down.add(engine)
+                changed = True
+        return changed
+
+    @staticmethod
+    async def _probe(engine: Engine) -> bool:
+        try:
+            return bool(await asyncio.wait_for(engine.probe(), PROBE_TIMEOUT_S))  # type: ignore[attr-defined]
+        except Exception:  # a probe that cannot answer is a failed probe
+            return False
+
+    async def _watch_engines(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval_s)
+            if await self._probe_engines():
+                await self._announce()
+
+    async def _announce(self) -> None:
+        """Put the worker's status now, out of the heartbeat's rhythm (an engine came or went)."""
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            await self._kv.put(self.worker_id, encode(self.status()))
 
     async def _consume(self, sub) -> None:  # type: ignore[no-untyped-def]
         decoder = msgspec.json.Decoder(Dispatch)
@@ -170,6 +224,12 @@ class Worker:
         key = (dispatch.job_id, dispatch.attempt)
         if key in self._seen:  # a re-sent dispatch of an attempt this worker already took
             return
+        if dispatch.instance_id is not None and dispatch.instance_id != self.instance_id:
+            # Sent to this worker's previous life: the scheduler fenced that attempt when it saw
+            # this instance, and sends the job again if it is still to run.
+            log.info("worker %s: dropping stale dispatch of job %s attempt %d", self.worker_id, dispatch.job_id,
+                     dispatch.attempt)
+            return
         self._seen[key] = None
         while len(self._seen) > 10_000:
             self._seen.popitem(last=False)
@@ -191,7 +251,9 @@ class Worker:
         delay = 0.1
         while True:
             try:
-                await self._js.publish(subject, encode(payload), headers={s.HDR_MSG_ID: msg_id})
+                ack = await self._js.publish(subject, encode(payload), headers={s.HDR_MSG_ID: msg_id})
+                # Before the job leaves `running`: a heartbeat that no longer holds it says where its report is.
+                self._reported_seq = max(self._reported_seq, ack.seq)
                 return
             except (nats.errors.Error, TimeoutError) as exc:
                 log.warning("worker %s: report on %s not accepted (%s); retrying", self.worker_id, subject, exc)
@@ -223,6 +285,9 @@ class Worker:
                                  started_at)
                 return
             except EngineError as exc:
+                if exc.code in UNREACHABLE and engine is not None and hasattr(engine, "probe"):
+                    if await self._probe_engines():
+                        await self._announce()  # withdrawn before the scheduler reads the failure
                 await self._fail(job, exc.code, exc.message, started_at)
                 return
             except asyncio.CancelledError:

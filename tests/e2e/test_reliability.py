@@ -1,0 +1,205 @@
+"""Accepted jobs are never stranded: lost dispatches, worker restarts and NATS restarts.
+
+Each test makes its race happen on purpose rather than waiting for it: the restarted worker reads
+its subject only after the scheduler has re-dispatched its jobs; a worker drops a dispatch as if
+the message were lost; the nats-server is killed and started again between heartbeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import nats
+import pytest
+
+from scheduler.service import Scheduler
+from streams import subjects as s
+from streams import topology
+from streams.messages import Dispatch, encode
+from tessera.embedded import EmbeddedNats
+from tests.conftest import Platform, gateway_and_projector
+from tests.scripted_worker import ScriptedWorker
+from worker_node.engines import build
+from worker_node.service import Worker
+
+
+async def histories(database_url: str, job_ids: list[str]) -> dict[str, list[tuple[str, dict]]]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT stream_id, type, data FROM events WHERE stream_id = ANY($1::uuid[])"
+                                " ORDER BY seq", [uuid.UUID(j) for j in job_ids])
+    finally:
+        await conn.close()
+    out: dict[str, list[tuple[str, dict]]] = {j: [] for j in job_ids}
+    for r in rows:
+        data = r["data"] if isinstance(r["data"], dict) else json.loads(r["data"])
+        out[str(r["stream_id"])].append((r["type"], data))
+    return out
+
+
+async def start_scheduler(platform: Platform) -> Scheduler:
+    scheduler = Scheduler(platform.settings, nats_url=platform.nats_url, database_url=platform.database_url)
+    await platform.start("scheduler", scheduler)
+    await asyncio.wait_for(scheduler.is_leader.wait(), 10)
+    return scheduler
+
+
+@pytest.mark.timeout(60)
+async def test_a_worker_restarted_while_its_jobs_are_re_dispatched_gets_them(platform_parts: Platform) -> None:
+    """The restarted worker's new life is announced; the scheduler requeues its old attempts and
+    re-dispatches them to it in the same batch. Only then does the worker start reading. Purging
+    its subject after those dispatches (the old order) deleted them: the jobs stayed RUNNING."""
+    await start_scheduler(platform_parts)
+    first = await ScriptedWorker(platform_parts.nats_url, "racer", ["echo"], slots=4).start()
+    key = await platform_parts.user_key()
+    async with platform_parts.client(key) as client:
+        ids = [(await client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": f"j{n}"}})
+                ).json()["job_id"] for n in range(4)]
+        assert len(await first.wait_for(4)) == 4
+        await first.crash()
+        second = await ScriptedWorker(platform_parts.nats_url, "racer", ["echo"], slots=4).start(consume=False)
+        deadline = time.monotonic() + 10
+        while True:  # attempt 2 of every job is committed, and sent
+            jobs = [(await client.get(f"/api/v1/jobs/{j}")).json() for j in ids]
+            if all(j["attempt"] == 2 and j["status"] == "RUNNING" for j in jobs):
+                break
+            assert time.monotonic() < deadline, jobs
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # the outbox has done whatever it does after sending them
+        second.consume()
+        dispatches = await second.wait_for(4, timeout=10)
+        assert sorted((str(d.job_id), d.attempt) for d in dispatches) == sorted((j, 2) for j in ids)
+        assert {d.instance_id for d in dispatches} == {second.instance_id}
+        for dispatch in dispatches:
+            await second.finish(dispatch)
+        for job_id in ids:
+            done = await platform_parts.wait_status(client, job_id, {"COMPLETED"})
+            assert done["attempt"] == 2
+        await second.stop()
+
+
+class LossyWorker(Worker):
+    """A real worker whose first dispatch never arrives, as if the message were lost."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.dropped: list[Dispatch] = []
+
+    def _start(self, dispatch: Dispatch) -> None:
+        if not self.dropped:
+            self.dropped.append(dispatch)
+            return
+        super()._start(dispatch)
+
+
+@pytest.mark.timeout(60)
+async def test_a_lost_dispatch_is_requeued_by_reconciliation(platform_parts: Platform) -> None:
+    await start_scheduler(platform_parts)
+    worker = LossyWorker(nats_url=platform_parts.nats_url, worker_id="lossy", engines=[build("echo")],
+                         heartbeat_interval_s=0.3)
+    await platform_parts.start("worker:lossy", worker)
+    await asyncio.wait_for(worker.ready.wait(), 10)
+    key = await platform_parts.user_key()
+    async with platform_parts.client(key) as client:
+        job_id = (await client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "lost"}})
+                  ).json()["job_id"]
+        done = await platform_parts.wait_status(client, job_id, {"COMPLETED"}, timeout=20)
+    assert [d.job_id for d in worker.dropped] == [uuid.UUID(job_id)]
+    assert done["attempt"] == 2 and done["worker_id"] == "lossy"  # the worker was never declared lost
+    events = (await histories(platform_parts.database_url, [job_id]))[job_id]
+    requeued = [data for kind, data in events if kind == "JobRequeued.v1"]
+    assert len(requeued) == 1 and "never ran attempt 1" in requeued[0]["reason"]
+    assert [kind for kind, _ in events].count("JobCompleted.v1") == 1
+
+
+@pytest.mark.timeout(60)
+async def test_a_dispatch_meant_for_a_previous_instance_is_dropped(platform: Platform) -> None:
+    worker: Worker = platform.tasks["worker:w1"][0]  # type: ignore[assignment]
+    stale = Dispatch(job_id=uuid.uuid4(), attempt=1, capability="echo", model="echo", params={"prompt": "old"},
+                     timeout_seconds=10, dispatched_at=datetime.now(UTC), instance_id=uuid.uuid4())
+    fresh = Dispatch(job_id=uuid.uuid4(), attempt=1, capability="echo", model="echo",
+                     params={"prompt": "new", "delay_seconds": 3}, timeout_seconds=10,
+                     dispatched_at=datetime.now(UTC), instance_id=worker.instance_id)
+    nc = await nats.connect(platform.nats_url)
+    try:
+        for dispatch in (stale, fresh):
+            await nc.jetstream().publish(s.dispatch("w1"), encode(dispatch))
+    finally:
+        await nc.close()
+    for _ in range(100):
+        if fresh.job_id in worker.running:
+            break
+        await asyncio.sleep(0.05)
+    assert fresh.job_id in worker.running and stale.job_id not in worker.running
+
+
+@contextlib.asynccontextmanager
+async def own_nats(base: Path) -> AsyncIterator[EmbeddedNats]:
+    server = EmbeddedNats(base / "nats").start(preferred_port=None)
+    try:
+        nc = await nats.connect(server.url)
+        await topology.ensure(nc.jetstream())
+        await nc.close()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.timeout(120)
+async def test_a_nats_restart_declares_no_worker_lost(tmp_path: Path, database_url: str) -> None:
+    """nats-server is killed mid-load and started again 2 s later on the same port and store.
+    Every service reconnects: no worker is declared lost, no job is requeued or fails, and once
+    NATS is back every submit is accepted (no 503 beyond the outage itself)."""
+    async with own_nats(tmp_path) as server, gateway_and_projector(server.url, database_url) as platform:
+        scheduler = await start_scheduler(platform)
+        await platform.start_worker("steady", engines=("echo",))
+        key = await platform.user_key(plan="admin")
+        outcomes: list[tuple[float, int, str | None]] = []  # (when, status, code)
+        accepted: list[str] = []
+        stop = asyncio.Event()
+
+        async def load(client) -> None:  # type: ignore[no-untyped-def]
+            n = 0
+            while not stop.is_set():
+                n += 1
+                try:
+                    r = await client.post("/api/v1/jobs", json={"capability": "echo", "params": {
+                        "prompt": f"n{n}", "delay_seconds": 0.2}}, headers={"Idempotency-Key": f"load-{n}"})
+                    outcomes.append((time.monotonic(), r.status_code, r.json().get("code")))
+                    if r.status_code == 202:
+                        accepted.append(r.json()["job_id"])
+                except Exception as exc:  # the gateway's own answer may fail while NATS is down
+                    outcomes.append((time.monotonic(), 0, type(exc).__name__))
+                await asyncio.sleep(0.05)
+
+        async with platform.client(key) as client:
+            loader = asyncio.create_task(load(client))
+            await asyncio.sleep(2.0)
+            assert server.process is not None
+            server.process.kill()  # SIGKILL: no goodbye to anyone
+            server.process.wait()
+            await asyncio.sleep(2.0)
+            server.start(preferred_port=server.port)
+            back = time.monotonic()
+            await asyncio.sleep(3 * platform.settings.worker_timeout_s)  # long past any worker timeout
+            stop.set()
+            await loader
+            for job_id in accepted:
+                await platform.wait_status(client, job_id, {"COMPLETED"}, timeout=30)
+
+        assert scheduler.state is not None and "steady" in scheduler.state.workers
+        late = [o for o in outcomes if o[0] > back + 1.5 and o[1] != 202]
+        assert not late, late  # NATS has been back for 1.5 s: everything is accepted
+        assert len([o for o in outcomes if o[0] > back + 1.5]) > 20
+        events = await histories(platform.database_url, accepted)
+        kinds = [kind for history in events.values() for kind, _ in history]
+        assert "JobRequeued.v1" not in kinds and "JobFailed.v1" not in kinds
+        assert kinds.count("JobCompleted.v1") == len(accepted)
