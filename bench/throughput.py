@@ -243,7 +243,8 @@ async def offered(api: str, key: str, tracker: Tracker, rate: float, seconds: fl
 
 async def main(args: argparse.Namespace) -> None:
     data = Path(tempfile.mkdtemp(prefix="tessera-bench-"))
-    nats_server = EmbeddedNats(data / "nats").start(preferred_port=None)
+    nats_server = EmbeddedNats(data / "nats", sync_interval=None if args.nats_sync == "default" else args.nats_sync
+                               ).start(preferred_port=None)
     pg = EmbeddedPostgres(data / "pg").start(preferred_port=None)
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -280,8 +281,9 @@ async def main(args: argparse.Namespace) -> None:
         load = await offered(api, key, tracker, args.rate, args.seconds)
         await nc.close()
 
-        print(f"\nTessera bench: {os.cpu_count()} CPU(s), every component on this machine "
-              f"(nats-server, PostgreSQL 18, scheduler, projector, gateway, 1 echo worker with {args.slots} slots)\n")
+        print(f"\nTessera bench: {os.cpu_count()} CPU(s), JetStream sync_interval {args.nats_sync}, "
+              f"every component on this machine (nats-server, PostgreSQL 18, scheduler, projector, gateway, "
+              f"1 echo worker with {args.slots} slots)\n")
         print("| raw ceiling | rate |\n|---|---|")
         print(f"| PostgreSQL batched insert (500 rows/tx) | {ceilings['pg_rows_per_s']:,.0f} rows/s |")
         print(f"| JetStream publish + ack (async, 1 client) | {ceilings['js_pub_ack_per_s']:,.0f} msgs/s |\n")
@@ -317,4 +319,7 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--slots", type=int, default=256, help="the echo worker's slots (echo's own: 256)")
+    parser.add_argument("--nats-sync", default="always",
+                        help="JetStream's sync_interval for the embedded nats-server: 'always' (Tessera's "
+                             "default) or 'default' (nats-server's own, every 2 minutes)")
     run_loop(main(parser.parse_args()))

@@ -17,6 +17,7 @@ from datetime import timedelta
 
 import asyncpg
 import msgspec
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -194,14 +195,18 @@ class Scheduler:
                     if task.done():
                         task.result()  # a failed side task ends leadership with its error
                 stored_seq = None
-                if idle and time.monotonic() >= next_position_check:
-                    # The stream's end before an empty fetch: then every command up to it was handled.
-                    next_position_check = time.monotonic() + 1.0
-                    stored_seq = (await js.stream_info(s.COMMANDS_STREAM)).state.last_seq
                 try:
+                    if idle and time.monotonic() >= next_position_check:
+                        # The stream's end before an empty fetch: then every command up to it was handled.
+                        next_position_check = time.monotonic() + 1.0
+                        stored_seq = (await js.stream_info(s.COMMANDS_STREAM)).state.last_seq
                     msgs = await sub.fetch(self.settings.command_batch, timeout=0.25)
                 except TimeoutError:
                     msgs = []
+                except nats.errors.Error as exc:  # NATS is away: keep the lead, try again shortly
+                    log.warning("%s: cannot fetch commands (%r); retrying", self.name, exc)
+                    await self._sleep(0.25)
+                    stored_seq, msgs = None, []
                 idle = not msgs
                 if idle and stored_seq is not None:
                     self.state.commands_seq = max(self.state.commands_seq, stored_seq)

@@ -211,6 +211,10 @@ class Worker:
                 msgs = await sub.fetch(free, timeout=0.5)
             except TimeoutError:
                 continue
+            except nats.errors.Error as exc:  # NATS is away; the dispatches wait in the stream
+                log.warning("worker %s: cannot fetch dispatches (%r); retrying", self.worker_id, exc)
+                await asyncio.sleep(0.5)
+                continue
             for msg in msgs:
                 await msg.ack()  # at most once here; the scheduler re-queues attempts that are lost
                 try:
