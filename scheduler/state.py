@@ -581,7 +581,7 @@ class SchedulerState:
         if job is None:
             return
         if cmd.code in RETRIED_CODES:  # not the job's fault: another attempt, here or on another worker
-            self._retry(job, cmd.code, f"{cmd.message}", cause)
+            self._retry(job, cmd.code, f"{cmd.code}: {cmd.message}", cause)
             return
         self._fail(job, cmd.code, cmd.message, cause, worker_id=cmd.worker_id, attempt=cmd.attempt,
                    started_at=cmd.started_at if job.started_at is None else None)

@@ -8,8 +8,8 @@
   `GET /api/v1/model`.
 
 The prompt chooses the behaviour: "fail" answers an error, "drop" cuts the connection halfway,
-"slow" streams one token every 0.2 s until the client goes or is aborted. Anything else streams
-the words of "the answer is forty two", cut to max_tokens.
+"slow" streams one token every 0.2 s until the client goes or is aborted ("slow N": N tokens, then
+stops). Anything else streams the words of "the answer is forty two", cut to max_tokens.
 """
 
 from __future__ import annotations
@@ -48,6 +48,11 @@ class _Dropped(Exception):
 def openai_app(recorder: Recorder) -> FastAPI:
     app = FastAPI()
 
+    @app.get("/v1/models")
+    async def models() -> dict[str, object]:
+        return {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "fake"}
+                                           for m in ("served-model", "other-model")]}
+
     @app.post("/v1/chat/completions")
     async def chat(request: Request):  # type: ignore[no-untyped-def]
         body = await request.json()
@@ -70,11 +75,15 @@ def openai_app(recorder: Recorder) -> FastAPI:
             yield chunk({"role": "assistant", "content": ""})
             sent = 0
             try:
-                if prompt == "slow":
-                    while True:
+                if prompt.startswith("slow"):  # "slow": ticks until the client goes; "slow N": N ticks
+                    ticks = int(prompt.split()[1]) if " " in prompt else None
+                    while ticks is None or sent < ticks:
                         await asyncio.sleep(0.2)
                         sent += 1
                         yield chunk({"content": " tick"})
+                    yield chunk({}, "stop")
+                    yield "data: [DONE]\n\n"
+                    return
                 tokens = _tokens(prompt, body.get("max_tokens", 256))
                 # Like real servers, a chunk may carry more than one token: the last two go together.
                 pieces = [[t] for t in tokens[:-2]] + ([tokens[-2:]] if len(tokens) >= 2 else [tokens])
@@ -174,3 +183,9 @@ async def serve(app: FastAPI) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 10)
+
+
+if __name__ == "__main__":  # a server in a process of its own, for tests that kill it: PORT
+    import sys
+
+    uvicorn.run(openai_app(Recorder()), host="127.0.0.1", port=int(sys.argv[1]), log_level="critical")

@@ -36,3 +36,13 @@ def transport_errors(server: str, base_url: str) -> Iterator[None]:
         raise EngineError("ENGINE_DISCONNECTED", f"{server} dropped the connection: {exc}") from exc
     except httpx.TransportError as exc:
         raise EngineError("ENGINE_UNAVAILABLE", f"{server} at {base_url}: {exc!r}") from exc
+
+
+async def answers(client: httpx.AsyncClient, path: str, timeout_s: float = 3.0) -> bool:
+    """Whether the server answers `GET path` at all (any status under 500): the engine's probe.
+    A 5xx (a proxy with nothing behind it, llama-server still loading its model) is not up."""
+    try:
+        response = await client.get(path, timeout=timeout_s)
+    except httpx.HTTPError:
+        return False
+    return response.status_code < 500

@@ -22,7 +22,7 @@ import httpx
 import msgspec
 
 from worker_node.engines.base import EngineError, JobContext, JobInput, Output
-from worker_node.engines.http import server_error, transport_errors
+from worker_node.engines.http import answers, server_error, transport_errors
 
 PROGRESS_EVERY_S = 0.25  # partial text goes out at most this often
 
@@ -84,6 +84,7 @@ async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
 
 
 class _HttpTextEngine:
+    probe_path = "/"
     capabilities = ("text",)
 
     def __init__(self, *, name: str, base_url: str, models: dict[str, str], slots: int, timeout_s: float,
@@ -105,12 +106,17 @@ class _HttpTextEngine:
     async def close(self) -> None:
         await self._client.aclose()
 
+    async def probe(self) -> bool:
+        """Whether the server answers; the worker withdraws this engine's models while it does not."""
+        return await answers(self._client, self.probe_path)
+
     def _output(self, partial: _Partial) -> list[Output]:
         return [Output(kind="text", format="txt", content_type="text/plain; charset=utf-8", text=partial.text,
                        usage={"output_tokens": float(partial.tokens)})]
 
 
 class OpenAIChatEngine(_HttpTextEngine):
+    probe_path = "/v1/models"
     """`POST /v1/chat/completions` with `stream: true`: llama.cpp's llama-server, vLLM,
     llama-cpp-python's server, and other OpenAI-compatible servers."""
 
@@ -156,6 +162,7 @@ class OpenAIChatEngine(_HttpTextEngine):
 
 
 class KoboldEngine(_HttpTextEngine):
+    probe_path = "/api/v1/model"
     """KoboldCPP's native API: `POST /api/extra/generate/stream` (one token per event), with
     `/api/extra/abort` on cancel and `/api/v1/model` to check what is loaded."""
 

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from worker_node.engines.base import EngineError, JobContext, JobInput, Output, read_input
-from worker_node.engines.http import server_error, transport_errors
+from worker_node.engines.http import answers, server_error, transport_errors
 
 
 def wav_seconds(data: bytes) -> float | None:
@@ -49,6 +49,10 @@ class _HttpSpeech:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+    async def probe(self) -> bool:
+        """Whether the server answers at all (these servers share no health route)."""
+        return await answers(self._client, "/")
 
     async def _post(self, server: str, path: str, **kwargs: Any) -> httpx.Response:
         with transport_errors(server, self.base_url):
