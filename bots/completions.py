@@ -17,6 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import msgspec
+import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from streams import connection
@@ -52,6 +53,10 @@ class CompletionFeed:
                 try:
                     msgs = await sub.fetch(32, timeout=0.5)
                 except TimeoutError:
+                    continue
+                except nats.errors.Error as exc:  # NATS is away; the notifications wait in their stream
+                    log.warning("%s: cannot fetch notifications (%r); retrying", self.durable, exc)
+                    await asyncio.sleep(0.5)
                     continue
                 for msg in msgs:
                     try:
