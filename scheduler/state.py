@@ -220,6 +220,8 @@ class SchedulerState:
         self._admitted: dict[uuid.UUID, int] = {}  # unfinished job -> its place in the queue's order
         self._order = 0
         self._last_timeout_check = 0.0
+        self._orphans: dict[uuid.UUID, float] = {}  # running job on no known worker -> since when
+        self._last_orphan_check = 0.0
         self.effects = Effects()
 
     # --- loading -----------------------------------------------------------------------------
@@ -776,6 +778,9 @@ class SchedulerState:
                 del self.workers[worker_id]
             elif view.missing:
                 self._requeue_missing(view, now)
+        if self.connected and self.fleet_known and now - self._last_orphan_check >= 1.0:
+            self._last_orphan_check = now
+            self._requeue_orphans(now)
         wall = self.clock()
         if wall - self._last_timeout_check >= 1.0:
             self._last_timeout_check = wall
@@ -785,6 +790,20 @@ class SchedulerState:
                     job = self.jobs[waiting.job_id]
                     self._fail(job, "QUEUE_TIMEOUT", f"no worker took the job within {timeout:.0f}s; "
                                f"its {job.reserved_tokens:g} reserved tokens are released", "scheduler:queue-timeout")
+
+    def _requeue_orphans(self, now: float) -> None:
+        """Requeue jobs running on a worker the scheduler does not know, for longer than a worker
+        timeout: a worker that said goodbye, or vanished from the bucket, before this scheduler
+        loaded its jobs. No heartbeat of it will ever come to judge it by."""
+        orphans = {}
+        for job in [j for j in self.jobs.values() if j.status is JobStatus.RUNNING]:
+            if job.worker_id in self.workers:
+                continue
+            since = orphans[job.id] = self._orphans.get(job.id, now)
+            if now - since > self.limits.worker_timeout_s:
+                del orphans[job.id]
+                self._retry(job, "WORKER_LOST", f"worker {job.worker_id} is not online", "scheduler:worker-lost")
+        self._orphans = orphans
 
     def schedule(self) -> None:
         """Hand waiting jobs to workers with free slots, as the queue policy picks them."""

@@ -146,3 +146,17 @@ def test_a_job_error_is_not_retried() -> None:
     job_id = running_job(state, users)
     state.failed(failure(job_id, 1, "INVALID_PARAMS"), "test")
     assert state.jobs[job_id].status is JobStatus.FAILED
+
+
+def test_a_job_running_on_a_worker_nobody_knows_is_requeued() -> None:
+    """A new leader loads a running job whose worker left the bucket before it started: no
+    heartbeat will ever come to judge that worker by, so the job is requeued after a timeout."""
+    state, users = make_state()
+    job_id = running_job(state, users)
+    del state.workers["w1"]  # as if loaded with no entry for the worker
+    state.tick(T0 + 1)
+    state.tick(T0 + 1 + state.limits.worker_timeout_s - 1)
+    assert state.jobs[job_id].status is JobStatus.RUNNING
+    state.tick(T0 + 3 + state.limits.worker_timeout_s)
+    [requeued] = requeues(state)
+    assert "not online" in requeued.reason and state.jobs[job_id].status is JobStatus.QUEUED
