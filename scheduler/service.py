@@ -38,6 +38,7 @@ from streams.messages import (
     ChangeUserPlan,
     CreateFrontendKey,
     CreateUser,
+    Decision,
     DefinePlan,
     ReportCompleted,
     ReportFailed,
@@ -76,6 +77,7 @@ class Scheduler:
         self._nc: NATS | None = None
         self.state: SchedulerState | None = None
         self._feed: WorkersFeed | None = None
+        self.terms = 0  # how many times this process became the leader
         self._connected = True  # to NATS; kept here too, as a new leader's state starts from it
 
     async def stop(self) -> None:
@@ -182,6 +184,7 @@ class Scheduler:
             # Every command up to the consumer's acknowledged floor was handled by a leader before.
             info = await sub.consumer_info()
             self.state.commands_seq = info.ack_floor.stream_seq if info.ack_floor else 0
+            self.terms += 1
             self.is_leader.set()
             next_expiry_check = 0.0
             next_position_check = 0.0
@@ -234,9 +237,7 @@ class Scheduler:
             return True
         except (asyncpg.PostgresError, ConcurrencyError):
             log.exception("%s: recording artifact expiry failed; trying again later", self.name)
-            old = self.state
-            self.state = await self._load(conn)  # drop the half-made decision
-            self._keep_fleet(old)
+            await self._reload(conn)  # drop the half-made decision
             return False
 
     async def _catch_up(self, conn: asyncpg.Connection, outbox: Outbox) -> None:
@@ -301,22 +302,63 @@ class Scheduler:
                 self._decide(commands)
                 break
             except _Poisoned as poisoned:
-                state_before = self.state
                 index = poisoned.index
                 msg = next(m for i, _, m in commands if i == index)
                 log.exception("%s: command on %s could not be handled", self.name, msg.subject,
                               exc_info=poisoned.error)
-                await self._dead_letter(js, msg, f"handler failed: {poisoned.error!r}")
+                await self._set_aside(js, msg, f"handler failed: {poisoned.error!r}",
+                                      Decision(ok=False, status=500, code="COMMAND_FAILED",
+                                               detail="the scheduler could not handle this request; it was set aside"))
                 commands = [c for c in commands if c[0] != index]
-                self.state = await self._load(conn)  # the failed handler may have left half a decision
-                self._keep_fleet(state_before)
+                await self._reload(conn)  # the failed handler may have left half a decision
                 loaded = await self._prefetch(conn, commands)
-        await self._commit(conn, outbox)
+        try:
+            await self._commit(conn, outbox)
+        except asyncpg.DataError as exc:  # a value PostgreSQL cannot store: find its command
+            log.warning("%s: a batch of %d command(s) could not be stored (%s); committing them one by one",
+                        self.name, len(commands), exc)
+            loaded += await self._commit_singly(conn, js, outbox, commands)
         self.state.forget_terminal(loaded)  # finished jobs loaded only to answer a duplicate command
         for msg in msgs:  # committed (or moved aside): done with
             await msg.ack()
         if msgs:
             self.state.commands_seq = max(self.state.commands_seq, *(m.metadata.sequence.stream for m in msgs))
+
+    async def _commit_singly(self, conn: asyncpg.Connection, js: JetStreamContext, outbox: Outbox,
+                             commands: list[tuple[int, AnyCommand, Msg]]) -> list[uuid.UUID]:
+        """Decide and commit each command of a batch that could not be stored on its own, so the
+        one that cannot be stored is refused and set aside and every other one is committed."""
+        await self._reload(conn)  # nothing of the failed batch was stored
+        loaded: list[uuid.UUID] = []
+        for command in commands:
+            loaded += await self._prefetch(conn, [command])
+            try:
+                self._decide([command])
+                await self._commit(conn, outbox)
+            except _Poisoned as poisoned:
+                await self._set_aside(js, command[2], f"handler failed: {poisoned.error!r}",
+                                      Decision(ok=False, status=500, code="COMMAND_FAILED",
+                                               detail="the scheduler could not handle this request; it was set aside"))
+                await self._reload(conn)
+            except asyncpg.DataError as exc:
+                await self._set_aside(js, command[2], f"cannot be stored: {exc}",
+                                      Decision(ok=False, status=422, code="UNSTORABLE_INPUT",
+                                               detail=f"the request holds a value that cannot be stored: {exc}"))
+                await self._reload(conn)
+        return loaded
+
+    async def _reload(self, conn: asyncpg.Connection) -> None:
+        """Throw the in-memory state away and rebuild it from PostgreSQL, keeping the fleet."""
+        before = self.state
+        self.state = await self._load(conn)
+        self._keep_fleet(before)
+
+    async def _set_aside(self, js: JetStreamContext, msg: Msg, reason: str, refusal: Decision) -> None:
+        """Dead-letter a command and tell its sender (if it waits for an answer) it was refused."""
+        await self._dead_letter(js, msg, reason)
+        reply_to = (msg.headers or {}).get(s.HDR_REPLY_TO)
+        if reply_to and self._nc is not None:
+            await self._nc.publish(reply_to, encode(refusal))
 
     def _keep_fleet(self, old: SchedulerState | None) -> None:
         """After a reload, keep knowing the workers (the bucket only tells again at their next heartbeat)."""
