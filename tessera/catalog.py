@@ -121,8 +121,15 @@ class Model(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
         return min(self.cost(params), self._tokens(self.actual_units(params, usage)))
 
     def check(self, params: dict[str, Any]) -> None:
-        """Raise ParamError for a parameter this model cannot take."""
+        """Raise ParamError for a parameter this model cannot take: at submit, not at the worker."""
         self.max_units(params)
+        match self.capability:
+            case "echo":
+                _float(params, "delay_seconds", 0.0, 0.0, 60.0)
+            case "image" | "video":
+                _int(params, "steps", 1, 1, 150)
+                _float(params, "cfg", 0.0, 0.0, 30.0)
+                _int(params, "seed", 0, 0, 2**63 - 1)
 
 
 def _number(params: dict[str, Any], name: str, default: float, low: float, high: float, integer: bool) -> float:

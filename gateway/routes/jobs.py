@@ -20,6 +20,7 @@ from events.types import JobQueued, JobRequeued, RecordedEvent, decode_recorded
 from gateway import queries
 from gateway.deps import CurrentPrincipal, Services, ServicesDep, key_holder
 from gateway.errors import Problem
+from gateway.inputs import check_storable, utc_time
 from gateway.routes.uploads import resolve_input
 from gateway.views import EventView, JobAccepted, JobCreate, JobView, event_view, job_view
 from streams import subjects as s
@@ -118,10 +119,16 @@ async def submit_job(request: Request) -> Response:
     try:
         body = JobCreate.model_validate_json(raw)
     except pydantic.ValidationError as exc:
-        if any(e["type"] == "json_invalid" for e in exc.errors()):
+        invalid = [e for e in exc.errors() if e["type"] == "json_invalid"]
+        if invalid and "recursion limit" in str(invalid[0].get("ctx", {}).get("error", "")):
+            raise Problem(422, "TOO_DEEP", "the request body is nested too deeply") from None
+        if invalid:
             raise Problem(400, "MALFORMED_JSON", "the request body is not valid JSON") from None
         fields = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
         raise Problem(422, "VALIDATION_ERROR", "the request does not match the schema", errors=fields) from None
+    check_storable(body.params, "params")
+    check_storable(body.reply_context, "reply_context")
+    check_storable(body.user_ref or tessera_user_ref, "user_ref")
     _validate(body, services.settings.max_prompt_chars)
     principal = holder.acting_for(body.user_ref or tessera_user_ref)
     params = await resolve_input(services, principal.user_id, body.params)
@@ -193,6 +200,7 @@ async def list_jobs(
     before: Annotated[datetime | None, Query(description="Only jobs created before this time")] = None,
     status: Annotated[JobStatus | None, Query()] = None,
 ) -> dict[str, Any]:
+    before = utc_time(before, "before")
     async with services.pool.acquire() as conn:
         rows = await queries.jobs_of(conn, principal.user_id, limit, before, status.value if status else None)
     jobs = [{"job_id": r["id"], "status": r["status"], "capability": r["capability"], "model": r["model"],

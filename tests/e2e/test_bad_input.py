@@ -51,6 +51,35 @@ async def test_bad_requests_get_stable_problem_codes(platform: Platform) -> None
                          headers={"Idempotency-Key": "k" * 201}), 422, "VALIDATION_ERROR"),
             (client.post("/api/v1/jobs", content=b"prompt=x", headers={"content-type": "text/plain"}),
              415, "UNSUPPORTED_MEDIA_TYPE"),
+            # Values the event log cannot hold, refused before they reach the scheduler (issue 11).
+            (client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "a\u0000b"}}),
+             422, "INVALID_CHARACTER"),
+            (client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "x", "k\u0000": 1}}),
+             422, "INVALID_CHARACTER"),
+            (client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "x"},
+                                               "reply_context": {"chat": "\u0000"}}), 422, "INVALID_CHARACTER"),
+            (client.post("/api/v1/jobs", content=b'{"capability": "echo", "params": {"prompt": "\\ud800"}}',
+                         headers={"content-type": "application/json"}), 400, "MALFORMED_JSON"),  # a lone surrogate
+            (client.post("/api/v1/jobs", content=b'{"capability": "echo", "params": {"prompt": "x", "n": NaN}}',
+                         headers={"content-type": "application/json"}), 422, "INVALID_NUMBER"),
+            (client.post("/api/v1/jobs", content=b'{"capability": "echo", "params": {"prompt": "x", "n": 1e999}}',
+                         headers={"content-type": "application/json"}), 422, "INVALID_NUMBER"),
+            (client.post("/api/v1/jobs", content=b'{"capability": "echo", "params": {"prompt": "x", "n": '
+                         + b"[" * 199 + b"]" * 199 + b"}}", headers={"content-type": "application/json"}),
+             422, "TOO_DEEP"),
+            (client.post("/api/v1/jobs", content=b'{"capability": "echo", "params": {"prompt": "x", "n": '
+                         + b"[" * 40 + b"]" * 40 + b"}}", headers={"content-type": "application/json"}),
+             422, "TOO_DEEP"),
+            # Ranges the engines would only have refused after the 202.
+            (client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "x", "delay_seconds": -1}}),
+             422, "VALIDATION_ERROR"),
+            (client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "x", "delay_seconds": 1e9}}),
+             422, "VALIDATION_ERROR"),
+            (client.post("/api/v1/jobs", json={"capability": "image", "params": {"prompt": "x", "steps": -5}}),
+             422, "VALIDATION_ERROR"),
+            (client.post("/api/v1/jobs", json={"capability": "image", "params": {"prompt": "x", "steps": 10**9}}),
+             422, "VALIDATION_ERROR"),
+            (client.get("/api/v1/jobs", params={"before": "0001-01-01T00:00:00+04:00"}), 422, "INVALID_TIME"),
         ]
         for request, status, code in cases:
             response = await request
