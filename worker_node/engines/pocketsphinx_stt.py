@@ -3,18 +3,21 @@ models, so nothing is downloaded.
 
 The input is an uploaded WAV file (16-bit PCM, any rate, mono or stereo). It is mixed down to
 mono and resampled to the model's 16 kHz with soxr. The transcript is the job's text artifact,
-and its measured `audio_seconds` is what the job is charged. Decoding runs in a thread, one job at
-a time per engine. PocketSphinx is a small, fast recogniser, not a Whisper: expect the gist of
-clear speech, not every word.
+and its measured `audio_seconds` is what the job is charged. Reading, resampling and decoding run in
+the engine's own process (`EngineProcess`), one job at a time: PocketSphinx holds the GIL while it
+decodes, for seconds on long audio, which in the worker's process would stop its heartbeats. A
+cancelled or timed-out job stops that process. PocketSphinx is a small, fast recogniser, not a
+Whisper: expect the gist of clear speech, not every word.
 """
 
 from __future__ import annotations
 
-import asyncio
 import io
 import wave
+from typing import Any
 
-from worker_node.engines.base import EngineError, JobContext, JobInput, Output, read_input, run_exclusive
+from worker_node.engines.base import EngineError, JobContext, JobInput, Output, read_input
+from worker_node.engines.process import Emit, EngineProcess
 
 MODEL_RATE = 16_000
 
@@ -41,6 +44,25 @@ def pcm16_mono_16k(data: bytes) -> tuple[bytes, float]:
     return np.clip(samples, -32768, 32767).astype("<i2").tobytes(), seconds
 
 
+class Transcriber:
+    """The decoder, in the engine's process: built on its first job, kept for the next ones."""
+
+    def __init__(self) -> None:
+        from pocketsphinx import Decoder
+
+        self.decoder = Decoder(loglevel="FATAL")
+
+    def transcribe(self, wav: bytes, emit: Emit) -> tuple[str, float]:
+        """The transcript of a WAV file and its length in seconds; the length is emitted first."""
+        pcm, seconds = pcm16_mono_16k(wav)
+        emit(seconds)
+        self.decoder.start_utt()
+        self.decoder.process_raw(pcm, full_utt=True)
+        self.decoder.end_utt()
+        hypothesis = self.decoder.hyp()
+        return (hypothesis.hypstr if hypothesis is not None else ""), seconds
+
+
 class PocketSphinxEngine:
     name = "pocketsphinx"
     capabilities = ("stt",)
@@ -48,30 +70,19 @@ class PocketSphinxEngine:
     slots = 1
 
     def __init__(self) -> None:
-        self._lock = asyncio.Lock()
-        self._decoder = None
-
-    def _transcribe(self, pcm: bytes) -> str:
-        if self._decoder is None:
-            from pocketsphinx import Decoder
-
-            self._decoder = Decoder(loglevel="FATAL")
-        decoder = self._decoder
-        decoder.start_utt()
-        decoder.process_raw(pcm, full_utt=True)
-        decoder.end_utt()
-        hypothesis = decoder.hyp()
-        return hypothesis.hypstr if hypothesis is not None else ""
+        self.process = EngineProcess("pocketsphinx", Transcriber)
 
     async def run(self, job: JobInput, ctx: JobContext) -> list[Output]:
         data, content_type = await read_input(job, ctx)
         if "wav" not in content_type:
             raise EngineError("UNSUPPORTED_INPUT", f"PocketSphinx reads WAV files, not {content_type}")
-        pcm, seconds = await asyncio.to_thread(pcm16_mono_16k, data)
-        await ctx.progress(0.1, f"{seconds:.1f}s of audio", None)
-        text = await run_exclusive(self._lock, self._transcribe, pcm)  # one decoder, one utterance at a time
+
+        async def measured(seconds: Any) -> None:
+            await ctx.progress(0.1, f"{seconds:.1f}s of audio", None)
+
+        text, seconds = await self.process.call("transcribe", data, partial=measured)
         return [Output(kind="text", format="txt", content_type="text/plain; charset=utf-8", text=text,
                        usage={"audio_seconds": round(seconds, 3)})]
 
     async def close(self) -> None:
-        self._decoder = None
+        await self.process.close()
