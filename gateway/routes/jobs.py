@@ -130,17 +130,18 @@ async def submit_job(request: Request) -> Response:
     check_storable(body.reply_context, "reply_context")
     check_storable(body.user_ref or tessera_user_ref, "user_ref")
     _validate(body, services.settings.max_prompt_chars)
+    holder.check_frontend_fields(body.frontend, body.bot_id, body.reply_context, body.user_ref)
     principal = holder.acting_for(body.user_ref or tessera_user_ref)
     params = await resolve_input(services, principal.user_id, body.params)
     if body.capability in INPUT_REQUIRED and "input" not in params:
         raise Problem(422, "INPUT_REQUIRED", f"{body.capability} needs an input file: upload it to /api/v1/uploads "
                       "and send its id as params.input_upload")
-    frontend = principal.frontend if principal.user_ref else (body.frontend or "api")
+    frontend = principal.frontend
     job_id = uuid.uuid5(principal.user_id, f"idempotency:{idempotency_key}") if idempotency_key else uuid.uuid4()
     timeout = services.settings.submit_timeout_s
     command = SubmitJob(
         command_id=uuid.uuid4(), job_id=job_id, user_id=principal.user_id, user_ref=principal.user_ref,
-        frontend=frontend, bot_id=principal.bot_id or body.bot_id, capability=body.capability,
+        frontend=frontend, bot_id=principal.bot_id, capability=body.capability,
         model=body.params.get("model"), params=params, reply_context=body.reply_context,
         deadline=datetime.now(UTC) + timedelta(seconds=timeout * 0.8),
     )
