@@ -87,7 +87,7 @@ class Model(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
             case "tts":
                 return len(str(params.get("prompt", ""))) / 1000
             case "stt":
-                return _float(params, "duration_seconds", 60.0, 0.1, 4 * 3600) / 60
+                return _input_seconds(params.get("input")) / 60
             case _:
                 return 0.0
 
@@ -130,6 +130,17 @@ class Model(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
                 _int(params, "steps", 1, 1, 150)
                 _float(params, "cfg", 0.0, 0.0, 30.0)
                 _int(params, "seed", 0, 0, 2**63 - 1)
+
+
+def _input_seconds(reference: object) -> float:
+    """How long the input to transcribe can be, from what the platform measured: its length for a
+    WAV, else at most what its size allows at 8 kbit/s (no speech codec goes lower). A client's own
+    `duration_seconds` is not read: it would set its price (issue 11)."""
+    facts = reference if isinstance(reference, dict) else {}
+    seconds, size = facts.get("duration_seconds"), facts.get("size_bytes")
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool):
+        seconds = size / 1000 if isinstance(size, int) and not isinstance(size, bool) else 4 * 3600
+    return max(0.1, min(float(seconds), 4 * 3600))
 
 
 def _number(params: dict[str, Any], name: str, default: float, low: float, high: float, integer: bool) -> float:

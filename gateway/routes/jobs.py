@@ -99,6 +99,17 @@ def _validate(body: JobCreate, settings_max_prompt: int) -> None:
             raise Problem(422, "VALIDATION_ERROR", f"{name} may hold only letters, digits, '_' and '-'")
 
 
+def _check_audio(reference: dict[str, Any], model: catalog.Model | None) -> None:
+    """Refuse at submit an input the speech-to-text engine could not read, rather than fail it later."""
+    content_type = reference.get("content_type", "")
+    if not content_type.startswith("audio/"):
+        raise Problem(422, "UNSUPPORTED_INPUT", f"speech-to-text needs audio, and the upload is {content_type}")
+    if model is not None and model.engine == "pocketsphinx" and (
+            content_type != "audio/wav" or reference.get("bits_per_sample") != 16):
+        raise Problem(422, "UNSUPPORTED_INPUT", f"{model.name} reads 16-bit PCM WAV files; convert the audio first "
+                      "(for example: ffmpeg -i in.mp3 -ac 1 -ar 16000 -sample_fmt s16 out.wav)")
+
+
 @router.post("", status_code=202, response_model=JobAccepted, openapi_extra=_SUBMIT_OPENAPI,
              summary="Submit a job", responses={202: {"description": "Accepted and committed"}})
 async def submit_job(request: Request) -> Response:
@@ -136,6 +147,8 @@ async def submit_job(request: Request) -> Response:
     if body.capability in INPUT_REQUIRED and "input" not in params:
         raise Problem(422, "INPUT_REQUIRED", f"{body.capability} needs an input file: upload it to /api/v1/uploads "
                       "and send its id as params.input_upload")
+    if body.capability == "stt":
+        _check_audio(params["input"], catalog.resolve("stt", body.params.get("model")))
     frontend = principal.frontend
     job_id = uuid.uuid5(principal.user_id, f"idempotency:{idempotency_key}") if idempotency_key else uuid.uuid4()
     timeout = services.settings.submit_timeout_s

@@ -3,8 +3,12 @@
 An upload is stored like an artifact, in the artifacts object store, under a name that holds its
 owner: `uploads/<user id>/<upload id>`. A job refers to it by `params.input_upload`. The gateway
 checks that the upload is the submitter's own. It then gives the job `params.input` (object name,
-content type, size), which is what the worker reads. Uploads expire with the bucket's TTL, like
+content type, size, and for a WAV file its measured length and sample width), which is what the
+worker reads and what speech-to-text is priced by. Uploads expire with the bucket's TTL, like
 artifacts.
+
+The content type is read from the file's first bytes, not taken from the request's header: a
+file whose bytes say something else than its header is refused.
 """
 
 from __future__ import annotations
@@ -34,13 +38,40 @@ def object_name(user_id: uuid.UUID, upload_id: uuid.UUID) -> str:
     return f"uploads/{user_id}/{upload_id}"
 
 
-def wav_seconds(data: bytes) -> float | None:
-    """The length of a WAV file, or None when it is not one Python's wave module reads."""
+WAV_TYPES = {"audio/wav", "audio/x-wav", "audio/wave"}
+
+
+def sniff(data: bytes) -> str | None:
+    """The content type the file's own bytes announce (its magic number), or None."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        return "audio/wav"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data[:3] == b"ID3" or (len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0):
+        return "audio/mpeg"
+    if data[:4] == b"OggS":
+        return "audio/ogg"
+    if data[:4] == b"fLaC":
+        return "audio/flac"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "image/png"
+    if data[:3] == b"\xff\xd8\xff":
+        return "image/jpeg"
+    return None
+
+
+def wav_facts(data: bytes) -> tuple[float, int] | None:
+    """(seconds, bits per sample) of a WAV file, or None when Python's wave module cannot read it."""
     try:
         with wave.open(io.BytesIO(data)) as wav:
-            return round(wav.getnframes() / wav.getframerate(), 3)
+            return round(wav.getnframes() / wav.getframerate(), 3), 8 * wav.getsampwidth()
     except (wave.Error, EOFError, ZeroDivisionError):
         return None
+
+
+def wav_seconds(data: bytes) -> float | None:
+    facts = wav_facts(data)
+    return facts[0] if facts else None
 
 
 @router.post("", status_code=201, summary="Upload an input file",
@@ -54,13 +85,20 @@ async def upload(request: Request, services: ServicesDep, principal: CurrentPrin
     data = await request.body()
     if not data:
         raise Problem(422, "EMPTY_UPLOAD", "the body is empty")
-    seconds = wav_seconds(data) if content_type.startswith("audio/") and "wav" in content_type else None
-    if content_type in ("audio/wav", "audio/x-wav", "audio/wave") and seconds is None:
-        raise Problem(422, "INVALID_UPLOAD", "the body is not a WAV file")
+    declared = "audio/wav" if content_type in WAV_TYPES else content_type
+    found = sniff(data)
+    if found != declared:
+        raise Problem(422, "INVALID_UPLOAD", f"the body is not a {declared} file"
+                      + (f" (its bytes say {found})" if found else ""))
+    content_type = found
+    facts = wav_facts(data) if content_type == "audio/wav" else None
+    if content_type == "audio/wav" and facts is None:
+        raise Problem(422, "INVALID_UPLOAD", "the body is not a WAV file Tessera can read")
+    seconds = facts[0] if facts else None
     upload_id = uuid.uuid4()
     name = object_name(principal.user_id, upload_id)
     store = await services.nc.jetstream().object_store(s.ARTIFACTS_BUCKET)
-    description = content_type if seconds is None else f"{content_type};seconds={seconds}"
+    description = content_type if facts is None else f"{content_type};seconds={facts[0]};bits={facts[1]}"
     await store.put(name, data, meta=ObjectMeta(name=name, description=description))
     expires = datetime.now(UTC) + timedelta(seconds=services.settings.artifact_ttl_s)
     return JSONResponse({"upload_id": str(upload_id), "content_type": content_type, "size_bytes": len(data),
@@ -84,8 +122,11 @@ async def resolve_input(services: Services, user_id: uuid.UUID, params: dict[str
         info = await store.get_info(name)
     except NotFoundError:  # another user's upload is indistinguishable from none
         raise Problem(404, "UPLOAD_NOT_FOUND", f"no upload {upload_id}") from None
-    content_type, _, extra = (info.description or "application/octet-stream").partition(";")
-    resolved = {**params, "input": {"object": name, "content_type": content_type, "size_bytes": info.size}}
-    if extra.startswith("seconds=") and "duration_seconds" not in params:
-        resolved["duration_seconds"] = float(extra.removeprefix("seconds="))  # what speech-to-text reserves for
-    return resolved
+    content_type, *extras = (info.description or "application/octet-stream").split(";")
+    facts = dict(extra.partition("=")[::2] for extra in extras)
+    reference: dict[str, Any] = {"object": name, "content_type": content_type, "size_bytes": info.size}
+    if "seconds" in facts:  # measured at upload: what speech-to-text reserves for and is capped by
+        reference["duration_seconds"] = float(facts["seconds"])
+    if "bits" in facts:
+        reference["bits_per_sample"] = int(facts["bits"])
+    return {**params, "input": reference}

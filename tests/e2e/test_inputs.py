@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import io
 import struct
+import wave
 import zlib
 
 from tests.conftest import Platform
 
 SENTENCE = "please call stella ask her to bring these things with her from the store"
+
+
+def wav_file(seconds: float, width: int = 2, rate: int = 8000) -> bytes:
+    """Silence as a mono WAV file of `width` bytes per sample."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(width)
+        wav.setframerate(rate)
+        wav.writeframes((b"\x80" if width == 1 else b"\x00\x00") * int(seconds * rate))
+    return out.getvalue()
 
 
 def tiny_png() -> bytes:
@@ -66,9 +79,29 @@ async def test_inputs_are_checked_and_private(platform: Platform) -> None:
         assert r.status_code == 422 and "params.input" in r.json()["detail"]
         r = await a.post("/api/v1/jobs", json={"capability": "stt", "params": {"input_upload": "nope"}})
         assert r.status_code == 422 and r.json()["code"] == "VALIDATION_ERROR"
-        # Alice's own picture is a valid upload, but not something to transcribe: the job fails, free.
+        # Alice's own picture is a valid upload, but not something to transcribe: refused at submit.
         r = await a.post("/api/v1/jobs", json={"capability": "stt", "params": {"input_upload": png["upload_id"]}})
-        failed = await platform.wait_status(a, r.json()["job_id"], {"FAILED"})
-        assert failed["error"]["code"] == "UNSUPPORTED_INPUT" and failed["cost_tokens"] == 0
-        events = (await a.get(f"/api/v1/jobs/{r.json()['job_id']}/events")).json()
-        assert events[-1]["data"]["released_tokens"] == r.json()["cost_tokens"]
+        assert r.status_code == 422 and r.json()["code"] == "UNSUPPORTED_INPUT"
+        # The bytes decide what a file is, not its header.
+        r = await a.post("/api/v1/uploads", content=tiny_png(), headers={"Content-Type": "audio/wav"})
+        assert r.status_code == 422 and r.json()["code"] == "INVALID_UPLOAD" and "image/png" in r.json()["detail"]
+        # An 8-bit WAV is a WAV, but not one PocketSphinx reads: refused at submit, not failed later.
+        eight_bit = (await a.post("/api/v1/uploads", content=wav_file(2.0, width=1),
+                                  headers={"Content-Type": "audio/wav"})).json()
+        r = await a.post("/api/v1/jobs", json={"capability": "stt", "params": {"input_upload": eight_bit["upload_id"]}})
+        assert r.status_code == 422 and r.json()["code"] == "UNSUPPORTED_INPUT"
+
+
+async def test_speech_to_text_is_priced_by_the_measured_length(platform: Platform) -> None:
+    """120 s of audio reserves 0.2 tokens whatever the client says its length is."""
+    key = await platform.user_key()
+    async with platform.client(key) as client:
+        upload = (await client.post("/api/v1/uploads", content=wav_file(120.0),
+                                    headers={"Content-Type": "audio/wav"})).json()
+        assert upload["duration_seconds"] == 120.0
+        for declared in ({}, {"duration_seconds": 0.1}, {"duration_seconds": 1e6}):
+            r = await client.post("/api/v1/jobs", json={"capability": "stt", "params": {
+                "input_upload": upload["upload_id"], **declared}})
+            assert r.status_code == 202, r.text
+            assert r.json()["cost_tokens"] == 0.2, declared
+            await client.delete(f"/api/v1/jobs/{r.json()['job_id']}")

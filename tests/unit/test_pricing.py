@@ -27,7 +27,13 @@ def test_each_capability_has_its_unit() -> None:
     assert model("ltx-video").cost({"prompt": "x", "width": 1024, "height": 576, "duration_seconds": 5}) == 10.0
     assert model("gemma3-270m").cost({"prompt": "x", "max_tokens": 1000}) == 0.11
     assert model("espeak-ng").cost({"prompt": "x" * 2500}) == 2.5
-    assert model("pocketsphinx-en").cost({"prompt": "", "duration_seconds": 600}) == 1.0
+    wav = {"object": "uploads/u/1", "content_type": "audio/wav", "size_bytes": 19_200_044,
+           "duration_seconds": 600.0}
+    assert model("pocketsphinx-en").cost({"prompt": "", "input": wav}) == 1.0
+    # What the client declares is not a price: only the measured length counts.
+    assert model("pocketsphinx-en").cost({"prompt": "", "input": wav, "duration_seconds": 0.1}) == 1.0
+    mp3 = {"object": "uploads/u/2", "content_type": "audio/mpeg", "size_bytes": 120_000}
+    assert model("pocketsphinx-en").cost({"prompt": "", "input": mp3}) == 0.2  # <= 120 s at 8 kbit/s
     assert model("echo").cost({"prompt": "x" * 5000}) == 0.0
 
 
