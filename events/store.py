@@ -163,6 +163,18 @@ async def tokens_charged(conn: asyncpg.Connection, since: date) -> dict[tuple[uu
     return {(r["user_id"], r["day"]): r["tokens"] for r in rows}
 
 
+async def recent_submits(conn: asyncpg.Connection, seconds: float = 60.0) -> list[tuple[uuid.UUID, float]]:
+    """(user, when as a UNIX time) of every job submitted in the last `seconds`, oldest first: the
+    requests that a plan's per-minute rate limit still counts."""
+    rows = await conn.fetch(
+        """
+        SELECT (data->>'user_id')::uuid AS user_id, extract(epoch FROM recorded_at)::float8 AS at
+        FROM events WHERE type = 'JobSubmitted.v1' AND recorded_at > clock_timestamp() - make_interval(secs => $1)
+        ORDER BY recorded_at
+        """, seconds)
+    return [(r["user_id"], r["at"]) for r in rows]
+
+
 async def execution_times(conn: asyncpg.Connection, recent: int = 2000) -> dict[str, float]:
     """Mean measured execution time per model over the most recent completions."""
     rows = await conn.fetch(

@@ -158,7 +158,7 @@ class Scheduler:
         records.sort(key=lambda r: r.seq)
         since = state.quota_day() - timedelta(days=1)
         state.load(records, await store.head(conn), used=await store.tokens_charged(conn, since),
-                   execution_s=await store.execution_times(conn))
+                   execution_s=await store.execution_times(conn), recent_requests=await store.recent_submits(conn))
         if not self._connected:
             state.connection_lost()
         return state

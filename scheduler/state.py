@@ -228,9 +228,11 @@ class SchedulerState:
 
     def load(self, records: list[RecordedEvent], head_seq: int,
              used: dict[tuple[uuid.UUID, date], float] | None = None,
-             execution_s: dict[str, float] | None = None) -> None:
+             execution_s: dict[str, float] | None = None,
+             recent_requests: list[tuple[uuid.UUID, float]] | None = None) -> None:
         """Rebuild from the events of plans, frontends, the users of active jobs and active jobs
-        (in log order), the tokens charged on recent quota days and measured execution times."""
+        (in log order), the tokens charged on recent quota days, measured execution times and the
+        submits of the last minute (each user's rate window)."""
         self._order = head_seq
         for rec in records:
             self.apply(rec)
@@ -239,6 +241,8 @@ class SchedulerState:
         for (user_id, day), tokens in (used or {}).items():
             self._ledger(user_id, day).used += tokens
         self.execution_s.update(execution_s or {})
+        for user_id, at in recent_requests or []:  # the rate windows, as the log remembers them
+            self._requests.setdefault(user_id, deque()).append(at)
         self._admitted = {job_id: order for job_id, order in self._admitted.items()
                           if job_id in self.jobs and not self.jobs[job_id].status.terminal}
         for job in self.jobs.values():

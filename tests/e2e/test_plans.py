@@ -149,3 +149,20 @@ async def test_operators_change_plans_and_move_users(gpu_platform: tuple[Platfor
     with pytest.raises(SystemExit, match="INVALID_PLAN"):
         await define_plan(platform.nats_url, platform.database_url, DefinePlan(
             command_id=uuid.uuid4(), tier="free", priority=7))
+
+
+async def test_the_rate_window_survives_a_scheduler_restart(platform: Platform) -> None:
+    """Six echo submits on the free plan (6 a minute), then a new scheduler: the seventh is still
+    refused, since the new leader reads the last minute's submits from the log."""
+    key = await platform.user_key(plan="free")
+    async with platform.client(key) as client:
+        for n in range(6):
+            r = await client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": f"{n}"}})
+            assert r.status_code == 202, r.text
+        await platform.stop("scheduler")
+        successor = Scheduler(platform.settings, nats_url=platform.nats_url, database_url=platform.database_url)
+        await platform.start("scheduler", successor)
+        await asyncio.wait_for(successor.is_leader.wait(), 10)
+        r = await client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "seventh"}})
+        assert r.status_code == 429 and r.json()["code"] == "RATE_LIMITED", r.text
+        assert r.headers["RateLimit-Remaining"] == "0"
