@@ -54,6 +54,10 @@ KNOWN_NODES = SAMPLERS | {
     "LTXVConditioning", "LTXVScheduler", "KSamplerSelect", "RandomNoise", "CFGGuider", "BasicGuider",
     "BasicScheduler", "SaveAnimatedWEBP", "ModelSamplingLTXV", "LTXVImgToVideo", "CLIPLoader",
     "ConditioningZeroOut"}
+# Lower bounds ComfyUI's node schemas put on sizes, checked as validate_inputs does.
+MINIMUMS = {("EmptyImage", "width"): 1, ("EmptyImage", "height"): 1, ("EmptyLatentImage", "width"): 16,
+            ("EmptyLatentImage", "height"): 16, ("EmptySD3LatentImage", "width"): 16,
+            ("EmptySD3LatentImage", "height"): 16}
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00\xff\xd9"  # a stand-in preview
 
 
@@ -495,13 +499,22 @@ def _validate(workflow: dict[str, Any]) -> JSONResponse | None:
         return _refusal("prompt_no_outputs", "Prompt has no outputs", "")
     node_errors = {}
     for node_id, node in workflow.items():
+        errors = []
+        for name, value in node["inputs"].items():
+            least = MINIMUMS.get((node["class_type"], name))
+            if least is not None and isinstance(value, int) and value < least:
+                errors.append({"type": "value_smaller_than_min",
+                               "message": f"Value {value} smaller than min of {least}", "details": name,
+                               "extra_info": {"input_name": name, "input_config": None, "received_value": value}})
         if node["class_type"] == "CheckpointLoaderSimple" and node["inputs"]["ckpt_name"] not in CHECKPOINTS:
-            node_errors[node_id] = {"errors": [{
+            errors.append({
                 "type": "value_not_in_list", "message": "Value not in list",
                 "details": f"ckpt_name: '{node['inputs']['ckpt_name']}' not in {CHECKPOINTS}",
                 "extra_info": {"input_name": "ckpt_name", "input_config": None,
-                               "received_value": node["inputs"]["ckpt_name"]}}],
-                "dependent_outputs": _outputs(workflow), "class_type": "CheckpointLoaderSimple"}
+                               "received_value": node["inputs"]["ckpt_name"]}})
+        if errors:
+            node_errors[node_id] = {"errors": errors, "dependent_outputs": _outputs(workflow),
+                                    "class_type": node["class_type"]}
     if node_errors:
         return _refusal("prompt_outputs_failed_validation", "Prompt outputs failed validation", "", node_errors)
     return None

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import struct
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,13 @@ from worker_node.engines.comfyui import ComfyUIEngine, fill
 from worker_node.service import Worker
 
 TRANSCRIPTS = Path(__file__).parents[1] / "comfyui_transcripts"
+# A workflow without a model, which any ComfyUI runs, even on a CPU.
+PLAIN = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": "{{width}}", "height": "{{height}}",
+                                                 "batch_size": "{{batch_size}}", "color": "{{seed}}"}},
+    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "tessera"}},
+}
 
 
 class Progress:
@@ -338,6 +347,42 @@ def test_an_operator_template_is_a_model_of_its_own_without_a_model_list(tmp_pat
         ComfyUIEngine("http://127.0.0.1:1", templates_dir=str(tmp_path))
     explicit = ComfyUIEngine("http://127.0.0.1:1", {"my-other": "other.safetensors"}, templates_dir=str(tmp_path))
     assert explicit.models == ("my-other",)  # a model list is the whole list
+
+
+# --- the same assertions against the fake and, when COMFYUI_URL is set, a real ComfyUI ----------
+
+
+@pytest.fixture(params=["fake", "real"])
+async def comfyui_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    if request.param == "real":
+        url = os.environ.get("COMFYUI_URL")
+        if not url:
+            pytest.skip("set COMFYUI_URL to check a real ComfyUI too")
+        yield url
+        return
+    async with FakeComfyUI(step_s=0.0, previews=False) as fake:
+        yield fake.url
+
+
+async def test_model_free_workflows_run_back_to_back_and_refusals_name_the_input(comfyui_url: str,
+                                                                                tmp_path: Path) -> None:
+    (tmp_path / "plain.json").write_text(json.dumps(PLAIN))
+    engine = ComfyUIEngine(comfyui_url, {"plain": ""}, templates_dir=str(tmp_path))
+    seed = uuid.uuid4().int % 0xFFF000  # EmptyImage's color: a new one per run, so nothing is cached
+    try:
+        assert await engine.probe() is True
+        for n in range(50):
+            [image] = await engine.run(job("", model="plain", seed=seed + n, width=64, height=48),
+                                       JobContext(Progress()))
+            assert image.data is not None and image.data.startswith(b"\x89PNG")
+        assert engine.loaded == ("plain",)
+        with pytest.raises(EngineError) as error:
+            await engine.run(job("", model="plain", seed=seed, width=0, height=48), JobContext(Progress()))
+        assert error.value.code == "ENGINE_REJECTED"
+        assert "node 1 (EmptyImage): Value 0 smaller than min of 1: width" in error.value.message
+        assert engine.loaded == ("plain",)
+    finally:
+        await engine.close()
 
 
 # --- the fake against the recording -----------------------------------------------------------
