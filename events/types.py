@@ -148,6 +148,15 @@ class ApiKeyIssued(Event, frozen=True, kw_only=True, tag="ApiKeyIssued.v1"):
     key_id: uuid.UUID
     key_hash: str
     prefix: str
+    label: str | None = None
+
+
+class ApiKeyRevoked(Event, frozen=True, kw_only=True, tag="ApiKeyRevoked.v1"):
+    """A user's key stops working: revoked by its user, by an operator, or replaced by a rotation."""
+
+    key_id: uuid.UUID
+    revoked_by: str  # user | operator
+    reason: str | None = None
 
 
 class UserPlanChanged(Event, frozen=True, kw_only=True, tag="UserPlanChanged.v1"):
@@ -180,6 +189,12 @@ class FrontendKeyIssued(Event, frozen=True, kw_only=True, tag="FrontendKeyIssued
     prefix: str
 
 
+class FrontendKeyRevoked(Event, frozen=True, kw_only=True, tag="FrontendKeyRevoked.v1"):
+    key_id: uuid.UUID
+    revoked_by: str = "operator"
+    reason: str | None = None
+
+
 class ArtifactExpired(Event, frozen=True, kw_only=True, tag="ArtifactExpired.v1"):
     """An artifact passed its expiry; its bytes were removed from the object store. Stream: the artifact's id."""
 
@@ -188,8 +203,8 @@ class ArtifactExpired(Event, frozen=True, kw_only=True, tag="ArtifactExpired.v1"
     expired_at: datetime
 
 
-AnyEvent = (JobEvent | UserRegistered | ApiKeyIssued | UserPlanChanged | PlanDefined | FrontendKeyIssued
-            | ArtifactExpired)
+AnyEvent = (JobEvent | UserRegistered | ApiKeyIssued | ApiKeyRevoked | UserPlanChanged | PlanDefined
+            | FrontendKeyIssued | FrontendKeyRevoked | ArtifactExpired)
 
 STREAM_TYPES = {"job", "user", "plan", "frontend", "artifact"}
 

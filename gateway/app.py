@@ -7,14 +7,18 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
+import msgspec
 from fastapi import FastAPI
+from nats.aio.msg import Msg
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from events.types import decode_recorded
 from gateway import errors
 from gateway.deps import Services
 from gateway.fleet import Fleet
-from gateway.routes import artifacts, jobs, meta, uploads, users
+from gateway.routes import artifacts, jobs, keys, meta, uploads, users
 from streams import connection
+from streams import subjects as s
 from streams.commands import CommandBus
 from tessera.config import Settings
 from tessera.db import create_pool
@@ -67,10 +71,19 @@ def create_app(settings: Settings, *, nats_url: str, database_url: str) -> FastA
         pool = await create_pool(database_url, min_size=2, max_size=20)
         bus = await CommandBus(nc, f"gw-{uuid.uuid4().hex[:8]}").start()
         await fleet.start(nc.jetstream())
-        app.state.services = Services(settings=settings, pool=pool, nc=nc, bus=bus, fleet=fleet)
+        services = app.state.services = Services(settings=settings, pool=pool, nc=nc, bus=bus, fleet=fleet)
+
+        async def on_revoked(msg: Msg) -> None:  # a key revoked on any gateway, by anyone
+            with contextlib.suppress(msgspec.DecodeError):
+                services.key_revoked(decode_recorded(msg.data).data.key_id)  # type: ignore[union-attr]
+
+        revocations = [await nc.subscribe(subject, cb=on_revoked) for subject in s.KEYS_REVOKED]
         try:
             yield
         finally:
+            for sub in revocations:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
             await fleet.stop()
             await bus.close()
             await pool.close()
@@ -83,7 +96,7 @@ def create_app(settings: Settings, *, nats_url: str, database_url: str) -> FastA
                     "Errors are application/problem+json with a stable `code`.",
     )
     errors.install(app)
-    for router in (jobs.router, uploads.router, artifacts.router, users.router, meta.router):
+    for router in (jobs.router, uploads.router, artifacts.router, users.router, keys.router, meta.router):
         app.include_router(router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes, larger={"/api/v1/uploads": settings.max_upload_bytes})
     return app

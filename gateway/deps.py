@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -28,10 +29,19 @@ class Services:
     bus: CommandBus
     fleet: Fleet
     keys: TTLCache[str, KeyHolder] = field(init=False)
+    # Keys revoked lately, by id: refused even while the read model does not show the revocation yet.
+    revoked: TTLCache[uuid.UUID, bool] = field(init=False)
 
     def __post_init__(self) -> None:
         # Valid keys only: an unknown key is looked up every time, so a new key works at once.
         self.keys = TTLCache(maxsize=100_000, ttl=self.settings.key_cache_s)
+        self.revoked = TTLCache(maxsize=100_000, ttl=600)
+
+    def key_revoked(self, key_id: uuid.UUID) -> None:
+        """A key was revoked (the events stream said so): it stops working here at once."""
+        self.revoked[key_id] = True
+        for digest in [d for d, holder in self.keys.items() if holder.key_id == key_id]:
+            self.keys.pop(digest, None)
 
 
 async def _services(request: Request) -> Services:  # async: a sync dependency costs a thread hop
@@ -67,6 +77,7 @@ class KeyHolder:
     user_id: object | None
     frontend: str
     bot_id: str | None
+    key_id: uuid.UUID | None = None
 
     def acting_for(self, user_ref: str | None) -> Principal:
         if self.user_id is not None:
@@ -111,12 +122,12 @@ async def key_holder(services: Services, authorization: str | None) -> KeyHolder
         if key.startswith(USER_KEY_PREFIX):
             row = await queries.api_key(conn, digest)
             if row is not None:
-                holder = KeyHolder(user_id=row["user_id"], frontend="api", bot_id=None)
+                holder = KeyHolder(user_id=row["user_id"], frontend="api", bot_id=None, key_id=row["key_id"])
         elif key.startswith(FRONTEND_KEY_PREFIX):
             row = await queries.frontend_key(conn, digest)
             if row is not None:
-                holder = KeyHolder(user_id=None, frontend=row["frontend"], bot_id=row["bot_id"])
-    if holder is not None:
+                holder = KeyHolder(user_id=None, frontend=row["frontend"], bot_id=row["bot_id"], key_id=row["key_id"])
+    if holder is not None and holder.key_id not in services.revoked:
         services.keys[digest] = holder
         return holder
     raise Problem(401, "INVALID_API_KEY", "the API key is not valid", headers={"WWW-Authenticate": "Bearer"})

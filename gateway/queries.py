@@ -15,11 +15,18 @@ from tessera import catalog
 
 
 async def api_key(conn: asyncpg.Connection, key_hash: str) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT user_id FROM api_keys WHERE key_hash = $1", key_hash)
+    return await conn.fetchrow("SELECT user_id, key_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+                               key_hash)
 
 
 async def frontend_key(conn: asyncpg.Connection, key_hash: str) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT frontend, bot_id FROM frontend_keys WHERE key_hash = $1", key_hash)
+    return await conn.fetchrow("SELECT frontend, bot_id, key_id FROM frontend_keys"
+                               " WHERE key_hash = $1 AND revoked_at IS NULL", key_hash)
+
+
+async def keys_of(conn: asyncpg.Connection, user_id: uuid.UUID) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT key_id, prefix, label, created_at, revoked_at FROM api_keys WHERE user_id = $1"
+                            " ORDER BY created_at, key_id", user_id)
 
 
 async def jobs_of(conn: asyncpg.Connection, user_id: uuid.UUID, limit: int, before: datetime | None,

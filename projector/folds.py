@@ -19,8 +19,10 @@ from events import store
 from events.job import Job, JobStatus, evolve
 from events.types import (
     ApiKeyIssued,
+    ApiKeyRevoked,
     ArtifactExpired,
     FrontendKeyIssued,
+    FrontendKeyRevoked,
     JobCompleted,
     JobFailed,
     JobQueued,
@@ -229,9 +231,15 @@ async def _apply_other(conn: asyncpg.Connection, rec: RecordedEvent) -> None:
         await conn.execute("UPDATE users SET plan_tier = $2 WHERE id = $1", rec.stream_id, event.plan)
     elif isinstance(event, ApiKeyIssued):
         await conn.execute(
-            "INSERT INTO api_keys (key_hash, key_id, user_id, prefix, created_at) VALUES ($1, $2, $3, $4, $5)"
-            " ON CONFLICT (key_hash) DO NOTHING",
-            event.key_hash, event.key_id, rec.stream_id, event.prefix, rec.recorded_at)
+            "INSERT INTO api_keys (key_hash, key_id, user_id, prefix, label, created_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (key_hash) DO NOTHING",
+            event.key_hash, event.key_id, rec.stream_id, event.prefix, event.label, rec.recorded_at)
+    elif isinstance(event, ApiKeyRevoked):
+        await conn.execute("UPDATE api_keys SET revoked_at = $2 WHERE key_id = $1 AND revoked_at IS NULL",
+                           event.key_id, rec.recorded_at)
+    elif isinstance(event, FrontendKeyRevoked):
+        await conn.execute("UPDATE frontend_keys SET revoked_at = $2 WHERE key_id = $1 AND revoked_at IS NULL",
+                           event.key_id, rec.recorded_at)
     elif isinstance(event, FrontendKeyIssued):
         await conn.execute(
             "INSERT INTO frontend_keys (key_hash, key_id, frontend, bot_id, prefix, created_at)"

@@ -40,9 +40,11 @@ from streams.messages import (
     CreateUser,
     Decision,
     DefinePlan,
+    IssueApiKey,
     ReportCompleted,
     ReportFailed,
     ReportStarted,
+    RevokeKey,
     SubmitJob,
     WorkerStatus,
     command_decoder,
@@ -392,6 +394,10 @@ class Scheduler:
                         state.create_user(command, reply_to, cause)
                     case CreateFrontendKey():
                         state.create_frontend_key(command, reply_to, cause)
+                    case IssueApiKey():
+                        state.issue_api_key(command, reply_to, cause)
+                    case RevokeKey():
+                        state.revoke_key(command, reply_to, cause)
                     case ChangeUserPlan():
                         state.change_user_plan(command, reply_to, cause)
                     case DefinePlan():
@@ -419,6 +425,8 @@ class Scheduler:
                 continue
             if isinstance(command, CreateUser | ChangeUserPlan):
                 wanted.add(user_stream_id(command.platform, command.platform_user_id))
+            if isinstance(command, IssueApiKey | RevokeKey) and command.user_id is not None:
+                wanted.add(command.user_id)
             job_id = getattr(command, "job_id", None)
             if job_id is not None and job_id not in state.jobs:
                 wanted.add(job_id)

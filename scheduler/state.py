@@ -26,8 +26,10 @@ from events.store import PendingEvent
 from events.types import (
     AnyEvent,
     ApiKeyIssued,
+    ApiKeyRevoked,
     ArtifactExpired,
     FrontendKeyIssued,
+    FrontendKeyRevoked,
     JobCancelled,
     JobCompleted,
     JobDispatched,
@@ -54,11 +56,13 @@ from streams.messages import (
     Decision,
     DefinePlan,
     Dispatch,
+    IssueApiKey,
     JobSummary,
     RateLimit,
     ReportCompleted,
     ReportFailed,
     ReportStarted,
+    RevokeKey,
     SubmitJob,
     WorkerStatus,
 )
@@ -155,6 +159,13 @@ class UserView:
     id: uuid.UUID
     plan: str
     version: int
+    keys: dict[uuid.UUID, bool] = field(default_factory=dict)  # every key issued -> still valid
+
+
+@dataclass
+class FrontendView:
+    version: int = 0
+    keys: dict[uuid.UUID, bool] = field(default_factory=dict)  # every key issued -> still valid
 
 
 @dataclass
@@ -203,7 +214,7 @@ class SchedulerState:
         self.plans: dict[str, PlanDefined] = {}
         self.plan_versions: dict[str, int] = {}
         self.users: dict[uuid.UUID, UserView] = {}
-        self.frontends: dict[uuid.UUID, int] = {}  # frontend stream id -> version
+        self.frontends: dict[uuid.UUID, FrontendView] = {}  # by frontend stream id
         self.workers: dict[str, WorkerView] = {}
         self.fleet_known = False  # the first snapshot of the workers bucket has been read
         # False while the scheduler is cut off from NATS: no heartbeat can reach it then, so no
@@ -266,14 +277,18 @@ class SchedulerState:
             self.plan_versions[event.tier] = rec.version
         elif isinstance(event, UserRegistered):
             self.users[rec.stream_id] = UserView(id=rec.stream_id, plan=event.plan, version=rec.version)
-        elif isinstance(event, ApiKeyIssued | UserPlanChanged):
+        elif isinstance(event, ApiKeyIssued | ApiKeyRevoked | UserPlanChanged):
             user = self.users.get(rec.stream_id)
             if user:
                 user.version = rec.version
                 if isinstance(event, UserPlanChanged):
                     user.plan = event.plan
-        elif isinstance(event, FrontendKeyIssued):
-            self.frontends[rec.stream_id] = rec.version
+                else:
+                    user.keys[event.key_id] = isinstance(event, ApiKeyIssued)
+        elif isinstance(event, FrontendKeyIssued | FrontendKeyRevoked):
+            frontend = self.frontends.setdefault(rec.stream_id, FrontendView())
+            frontend.version = rec.version
+            frontend.keys[event.key_id] = isinstance(event, FrontendKeyIssued)
 
     def _next_order(self) -> int:
         self._order += 1
@@ -676,11 +691,56 @@ class SchedulerState:
 
     def create_frontend_key(self, cmd: CreateFrontendKey, reply_to: str | None, cause: str) -> None:
         stream_id = frontend_stream_id(cmd.frontend, cmd.bot_id)
-        version = self.frontends.get(stream_id, 0) + 1
-        self.emit("frontend", stream_id, version, FrontendKeyIssued(
-            frontend=cmd.frontend, bot_id=cmd.bot_id, key_id=cmd.key_id, key_hash=cmd.key_hash,
-            prefix=cmd.key_prefix), cause)
+        frontend = self.frontends.get(stream_id) or FrontendView()
+        if cmd.key_id not in frontend.keys:  # else the same command again: one key
+            self.emit("frontend", stream_id, frontend.version + 1, FrontendKeyIssued(
+                frontend=cmd.frontend, bot_id=cmd.bot_id, key_id=cmd.key_id, key_hash=cmd.key_hash,
+                prefix=cmd.key_prefix), cause)
         self.reply(reply_to, Decision(ok=True, status=201))
+
+    def issue_api_key(self, cmd: IssueApiKey, reply_to: str | None, cause: str) -> None:
+        """Another key for an existing user; with `replaces`, that key is revoked in the same commit."""
+        user = self.users.get(cmd.user_id)
+        if user is None:
+            self._refuse(reply_to, 404, "USER_NOT_FOUND", "no such user")
+            return
+        if cmd.key_id in user.keys:  # the same command again: one key
+            self.reply(reply_to, Decision(ok=True, status=201, user_id=user.id))
+            return
+        if cmd.replaces is not None and not user.keys.get(cmd.replaces):
+            self._refuse(reply_to, 404, "KEY_NOT_FOUND", f"no valid key {cmd.replaces} to replace")
+            return
+        if cmd.replaces is None and sum(user.keys.values()) >= MAX_KEYS_PER_USER:
+            self._refuse(reply_to, 409, "TOO_MANY_KEYS", f"a user holds at most {MAX_KEYS_PER_USER} valid keys; "
+                         "revoke one first")
+            return
+        self.emit("user", user.id, user.version + 1, ApiKeyIssued(key_id=cmd.key_id, key_hash=cmd.key_hash,
+                                                                  prefix=cmd.key_prefix, label=cmd.label), cause)
+        if cmd.replaces is not None:
+            self.emit("user", user.id, user.version + 1, ApiKeyRevoked(key_id=cmd.replaces, revoked_by=cmd.by,
+                                                                       reason=f"rotated to {cmd.key_id}"), cause)
+        self.reply(reply_to, Decision(ok=True, status=201, user_id=user.id))
+
+    def revoke_key(self, cmd: RevokeKey, reply_to: str | None, cause: str) -> None:
+        """Revoke a user's key or a frontend's; revoking a revoked key again changes nothing."""
+        if cmd.user_id is not None:
+            user = self.users.get(cmd.user_id)
+            known = user.keys if user is not None else {}
+            stream_type, stream_id, version = "user", cmd.user_id, user.version if user is not None else 0
+            event: AnyEvent = ApiKeyRevoked(key_id=cmd.key_id, revoked_by=cmd.by, reason=cmd.reason)
+        elif cmd.frontend is not None:
+            stream_id = frontend_stream_id(cmd.frontend, cmd.bot_id)
+            frontend = self.frontends.get(stream_id) or FrontendView()
+            known, stream_type, version = frontend.keys, "frontend", frontend.version
+            event = FrontendKeyRevoked(key_id=cmd.key_id, revoked_by=cmd.by, reason=cmd.reason)
+        else:
+            known = {}
+        if cmd.key_id not in known:  # someone else's key is indistinguishable from none
+            self._refuse(reply_to, 404, "KEY_NOT_FOUND", f"no key {cmd.key_id}")
+            return
+        if known[cmd.key_id]:
+            self.emit(stream_type, stream_id, version + 1, event, cause)
+        self.reply(reply_to, Decision(ok=True, status=200))
 
     # --- workers -----------------------------------------------------------------------------
 
@@ -845,6 +905,8 @@ EWMA_WEIGHT = 0.2  # weight of the newest measurement in a model's execution-tim
 
 # Failures a worker reports that are not the job's fault: the engine's server could not be reached,
 # or went away before any result. The job gets another attempt (docs/engines.md).
+MAX_KEYS_PER_USER = 20
+
 RETRIED_CODES = frozenset({"ENGINE_UNAVAILABLE", "ENGINE_DISCONNECTED"})
 
 

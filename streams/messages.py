@@ -86,6 +86,32 @@ class CreateFrontendKey(Command, frozen=True, kw_only=True, tag="frontend.create
     key_prefix: str
 
 
+class IssueApiKey(Command, frozen=True, kw_only=True, tag="key.issue"):
+    """Give an existing user another key (only its hash travels); with `replaces`, the old key is
+    revoked in the same commit (a rotation)."""
+
+    command_id: uuid.UUID
+    user_id: uuid.UUID
+    key_id: uuid.UUID
+    key_hash: str
+    key_prefix: str
+    label: str | None = None
+    replaces: uuid.UUID | None = None
+    by: str = "user"  # user | operator
+
+
+class RevokeKey(Command, frozen=True, kw_only=True, tag="key.revoke"):
+    """Revoke a user's key (`user_id`) or a frontend's (`frontend`, `bot_id`)."""
+
+    command_id: uuid.UUID
+    key_id: uuid.UUID
+    user_id: uuid.UUID | None = None
+    frontend: str | None = None
+    bot_id: str | None = None
+    by: str = "user"  # user | operator
+    reason: str | None = None
+
+
 class ChangeUserPlan(Command, frozen=True, kw_only=True, tag="user.plan"):
     command_id: uuid.UUID
     platform: str
@@ -113,7 +139,7 @@ class DefinePlan(Command, frozen=True, kw_only=True, tag="plan.define"):
 
 
 AnyCommand = (SubmitJob | CancelJob | ReportStarted | ReportCompleted | ReportFailed | CreateUser | CreateFrontendKey
-              | ChangeUserPlan | DefinePlan)
+              | IssueApiKey | RevokeKey | ChangeUserPlan | DefinePlan)
 
 
 class JobSummary(msgspec.Struct, frozen=True, kw_only=True):

@@ -26,6 +26,10 @@ CMD_STARTED = f"{PREFIX}.cmd.job.started"
 CMD_COMPLETED = f"{PREFIX}.cmd.job.completed"
 CMD_FAILED = f"{PREFIX}.cmd.job.failed"
 CMD_ADMIN_PREFIX = f"{PREFIX}.cmd.admin"
+CMD_KEY_ISSUE = f"{PREFIX}.cmd.key.issue"
+CMD_KEY_REVOKE = f"{PREFIX}.cmd.key.revoke"
+# Revocations, as the events stream carries them: gateways drop a revoked key from their caches.
+KEYS_REVOKED = [f"{PREFIX}.events.user.*.ApiKeyRevoked_v1", f"{PREFIX}.events.frontend.*.FrontendKeyRevoked_v1"]
 
 DISPATCH_ALL = f"{PREFIX}.dispatch.>"
 EVENTS_ALL = f"{PREFIX}.events.>"

@@ -10,14 +10,14 @@ import nats
 
 from events import store
 from events.job import evolve
-from events.types import plan_stream_id
+from events.types import plan_stream_id, user_stream_id
 from gateway.auth import FRONTEND_KEY_PREFIX, PLATFORMS, USER_KEY_PREFIX, new_key
 from gateway.queries import wait_for_projection
 from migrations import apply as apply_migrations
 from streams import subjects as s
 from streams import topology
 from streams.commands import CommandBus
-from streams.messages import ChangeUserPlan, CreateFrontendKey, CreateUser, DefinePlan
+from streams.messages import ChangeUserPlan, CreateFrontendKey, CreateUser, DefinePlan, IssueApiKey, RevokeKey
 from tessera.db import create_pool
 
 
@@ -77,6 +77,76 @@ async def create_frontend_key(nats_url: str, database_url: str, *, frontend: str
                                 key_hash=key_hash, key_prefix=prefix)
     await _send_and_wait(nats_url, database_url, s.admin("frontend-create"), command,
                          f"frontend-create:{command.command_id}")
+    return key
+
+
+async def list_keys(database_url: str, *, platform: str | None = None, user_id: str | None = None) -> list[dict]:
+    """A user's API keys, or (no user named) every frontend key; never the keys themselves."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        if platform and user_id:
+            rows = await conn.fetch("SELECT key_id, prefix, label, created_at, revoked_at FROM api_keys"
+                                    " WHERE user_id = $1 ORDER BY created_at", user_stream_id(platform, user_id))
+        else:
+            rows = await conn.fetch("SELECT key_id, prefix, frontend, bot_id, created_at, revoked_at"
+                                    " FROM frontend_keys ORDER BY frontend, bot_id NULLS FIRST, created_at")
+    finally:
+        await conn.close()
+    return [dict(r) for r in rows]
+
+
+async def _key_owner(database_url: str, key_id: uuid.UUID) -> tuple[str, asyncpg.Record]:
+    """('user', row with user_id) or ('frontend', row with frontend and bot_id) of a key."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        row = await conn.fetchrow("SELECT user_id FROM api_keys WHERE key_id = $1", key_id)
+        if row is not None:
+            return "user", row
+        row = await conn.fetchrow("SELECT frontend, bot_id FROM frontend_keys WHERE key_id = $1", key_id)
+        if row is not None:
+            return "frontend", row
+    finally:
+        await conn.close()
+    raise SystemExit(f"tessera: no key {key_id}")
+
+
+async def issue_key(nats_url: str, database_url: str, *, platform: str, user_id: str,
+                    label: str | None = None) -> str:
+    """Another API key for an existing user."""
+    key, key_hash, prefix = new_key(USER_KEY_PREFIX)
+    command = IssueApiKey(command_id=uuid.uuid4(), user_id=user_stream_id(platform, user_id), key_id=uuid.uuid4(),
+                          key_hash=key_hash, key_prefix=prefix, label=label, by="operator")
+    await _send_and_wait(nats_url, database_url, s.CMD_KEY_ISSUE, command, f"key-issue:{command.command_id}")
+    return key
+
+
+async def revoke_key(nats_url: str, database_url: str, key_id: uuid.UUID, reason: str | None = None) -> str:
+    """Revoke a user's or a frontend's key by its id; says whose it was."""
+    kind, row = await _key_owner(database_url, key_id)
+    if kind == "user":
+        command = RevokeKey(command_id=uuid.uuid4(), key_id=key_id, user_id=row["user_id"], by="operator",
+                            reason=reason)
+        owner = f"user {row['user_id']}"
+    else:
+        command = RevokeKey(command_id=uuid.uuid4(), key_id=key_id, frontend=row["frontend"], bot_id=row["bot_id"],
+                            by="operator", reason=reason)
+        owner = f"frontend {row['frontend']}/{row['bot_id'] or '-'}"
+    await _send_and_wait(nats_url, database_url, s.CMD_KEY_REVOKE, command, f"key-revoke:{command.command_id}")
+    return owner
+
+
+async def rotate_key(nats_url: str, database_url: str, key_id: uuid.UUID) -> str:
+    """A new key in place of `key_id`, which is revoked: at once for a user's key (one commit), right
+    after the new one is issued for a frontend's."""
+    kind, row = await _key_owner(database_url, key_id)
+    if kind == "frontend":
+        key = await create_frontend_key(nats_url, database_url, frontend=row["frontend"], bot_id=row["bot_id"])
+        await revoke_key(nats_url, database_url, key_id, reason="rotated")
+        return key
+    key, key_hash, prefix = new_key(USER_KEY_PREFIX)
+    command = IssueApiKey(command_id=uuid.uuid4(), user_id=row["user_id"], key_id=uuid.uuid4(), key_hash=key_hash,
+                          key_prefix=prefix, replaces=key_id, by="operator")
+    await _send_and_wait(nats_url, database_url, s.CMD_KEY_ISSUE, command, f"key-issue:{command.command_id}")
     return key
 
 

@@ -168,6 +168,51 @@ def cmd_frontends_create(args: argparse.Namespace) -> None:
     print(key)
 
 
+def _parse_key_id(raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise SystemExit(f"tessera: {raw!r} is not a key id (see `tessera keys list`)") from None
+
+
+def cmd_keys_list(args: argparse.Namespace) -> None:
+    from tessera.admin import list_keys
+
+    if bool(args.platform) != bool(args.user_id):
+        raise SystemExit("tessera: give both --platform and --user-id (a user's keys), or neither (frontend keys)")
+    for row in asyncio.run(list_keys(_urls()[1], platform=args.platform, user_id=args.user_id)):
+        state = f"revoked {row['revoked_at']:%Y-%m-%d %H:%M}" if row["revoked_at"] else "valid"
+        owner = row.get("label") or "" if args.user_id else f"{row['frontend']}/{row['bot_id'] or '-'}"
+        print(f"{row['key_id']}  {row['prefix']}...  {row['created_at']:%Y-%m-%d %H:%M}  {state:<24} {owner}")
+
+
+def cmd_keys_create(args: argparse.Namespace) -> None:
+    from tessera.admin import issue_key
+
+    nats_url, database_url = _urls()
+    key = asyncio.run(issue_key(nats_url, database_url, platform=args.platform, user_id=args.user_id,
+                                label=args.label))
+    print("API key (shown once; store it now):", file=sys.stderr)
+    print(key)
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> None:
+    from tessera.admin import revoke_key
+
+    nats_url, database_url = _urls()
+    owner = asyncio.run(revoke_key(nats_url, database_url, _parse_key_id(args.key_id), reason=args.reason))
+    print(f"revoked key {args.key_id} of {owner}", file=sys.stderr)
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> None:
+    from tessera.admin import rotate_key
+
+    nats_url, database_url = _urls()
+    key = asyncio.run(rotate_key(nats_url, database_url, _parse_key_id(args.key_id)))
+    print(f"key {args.key_id} revoked; its replacement (shown once):", file=sys.stderr)
+    print(key)
+
+
 def cmd_jobs_history(args: argparse.Namespace) -> None:
     from tessera.admin import job_history
 
@@ -263,6 +308,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frontend", required=True, choices=["web", "telegram", "discord"])
     p.add_argument("--bot-id", default=None)
     p.set_defaults(func=cmd_frontends_create)
+
+    keys = sub.add_parser("keys", help="API keys and frontend keys: list, create, revoke, rotate").add_subparsers(
+        dest="action", required=True)
+    p = keys.add_parser("list", help="a user's keys (--platform and --user-id), or every frontend key")
+    p.add_argument("--platform", choices=["web", "telegram", "discord"])
+    p.add_argument("--user-id")
+    p.set_defaults(func=cmd_keys_list)
+    p = keys.add_parser("create", help="print another API key for an existing user")
+    p.add_argument("--platform", required=True, choices=["web", "telegram", "discord"])
+    p.add_argument("--user-id", required=True)
+    p.add_argument("--label", default=None)
+    p.set_defaults(func=cmd_keys_create)
+    p = keys.add_parser("revoke", help="revoke a user's or a frontend's key by its id (it stops working at once)")
+    p.add_argument("key_id")
+    p.add_argument("--reason", default=None)
+    p.set_defaults(func=cmd_keys_revoke)
+    p = keys.add_parser("rotate", help="print a new key in place of KEY_ID, which is revoked")
+    p.add_argument("key_id")
+    p.set_defaults(func=cmd_keys_rotate)
 
     jobs = sub.add_parser("jobs", help="inspect jobs").add_subparsers(dest="action", required=True)
     p = jobs.add_parser("history", help="replay a job's events as a timeline")

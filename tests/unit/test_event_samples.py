@@ -45,6 +45,9 @@ SAMPLES = [
     b'"price_cents":0,"description":"Unlimited"}',
     b'{"type":"FrontendKeyIssued.v1","frontend":"telegram","bot_id":"tg-1","key_id":'
     b'"2c47be06-3ddf-4eb9-9671-84a5d664079b","key_hash":"ab","prefix":"tfk_x"}',
+    b'{"type":"ApiKeyRevoked.v1","key_id":"2c47be06-3ddf-4eb9-9671-84a5d664079b","revoked_by":"user"}',
+    b'{"type":"FrontendKeyRevoked.v1","key_id":"2c47be06-3ddf-4eb9-9671-84a5d664079b","revoked_by":"operator",'
+    b'"reason":"rotated"}',
 ]
 
 

@@ -1,0 +1,98 @@
+"""/api/v1/keys: a user's own API keys: list, create, revoke, rotate.
+
+Only a user's own key manages keys (a bot acting for a user cannot). A new key is shown once, in
+the answer that creates it; only its hash is ever stored. Every change is an event on the user's
+stream (ApiKeyIssued, ApiKeyRevoked), and a revoked key stops working on every gateway at once:
+each one follows the revocations on the events stream and drops the key from its cache.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from gateway import queries
+from gateway.auth import USER_KEY_PREFIX, new_key
+from gateway.deps import KeyHolder, KeyHolderDep, Services, ServicesDep
+from gateway.errors import Problem
+from gateway.inputs import check_storable
+from gateway.queries import wait_for_projection
+from streams import subjects as s
+from streams.commands import NoDecision
+from streams.messages import Decision, IssueApiKey, RevokeKey
+
+router = APIRouter(prefix="/api/v1/keys", tags=["keys"])
+
+
+class KeyCreate(BaseModel):
+    label: str | None = Field(default=None, max_length=100, description="A name to recognise the key by")
+
+
+def _owner(holder: KeyHolder) -> uuid.UUID:
+    if holder.user_id is None:
+        raise Problem(403, "USER_KEY_REQUIRED", "keys are managed with the user's own API key, not a frontend's")
+    return holder.user_id  # type: ignore[return-value]
+
+
+def _key_id(raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise Problem(400, "INVALID_KEY_ID", f"{raw!r} is not a key id (a UUID)") from None
+
+
+async def _send(services: Services, subject: str, command: IssueApiKey | RevokeKey) -> Decision:
+    try:
+        decision = await services.bus.send(subject, command, msg_id=f"{subject}:{command.command_id}",
+                                           timeout=services.settings.submit_timeout_s)
+    except NoDecision:
+        raise Problem(503, "SCHEDULER_UNAVAILABLE", "the scheduler did not confirm in time",
+                      headers={"Retry-After": "1"}) from None
+    if not decision.ok:
+        raise Problem(decision.status, decision.code or "REJECTED", decision.detail or "refused")
+    await wait_for_projection(services.pool, decision.seq, timeout=5)  # the list shows it from now on
+    return decision
+
+
+def _view(row: Any) -> dict[str, Any]:
+    return {"key_id": row["key_id"], "prefix": row["prefix"], "label": row["label"],
+            "created_at": row["created_at"], "revoked_at": row["revoked_at"]}
+
+
+@router.get("", summary="Your API keys (never the keys themselves)")
+async def list_keys(services: ServicesDep, holder: KeyHolderDep) -> dict[str, Any]:
+    async with services.pool.acquire() as conn:
+        rows = await queries.keys_of(conn, _owner(holder))
+    return {"keys": [{**_view(r), "current": r["key_id"] == holder.key_id} for r in rows]}
+
+
+async def _issue(services: Services, owner: uuid.UUID, label: str | None, replaces: uuid.UUID | None) -> dict[str, Any]:
+    check_storable(label, "label")
+    key, key_hash, prefix = new_key(USER_KEY_PREFIX)
+    command = IssueApiKey(command_id=uuid.uuid4(), user_id=owner, key_id=uuid.uuid4(), key_hash=key_hash,
+                          key_prefix=prefix, label=label, replaces=replaces)
+    await _send(services, s.CMD_KEY_ISSUE, command)
+    return {"key_id": command.key_id, "key": key, "prefix": prefix, "label": label,
+            "note": "the key is shown this once; store it now"}
+
+
+@router.post("", status_code=201, summary="Create an API key (shown once)")
+async def create_key(body: KeyCreate, services: ServicesDep, holder: KeyHolderDep) -> dict[str, Any]:
+    return await _issue(services, _owner(holder), body.label, None)
+
+
+@router.post("/{key_id}/rotate", status_code=201, summary="Replace a key by a new one, revoking it")
+async def rotate_key(key_id: str, body: KeyCreate, services: ServicesDep, holder: KeyHolderDep) -> dict[str, Any]:
+    return await _issue(services, _owner(holder), body.label, _key_id(key_id))
+
+
+@router.delete("/{key_id}", summary="Revoke a key: it stops working at once")
+async def revoke_key(key_id: str, services: ServicesDep, holder: KeyHolderDep) -> dict[str, Any]:
+    parsed = _key_id(key_id)
+    await _send(services, s.CMD_KEY_REVOKE, RevokeKey(command_id=uuid.uuid4(), key_id=parsed,
+                                                      user_id=_owner(holder), by="user"))
+    services.key_revoked(parsed)  # this gateway at once; the others when the event reaches them
+    return {"key_id": parsed, "revoked": True}
