@@ -197,6 +197,25 @@ async def expired_artifacts(conn: asyncpg.Connection,
     return [(r["id"], r["job_id"], r["object_name"]) for r in rows]
 
 
+async def expired_uploads(conn: asyncpg.Connection, limit: int = 500) -> list[tuple[uuid.UUID, str, int]]:
+    """Uploads past their expiry whose stream holds nothing after their storing (not deleted, not
+    expired yet, by the event log): (id, object name, stream version)."""
+    rows = await conn.fetch(
+        "SELECT u.id, u.object_name FROM uploads u WHERE u.expires_at < now() AND u.deleted_at IS NULL"
+        " AND u.expired_at IS NULL AND NOT EXISTS (SELECT 1 FROM events e WHERE e.stream_id = u.id AND e.version > 1)"
+        " ORDER BY u.expires_at LIMIT $1", limit)
+    return [(r["id"], r["object_name"], 1) for r in rows]
+
+
+async def uploads_counted(conn: asyncpg.Connection, since: date) -> dict[tuple[uuid.UUID, date], tuple[int, int]]:
+    """Uploads and their bytes per (user, quota day) from `since` on, deleted ones included."""
+    rows = await conn.fetch(
+        "SELECT (data->>'user_id')::uuid AS user_id, (data->>'quota_day')::date AS day, count(*) AS n,"
+        " sum((data->>'size_bytes')::bigint) AS bytes FROM events"
+        " WHERE type = 'UploadStored.v1' AND data->>'quota_day' >= $1 GROUP BY 1, 2", since.isoformat())
+    return {(r["user_id"], r["day"]): (int(r["n"]), int(r["bytes"])) for r in rows}
+
+
 async def head(conn: asyncpg.Connection) -> int:
     """The newest sequence number in the log (0 when empty)."""
     return int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM events"))

@@ -179,6 +179,10 @@ class PlanDefined(Event, frozen=True, kw_only=True, tag="PlanDefined.v1"):
     allowed_models: list[str]
     price_cents: int = 0
     description: str | None = None
+    # Uploads (issue 11); None: no limit of the plan's own (the platform's size limit still holds).
+    uploads_per_day: int | None = None
+    upload_bytes_per_day: int | None = None
+    max_upload_bytes: int | None = None
 
 
 class FrontendKeyIssued(Event, frozen=True, kw_only=True, tag="FrontendKeyIssued.v1"):
@@ -195,6 +199,31 @@ class FrontendKeyRevoked(Event, frozen=True, kw_only=True, tag="FrontendKeyRevok
     reason: str | None = None
 
 
+class UploadStored(Event, frozen=True, kw_only=True, tag="UploadStored.v1"):
+    """A user's input file, counted against its plan's uploads of `quota_day`. Stream: the upload's id."""
+
+    user_id: uuid.UUID
+    object_name: str
+    content_type: str
+    size_bytes: int
+    duration_seconds: float | None = None
+    bits_per_sample: int | None = None
+    quota_day: date
+    expires_at: datetime
+
+
+class UploadDeleted(Event, frozen=True, kw_only=True, tag="UploadDeleted.v1"):
+    """Its owner deleted it; its bytes were removed from the object store."""
+
+    user_id: uuid.UUID
+    object_name: str
+
+
+class UploadExpired(Event, frozen=True, kw_only=True, tag="UploadExpired.v1"):
+    object_name: str
+    expired_at: datetime
+
+
 class ArtifactExpired(Event, frozen=True, kw_only=True, tag="ArtifactExpired.v1"):
     """An artifact passed its expiry; its bytes were removed from the object store. Stream: the artifact's id."""
 
@@ -204,9 +233,9 @@ class ArtifactExpired(Event, frozen=True, kw_only=True, tag="ArtifactExpired.v1"
 
 
 AnyEvent = (JobEvent | UserRegistered | ApiKeyIssued | ApiKeyRevoked | UserPlanChanged | PlanDefined
-            | FrontendKeyIssued | FrontendKeyRevoked | ArtifactExpired)
+            | FrontendKeyIssued | FrontendKeyRevoked | ArtifactExpired | UploadStored | UploadDeleted | UploadExpired)
 
-STREAM_TYPES = {"job", "user", "plan", "frontend", "artifact"}
+STREAM_TYPES = {"job", "user", "plan", "frontend", "artifact", "upload"}
 
 
 class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True):

@@ -24,6 +24,12 @@ async def frontend_key(conn: asyncpg.Connection, key_hash: str) -> asyncpg.Recor
                                " WHERE key_hash = $1 AND revoked_at IS NULL", key_hash)
 
 
+async def uploads_of(conn: asyncpg.Connection, user_id: uuid.UUID) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT id, content_type, size_bytes, duration_seconds, created_at, expires_at"
+                            " FROM uploads WHERE user_id = $1 AND deleted_at IS NULL AND expired_at IS NULL"
+                            " AND expires_at > now() ORDER BY created_at DESC LIMIT 500", user_id)
+
+
 async def keys_of(conn: asyncpg.Connection, user_id: uuid.UUID) -> list[asyncpg.Record]:
     return await conn.fetch("SELECT key_id, prefix, label, created_at, revoked_at FROM api_keys WHERE user_id = $1"
                             " ORDER BY created_at, key_id", user_id)
@@ -58,14 +64,16 @@ async def user(conn: asyncpg.Connection, user_id: uuid.UUID) -> asyncpg.Record |
 async def plans(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT tier, name, daily_token_limit, requests_per_minute, max_concurrent_jobs, max_queued_jobs, priority,"
-        " max_resolution, allowed_models, price_cents, billing_period, description FROM plans WHERE active"
+        " max_resolution, allowed_models, price_cents, billing_period, description, uploads_per_day,"
+        " upload_bytes_per_day, max_upload_bytes FROM plans WHERE active"
         " ORDER BY priority")
 
 
 async def plan(conn: asyncpg.Connection, tier: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
         "SELECT tier, name, daily_token_limit, requests_per_minute, max_concurrent_jobs, max_queued_jobs, priority,"
-        " max_resolution, allowed_models, price_cents FROM plans WHERE tier = $1", tier)
+        " max_resolution, allowed_models, price_cents, uploads_per_day, upload_bytes_per_day, max_upload_bytes"
+        " FROM plans WHERE tier = $1", tier)
 
 
 async def usage_on(conn: asyncpg.Connection, user_id: uuid.UUID, day: date) -> asyncpg.Record | None:

@@ -29,13 +29,16 @@ from events.types import (
     JobRequeued,
     PlanDefined,
     RecordedEvent,
+    UploadDeleted,
+    UploadExpired,
+    UploadStored,
     UserPlanChanged,
     UserRegistered,
 )
 from tessera.catalog import USAGE_GROUP
 
 READ_MODEL_TABLES = ("plans", "users", "api_keys", "frontend_keys", "jobs", "job_queue", "artifacts", "usage_daily",
-                     "model_stats")
+                     "model_stats", "uploads")
 
 # The jobs read model's columns, each with the array type its values travel in. A batch of jobs
 # is written by one statement over unnest() of one array per column: PostgreSQL plans and runs
@@ -210,16 +213,31 @@ async def _apply_other(conn: asyncpg.Connection, rec: RecordedEvent) -> None:
     if isinstance(event, PlanDefined):
         await conn.execute(
             "INSERT INTO plans (tier, name, daily_token_limit, requests_per_minute, max_concurrent_jobs,"
-            " max_queued_jobs, priority, max_resolution, allowed_models, price_cents, description, created_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (tier) DO UPDATE SET"
+            " max_queued_jobs, priority, max_resolution, allowed_models, price_cents, description, created_at,"
+            " uploads_per_day, upload_bytes_per_day, max_upload_bytes)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+            " ON CONFLICT (tier) DO UPDATE SET"
             " name = EXCLUDED.name, daily_token_limit = EXCLUDED.daily_token_limit,"
             " requests_per_minute = EXCLUDED.requests_per_minute, max_concurrent_jobs = EXCLUDED.max_concurrent_jobs,"
             " max_queued_jobs = EXCLUDED.max_queued_jobs, priority = EXCLUDED.priority,"
             " max_resolution = EXCLUDED.max_resolution, allowed_models = EXCLUDED.allowed_models,"
-            " price_cents = EXCLUDED.price_cents, description = EXCLUDED.description",
+            " price_cents = EXCLUDED.price_cents, description = EXCLUDED.description,"
+            " uploads_per_day = EXCLUDED.uploads_per_day, upload_bytes_per_day = EXCLUDED.upload_bytes_per_day,"
+            " max_upload_bytes = EXCLUDED.max_upload_bytes",
             event.tier, event.name, event.daily_token_limit, event.requests_per_minute, event.max_concurrent_jobs,
             event.max_queued_jobs, event.priority, event.max_resolution, event.allowed_models, event.price_cents,
-            event.description, rec.recorded_at)
+            event.description, rec.recorded_at, event.uploads_per_day, event.upload_bytes_per_day,
+            event.max_upload_bytes)
+    elif isinstance(event, UploadStored):
+        await conn.execute(
+            "INSERT INTO uploads (id, user_id, object_name, content_type, size_bytes, duration_seconds, created_at,"
+            " expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
+            rec.stream_id, event.user_id, event.object_name, event.content_type, event.size_bytes,
+            event.duration_seconds, rec.recorded_at, event.expires_at)
+    elif isinstance(event, UploadDeleted):
+        await conn.execute("UPDATE uploads SET deleted_at = $2 WHERE id = $1", rec.stream_id, rec.recorded_at)
+    elif isinstance(event, UploadExpired):
+        await conn.execute("UPDATE uploads SET expired_at = $2 WHERE id = $1", rec.stream_id, event.expired_at)
     elif isinstance(event, UserRegistered):
         await conn.execute(
             "INSERT INTO users (id, platform, platform_user_id, plan_tier, display_name, created_at)"

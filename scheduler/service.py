@@ -40,11 +40,13 @@ from streams.messages import (
     CreateUser,
     Decision,
     DefinePlan,
+    DeleteUpload,
     IssueApiKey,
     ReportCompleted,
     ReportFailed,
     ReportStarted,
     RevokeKey,
+    StoreUpload,
     SubmitJob,
     WorkerStatus,
     command_decoder,
@@ -160,7 +162,8 @@ class Scheduler:
         records.sort(key=lambda r: r.seq)
         since = state.quota_day() - timedelta(days=1)
         state.load(records, await store.head(conn), used=await store.tokens_charged(conn, since),
-                   execution_s=await store.execution_times(conn), recent_requests=await store.recent_submits(conn))
+                   execution_s=await store.execution_times(conn), recent_requests=await store.recent_submits(conn),
+                   uploads=await store.uploads_counted(conn, since))
         if not self._connected:
             state.connection_lost()
         return state
@@ -227,14 +230,16 @@ class Scheduler:
                     log.error("%s: task %s failed: %r", self.name, task.get_name(), result)
 
     async def _expire_artifacts(self, conn: asyncpg.Connection, outbox: Outbox) -> bool:
-        """Record and carry out the expiry of artifacts past their time, in a commit of its own, so a
-        failure here cannot stop the scheduling of jobs. False when it failed."""
+        """Record and carry out the expiry of artifacts and uploads past their time, in a commit of
+        its own, so a failure here cannot stop the scheduling of jobs. False when it failed."""
         expired = await store.expired_artifacts(conn)
-        if not expired:
+        uploads = await store.expired_uploads(conn)
+        if not expired and not uploads:
             return True
         assert self.state is not None
         try:
             self.state.expire_artifacts(expired)
+            self.state.expire_uploads(uploads)
             await self._commit(conn, outbox)
             return True
         except (asyncpg.PostgresError, ConcurrencyError):
@@ -321,6 +326,7 @@ class Scheduler:
                         self.name, len(commands), exc)
             loaded += await self._commit_singly(conn, js, outbox, commands)
         self.state.forget_terminal(loaded)  # finished jobs loaded only to answer a duplicate command
+        self.state.uploads.clear()  # loaded for this batch's commands only
         for msg in msgs:  # committed (or moved aside): done with
             await msg.ack()
         if msgs:
@@ -398,6 +404,10 @@ class Scheduler:
                         state.issue_api_key(command, reply_to, cause)
                     case RevokeKey():
                         state.revoke_key(command, reply_to, cause)
+                    case StoreUpload():
+                        state.store_upload(command, reply_to, cause)
+                    case DeleteUpload():
+                        state.delete_upload(command, reply_to, cause)
                     case ChangeUserPlan():
                         state.change_user_plan(command, reply_to, cause)
                     case DefinePlan():
@@ -427,6 +437,8 @@ class Scheduler:
                 wanted.add(user_stream_id(command.platform, command.platform_user_id))
             if isinstance(command, IssueApiKey | RevokeKey) and command.user_id is not None:
                 wanted.add(command.user_id)
+            if isinstance(command, DeleteUpload) or (isinstance(command, StoreUpload) and _redelivered(msg)):
+                wanted.add(command.upload_id)
             job_id = getattr(command, "job_id", None)
             if job_id is not None and job_id not in state.jobs:
                 wanted.add(job_id)

@@ -40,6 +40,9 @@ from events.types import (
     JobSubmitted,
     PlanDefined,
     RecordedEvent,
+    UploadDeleted,
+    UploadExpired,
+    UploadStored,
     UserPlanChanged,
     UserRegistered,
     frontend_stream_id,
@@ -55,6 +58,7 @@ from streams.messages import (
     CreateUser,
     Decision,
     DefinePlan,
+    DeleteUpload,
     Dispatch,
     IssueApiKey,
     JobSummary,
@@ -63,6 +67,7 @@ from streams.messages import (
     ReportFailed,
     ReportStarted,
     RevokeKey,
+    StoreUpload,
     SubmitJob,
     WorkerStatus,
 )
@@ -163,6 +168,14 @@ class UserView:
 
 
 @dataclass
+class UploadView:
+    user_id: uuid.UUID
+    object_name: str
+    version: int
+    stored: bool  # not deleted or expired
+
+
+@dataclass
 class FrontendView:
     version: int = 0
     keys: dict[uuid.UUID, bool] = field(default_factory=dict)  # every key issued -> still valid
@@ -226,6 +239,9 @@ class SchedulerState:
         self.user_queued: Counter[uuid.UUID] = Counter()
         self.user_running: Counter[uuid.UUID] = Counter()
         self.ledger: dict[tuple[uuid.UUID, date], Ledger] = {}
+        self.upload_ledger: dict[tuple[uuid.UUID, date], list[int]] = {}  # (user, day) -> [uploads, bytes]
+        # Uploads a command of the batch refers to, loaded for it and forgotten after it.
+        self.uploads: dict[uuid.UUID, UploadView] = {}
         self.execution_s: dict[str, float] = {}  # model -> moving average of measured execution time
         self._requests: dict[uuid.UUID, deque[float]] = {}  # user -> submit times in the last minute
         self._admitted: dict[uuid.UUID, int] = {}  # unfinished job -> its place in the queue's order
@@ -240,7 +256,8 @@ class SchedulerState:
     def load(self, records: list[RecordedEvent], head_seq: int,
              used: dict[tuple[uuid.UUID, date], float] | None = None,
              execution_s: dict[str, float] | None = None,
-             recent_requests: list[tuple[uuid.UUID, float]] | None = None) -> None:
+             recent_requests: list[tuple[uuid.UUID, float]] | None = None,
+             uploads: dict[tuple[uuid.UUID, date], tuple[int, int]] | None = None) -> None:
         """Rebuild from the events of plans, frontends, the users of active jobs and active jobs
         (in log order), the tokens charged on recent quota days, measured execution times and the
         submits of the last minute (each user's rate window)."""
@@ -254,6 +271,8 @@ class SchedulerState:
         self.execution_s.update(execution_s or {})
         for user_id, at in recent_requests or []:  # the rate windows, as the log remembers them
             self._requests.setdefault(user_id, deque()).append(at)
+        for key, (count, size) in (uploads or {}).items():
+            self.upload_ledger[key] = [count, size]
         self._admitted = {job_id: order for job_id, order in self._admitted.items()
                           if job_id in self.jobs and not self.jobs[job_id].status.terminal}
         for job in self.jobs.values():
@@ -285,6 +304,13 @@ class SchedulerState:
                     user.plan = event.plan
                 else:
                     user.keys[event.key_id] = isinstance(event, ApiKeyIssued)
+        elif isinstance(event, UploadStored):
+            self.uploads[rec.stream_id] = UploadView(user_id=event.user_id, object_name=event.object_name,
+                                                     version=rec.version, stored=True)
+        elif isinstance(event, UploadDeleted | UploadExpired):
+            upload = self.uploads.get(rec.stream_id)
+            if upload is not None:
+                upload.version, upload.stored = rec.version, False
         elif isinstance(event, FrontendKeyIssued | FrontendKeyRevoked):
             frontend = self.frontends.setdefault(rec.stream_id, FrontendView())
             frontend.version = rec.version
@@ -679,6 +705,55 @@ class SchedulerState:
             self.emit("plan", plan_stream_id(cmd.tier), self.plan_versions.get(cmd.tier, 0) + 1, plan, cause)
         self.reply(reply_to, Decision(ok=True, status=200))
 
+    def store_upload(self, cmd: StoreUpload, reply_to: str | None, cause: str) -> None:
+        """Count an upload against the user's plan: its size, and its uploads and bytes today."""
+        if cmd.upload_id in self.uploads:  # the same command again: one upload
+            self.reply(reply_to, Decision(ok=True, status=201))
+            return
+        plan = self.plan_of(cmd.user_id)
+        day = self.quota_day()
+        count, size = self.upload_ledger.get((cmd.user_id, day), (0, 0))
+        retry = max(1, math.ceil(self.quota_resets_at(day).timestamp() - self.clock()))
+        if plan.max_upload_bytes is not None and cmd.size_bytes > plan.max_upload_bytes:
+            self._refuse(reply_to, 413, "UPLOAD_TOO_LARGE", f"the {plan.name} plan takes uploads of up to "
+                         f"{plan.max_upload_bytes} bytes; this one has {cmd.size_bytes}")
+            return
+        if plan.uploads_per_day is not None and count >= plan.uploads_per_day:
+            self._refuse(reply_to, 429, "UPLOAD_QUOTA_EXCEEDED", f"the {plan.name} plan takes {plan.uploads_per_day} "
+                         f"uploads a day; the quota resets at {self.quota_resets_at(day).isoformat()}",
+                         retry_after=retry)
+            return
+        if plan.upload_bytes_per_day is not None and size + cmd.size_bytes > plan.upload_bytes_per_day:
+            self._refuse(reply_to, 429, "UPLOAD_QUOTA_EXCEEDED", f"the {plan.name} plan takes "
+                         f"{plan.upload_bytes_per_day} bytes of uploads a day and {size} are used; the quota resets "
+                         f"at {self.quota_resets_at(day).isoformat()}", retry_after=retry)
+            return
+        self.emit("upload", cmd.upload_id, 1, UploadStored(
+            user_id=cmd.user_id, object_name=cmd.object_name, content_type=cmd.content_type,
+            size_bytes=cmd.size_bytes, duration_seconds=cmd.duration_seconds, bits_per_sample=cmd.bits_per_sample,
+            quota_day=day, expires_at=cmd.expires_at), cause)
+        self.upload_ledger[(cmd.user_id, day)] = [count + 1, size + cmd.size_bytes]
+        self.reply(reply_to, Decision(ok=True, status=201))
+
+    def delete_upload(self, cmd: DeleteUpload, reply_to: str | None, cause: str) -> None:
+        upload = self.uploads.get(cmd.upload_id)
+        if upload is None or upload.user_id != cmd.user_id:  # another user's is indistinguishable from none
+            self._refuse(reply_to, 404, "UPLOAD_NOT_FOUND", f"no upload {cmd.upload_id}")
+            return
+        if upload.stored:
+            self.emit("upload", cmd.upload_id, upload.version + 1,
+                      UploadDeleted(user_id=cmd.user_id, object_name=upload.object_name), cause)
+            self.effects.discard_objects.append(upload.object_name)
+        self.reply(reply_to, Decision(ok=True, status=200))
+
+    def expire_uploads(self, expired: list[tuple[uuid.UUID, str, int]]) -> None:
+        """Record the expiry of uploads past their time (id, object name, stream version)."""
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        for upload_id, object_name, version in expired:
+            self.emit("upload", upload_id, version + 1, UploadExpired(object_name=object_name, expired_at=now),
+                      "scheduler:upload-expiry")
+            self.effects.discard_objects.append(object_name)
+
     def expire_artifacts(self, expired: list[tuple[uuid.UUID, uuid.UUID, str | None]]) -> None:
         """Record the expiry of artifacts past their time (id, job id, object name); their bytes are
         removed from the object store once the events are committed."""
@@ -918,6 +993,9 @@ def _check_plan(plan: PlanDefined) -> None:
     for name, value in numbers.items():
         if value < 1:
             raise ValueError(f"{name} must be at least 1")
+    for name in ("uploads_per_day", "upload_bytes_per_day", "max_upload_bytes"):
+        if getattr(plan, name) is not None and getattr(plan, name) < 0:
+            raise ValueError(f"{name} must not be negative")
     if plan.daily_token_limit is not None and plan.daily_token_limit < 0:
         raise ValueError("daily_token_limit must not be negative")
     unknown = [m for m in plan.allowed_models if m != "*" and m not in catalog.CATALOG]

@@ -112,6 +112,27 @@ class RevokeKey(Command, frozen=True, kw_only=True, tag="key.revoke"):
     reason: str | None = None
 
 
+class StoreUpload(Command, frozen=True, kw_only=True, tag="upload.store"):
+    """Count an upload the gateway has put in the object store against the user's plan; refused,
+    the gateway removes it again."""
+
+    command_id: uuid.UUID
+    user_id: uuid.UUID
+    upload_id: uuid.UUID
+    object_name: str
+    content_type: str
+    size_bytes: int
+    duration_seconds: float | None = None
+    bits_per_sample: int | None = None
+    expires_at: datetime
+
+
+class DeleteUpload(Command, frozen=True, kw_only=True, tag="upload.delete"):
+    command_id: uuid.UUID
+    user_id: uuid.UUID
+    upload_id: uuid.UUID
+
+
 class ChangeUserPlan(Command, frozen=True, kw_only=True, tag="user.plan"):
     command_id: uuid.UUID
     platform: str
@@ -136,10 +157,13 @@ class DefinePlan(Command, frozen=True, kw_only=True, tag="plan.define"):
     allowed_models: list[str] | None = None
     price_cents: int | None = None
     description: str | None = None
+    uploads_per_day: int | None = None
+    upload_bytes_per_day: int | None = None
+    max_upload_bytes: int | None = None
 
 
 AnyCommand = (SubmitJob | CancelJob | ReportStarted | ReportCompleted | ReportFailed | CreateUser | CreateFrontendKey
-              | IssueApiKey | RevokeKey | ChangeUserPlan | DefinePlan)
+              | IssueApiKey | RevokeKey | StoreUpload | DeleteUpload | ChangeUserPlan | DefinePlan)
 
 
 class JobSummary(msgspec.Struct, frozen=True, kw_only=True):

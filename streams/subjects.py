@@ -28,6 +28,8 @@ CMD_FAILED = f"{PREFIX}.cmd.job.failed"
 CMD_ADMIN_PREFIX = f"{PREFIX}.cmd.admin"
 CMD_KEY_ISSUE = f"{PREFIX}.cmd.key.issue"
 CMD_KEY_REVOKE = f"{PREFIX}.cmd.key.revoke"
+CMD_UPLOAD_STORE = f"{PREFIX}.cmd.upload.store"
+CMD_UPLOAD_DELETE = f"{PREFIX}.cmd.upload.delete"
 # Revocations, as the events stream carries them: gateways drop a revoked key from their caches.
 KEYS_REVOKED = [f"{PREFIX}.events.user.*.ApiKeyRevoked_v1", f"{PREFIX}.events.frontend.*.FrontendKeyRevoked_v1"]
 

@@ -147,7 +147,9 @@ def cmd_plans_set(args: argparse.Namespace) -> None:
     command = DefinePlan(command_id=uuid.uuid4(), tier=args.tier, name=args.name, daily_token_limit=daily,
                          unlimited_tokens=unlimited, requests_per_minute=args.rpm, max_concurrent_jobs=args.max_running,
                          max_queued_jobs=args.max_queued, priority=args.priority, max_resolution=args.max_resolution,
-                         allowed_models=models, price_cents=args.price_cents, description=args.description)
+                         allowed_models=models, price_cents=args.price_cents, description=args.description,
+                         uploads_per_day=args.uploads_per_day, upload_bytes_per_day=args.upload_bytes_per_day,
+                         max_upload_bytes=args.max_upload_bytes)
     asyncio.run(define_plan(nats_url, database_url, command))
     print(f"plan {args.tier} defined")
 
@@ -297,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-resolution", type=int, help="longest image side in pixels")
     p.add_argument("--models", help="comma-separated gated models the plan includes ('*' for all)")
     p.add_argument("--price-cents", type=int)
+    p.add_argument("--uploads-per-day", type=int, help="input files a user may upload a day")
+    p.add_argument("--upload-bytes-per-day", type=int, help="bytes of uploads a user may make a day")
+    p.add_argument("--max-upload-bytes", type=int, help="the largest upload, in bytes")
     p.add_argument("--description")
     p.set_defaults(func=cmd_plans_set)
     p = plans.add_parser("history", help="every definition a plan has had")

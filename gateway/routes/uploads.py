@@ -13,20 +13,25 @@ file whose bytes say something else than its header is refused.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import uuid
 import wave
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import nats.errors
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from nats.js.api import ObjectMeta
 from nats.js.errors import NotFoundError
 
+from gateway import queries
 from gateway.deps import CurrentPrincipal, Services, ServicesDep
 from gateway.errors import Problem
 from streams import subjects as s
+from streams.commands import NoDecision
+from streams.messages import DeleteUpload, StoreUpload
 
 router = APIRouter(prefix="/api/v1/uploads", tags=["uploads"])
 
@@ -101,8 +106,55 @@ async def upload(request: Request, services: ServicesDep, principal: CurrentPrin
     description = content_type if facts is None else f"{content_type};seconds={facts[0]};bits={facts[1]}"
     await store.put(name, data, meta=ObjectMeta(name=name, description=description))
     expires = datetime.now(UTC) + timedelta(seconds=services.settings.artifact_ttl_s)
+    # Stored first, then counted against the plan (one writer decides, so two uploads at once
+    # cannot both take the last one of the day); refused, it is removed again.
+    command = StoreUpload(command_id=uuid.uuid4(), user_id=principal.user_id, upload_id=upload_id, object_name=name,
+                          content_type=content_type, size_bytes=len(data), duration_seconds=seconds,
+                          bits_per_sample=facts[1] if facts else None, expires_at=expires)
+    try:
+        decision = await services.bus.send(s.CMD_UPLOAD_STORE, command, msg_id=f"upload:{upload_id}",
+                                           timeout=services.settings.submit_timeout_s)
+    except NoDecision:
+        decision = None
+    if decision is None or not decision.ok:
+        with contextlib.suppress(NotFoundError, nats.errors.Error):
+            await store.delete(name)
+        if decision is None:
+            raise Problem(503, "SCHEDULER_UNAVAILABLE", "the upload could not be counted; try again",
+                          headers={"Retry-After": "1"})
+        retry = {"Retry-After": str(decision.retry_after)} if decision.retry_after else None
+        raise Problem(decision.status, decision.code or "REJECTED", decision.detail or "refused", headers=retry)
+    await queries.wait_for_projection(services.pool, decision.seq, timeout=5)  # listed from now on
     return JSONResponse({"upload_id": str(upload_id), "content_type": content_type, "size_bytes": len(data),
                          "duration_seconds": seconds, "expires_at": expires.isoformat()}, status_code=201)
+
+
+@router.get("", summary="Your uploads that are still stored, newest first")
+async def list_uploads(services: ServicesDep, principal: CurrentPrincipal) -> dict[str, Any]:
+    async with services.pool.acquire() as conn:
+        rows = await queries.uploads_of(conn, principal.user_id)
+    return {"uploads": [{"upload_id": r["id"], "content_type": r["content_type"], "size_bytes": r["size_bytes"],
+                         "duration_seconds": r["duration_seconds"], "created_at": r["created_at"],
+                         "expires_at": r["expires_at"]} for r in rows]}
+
+
+@router.delete("/{upload_id}", summary="Delete an upload now")
+async def delete_upload(upload_id: str, services: ServicesDep, principal: CurrentPrincipal) -> dict[str, Any]:
+    try:
+        parsed = uuid.UUID(upload_id)
+    except ValueError:
+        raise Problem(400, "INVALID_UPLOAD_ID", f"{upload_id!r} is not an upload id (a UUID)") from None
+    command = DeleteUpload(command_id=uuid.uuid4(), user_id=principal.user_id, upload_id=parsed)
+    try:
+        decision = await services.bus.send(s.CMD_UPLOAD_DELETE, command, msg_id=f"upload-delete:{command.command_id}",
+                                           timeout=services.settings.submit_timeout_s)
+    except NoDecision:
+        raise Problem(503, "SCHEDULER_UNAVAILABLE", "the scheduler did not confirm in time",
+                      headers={"Retry-After": "1"}) from None
+    if not decision.ok:
+        raise Problem(decision.status, decision.code or "REJECTED", decision.detail or "refused")
+    await queries.wait_for_projection(services.pool, decision.seq, timeout=5)
+    return {"upload_id": parsed, "deleted": True}
 
 
 async def resolve_input(services: Services, user_id: uuid.UUID, params: dict[str, Any]) -> dict[str, Any]:

@@ -45,6 +45,9 @@ async def me(services: ServicesDep, principal: CurrentPrincipal) -> dict[str, An
             "max_queued_jobs": plan["max_queued_jobs"] if plan else None,
             "max_resolution": plan["max_resolution"] if plan else None,
             "allowed_models": plan["allowed_models"] if plan else [],
+            "uploads_per_day": plan["uploads_per_day"] if plan else None,
+            "upload_bytes_per_day": plan["upload_bytes_per_day"] if plan else None,
+            "max_upload_bytes": plan["max_upload_bytes"] if plan else None,
         },
         "today": {
             "date": today.isoformat(), "resets_at": resets_at.isoformat(),

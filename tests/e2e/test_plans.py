@@ -139,7 +139,7 @@ async def test_operators_change_plans_and_move_users(gpu_platform: tuple[Platfor
     await define_plan(platform.nats_url, platform.database_url, DefinePlan(
         command_id=uuid.uuid4(), tier="free", daily_token_limit=25, allowed_models=["sdxl", "flux-dev"]))
     history = await plan_history(platform.database_url, "free")
-    assert len(history) == 2 and "daily_token_limit=25" in history[1]
+    assert len(history) == 3 and "daily_token_limit=25" in history[2]  # seed, upload terms (0008), the change
     async with platform.client() as anonymous:
         plans = {p["tier"]: p for p in (await anonymous.get("/api/v1/plans")).json()["plans"]}
     assert plans["free"]["daily_token_limit"] == 25 and plans["admin"]["daily_token_limit"] is None

@@ -61,8 +61,11 @@ async def test_migrations_are_idempotent_and_seed_four_plans(database_url: str) 
         assert await apply(conn) == []
         plans = await conn.fetch("SELECT data->>'tier' AS tier, version, data->'daily_token_limit' AS daily"
                                  " FROM events WHERE stream_type = 'plan' ORDER BY seq")
-        assert [(p["tier"], p["version"]) for p in plans] == [("free", 1), ("starter", 1), ("pro", 1), ("admin", 1),
-                                                              ("admin", 2)]
-        assert [p["daily"] for p in plans] == ["20", "120", "300", "999999", "null"]  # 0004: Admin is unlimited
+        assert [(p["tier"], p["version"]) for p in plans][:5] == [("free", 1), ("starter", 1), ("pro", 1),
+                                                                  ("admin", 1), ("admin", 2)]
+        assert [p["daily"] for p in plans][:5] == ["20", "120", "300", "999999", "null"]  # 0004: Admin is unlimited
+        # 0008: the upload terms, on top of each paid-or-free plan's newest definition.
+        assert sorted((p["tier"], p["version"]) for p in plans[5:]) == [("free", 2), ("pro", 2), ("starter", 2)]
+        assert sorted(p["daily"] for p in plans[5:]) == ["120", "20", "300"]  # the other terms kept
     finally:
         await conn.close()

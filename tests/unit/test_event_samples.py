@@ -48,6 +48,11 @@ SAMPLES = [
     b'{"type":"ApiKeyRevoked.v1","key_id":"2c47be06-3ddf-4eb9-9671-84a5d664079b","revoked_by":"user"}',
     b'{"type":"FrontendKeyRevoked.v1","key_id":"2c47be06-3ddf-4eb9-9671-84a5d664079b","revoked_by":"operator",'
     b'"reason":"rotated"}',
+    b'{"type":"UploadStored.v1","user_id":"2c47be06-3ddf-4eb9-9671-84a5d664079b","object_name":"uploads/u/1",'
+    b'"content_type":"audio/wav","size_bytes":32044,"duration_seconds":1.0,"bits_per_sample":16,'
+    b'"quota_day":"2026-11-29","expires_at":"2026-12-06T20:00:00Z"}',
+    b'{"type":"UploadDeleted.v1","user_id":"2c47be06-3ddf-4eb9-9671-84a5d664079b","object_name":"uploads/u/1"}',
+    b'{"type":"UploadExpired.v1","object_name":"uploads/u/1","expired_at":"2026-12-06T20:00:01Z"}',
 ]
 
 
