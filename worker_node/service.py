@@ -234,9 +234,16 @@ class Worker:
             log.info("worker %s: dropping stale dispatch of job %s attempt %d", self.worker_id, dispatch.job_id,
                      dispatch.attempt)
             return
+        held = self.running.get(dispatch.job_id)
+        if held is not None and held[0] > dispatch.attempt:  # an older attempt, fenced already
+            return
         self._seen[key] = None
         while len(self._seen) > 10_000:
             self._seen.popitem(last=False)
+        if held is not None:  # the scheduler gave up on that attempt (it reached us late): stop it
+            log.info("worker %s: job %s attempt %d replaces attempt %d", self.worker_id, dispatch.job_id,
+                     dispatch.attempt, held[0])
+            held[1].cancel()
         task = asyncio.create_task(self._run_job(dispatch), name=f"job-{dispatch.job_id}")
         self.running[dispatch.job_id] = (dispatch.attempt, task)
 
@@ -312,7 +319,8 @@ class Worker:
             # Cancelled by the scheduler: tell it the slot is free again. Not a result.
             await asyncio.shield(self._fail(job, "CANCELLED", "interrupted on request"))
         finally:
-            self.running.pop(job.job_id, None)
+            if self.running.get(job.job_id, (None,))[0] == job.attempt:  # not a newer attempt's entry
+                del self.running[job.job_id]
             self._slot_freed.set()
 
     async def _report_started(self, job: JobInput, tag: str) -> None:

@@ -210,3 +210,42 @@ async def test_a_nats_restart_declares_no_worker_lost(tmp_path: Path, database_u
         reasons = [data["reason"] for history in events.values() for kind, data in history
                    if kind == "JobRequeued.v1"]
         assert all("never ran attempt" in reason for reason in reasons), reasons
+
+
+@pytest.mark.timeout(60)
+async def test_a_newer_attempt_of_a_job_replaces_the_older_one_on_the_worker(platform: Platform) -> None:
+    """Attempt 1 reached the worker late, after the scheduler had requeued it and sent attempt 2:
+    the worker stops attempt 1 and tracks attempt 2, whose end does not leave attempt 1's entry
+    behind (or the other way round)."""
+    worker: Worker = platform.tasks["worker:w1"][0]  # type: ignore[assignment]
+    job_id = uuid.uuid4()
+
+    def dispatch(attempt: int, delay: float) -> Dispatch:
+        return Dispatch(job_id=job_id, attempt=attempt, capability="echo", model="echo",
+                        params={"prompt": "x", "delay_seconds": delay}, timeout_seconds=10,
+                        dispatched_at=datetime.now(UTC), instance_id=worker.instance_id)
+
+    nc = await nats.connect(platform.nats_url)
+    try:
+        await nc.jetstream().publish(s.dispatch("w1"), encode(dispatch(1, 5)))
+        for _ in range(100):
+            if job_id in worker.running:
+                break
+            await asyncio.sleep(0.05)
+        first = worker.running[job_id][1]
+        await nc.jetstream().publish(s.dispatch("w1"), encode(dispatch(2, 0.5)))
+        await nc.jetstream().publish(s.dispatch("w1"), encode(dispatch(1, 5)))  # older again: ignored
+        for _ in range(100):
+            if worker.running.get(job_id, (0,))[0] == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert worker.running[job_id][0] == 2
+        await asyncio.sleep(0.2)
+        assert first.done()  # attempt 1 was stopped
+        for _ in range(100):
+            if job_id not in worker.running:
+                break
+            await asyncio.sleep(0.05)
+        assert job_id not in worker.running  # attempt 2 finished and let go
+    finally:
+        await nc.close()
