@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 
 from nats.js import JetStreamContext
 
 from streams.messages import WorkerStatus
 from streams.workers_feed import WorkersFeed
-
-log = logging.getLogger(__name__)
 
 
 class Fleet:
