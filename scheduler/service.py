@@ -313,9 +313,7 @@ class Scheduler:
                 msg = next(m for i, _, m in commands if i == index)
                 log.exception("%s: command on %s could not be handled", self.name, msg.subject,
                               exc_info=poisoned.error)
-                await self._set_aside(js, msg, f"handler failed: {poisoned.error!r}",
-                                      Decision(ok=False, status=500, code="COMMAND_FAILED",
-                                               detail="the scheduler could not handle this request; it was set aside"))
+                await self._set_aside(js, msg, f"handler failed: {poisoned.error!r}", _HANDLER_FAILED)
                 commands = [c for c in commands if c[0] != index]
                 await self._reload(conn)  # the failed handler may have left half a decision
                 loaded = await self._prefetch(conn, commands)
@@ -344,9 +342,7 @@ class Scheduler:
                 self._decide([command])
                 await self._commit(conn, outbox)
             except _Poisoned as poisoned:
-                await self._set_aside(js, command[2], f"handler failed: {poisoned.error!r}",
-                                      Decision(ok=False, status=500, code="COMMAND_FAILED",
-                                               detail="the scheduler could not handle this request; it was set aside"))
+                await self._set_aside(js, command[2], f"handler failed: {poisoned.error!r}", _HANDLER_FAILED)
                 await self._reload(conn)
             except asyncpg.DataError as exc:
                 await self._set_aside(js, command[2], f"cannot be stored: {exc}",
@@ -477,6 +473,10 @@ class Scheduler:
         headers = {s.HDR_ERROR: reason[:500], "Tessera-Original-Subject": msg.subject}
         await js.publish(s.dead_letter(msg.subject), msg.data, headers=headers)
 
+
+# The answer to a command whose handler raised (a bug): it is set aside, the sender told at once.
+_HANDLER_FAILED = Decision(ok=False, status=500, code="COMMAND_FAILED",
+                           detail="the scheduler could not handle this request; it was set aside")
 
 _TERMINAL_TYPES = {"JobCompleted.v1", "JobFailed.v1", "JobCancelled.v1"}
 
