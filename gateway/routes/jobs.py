@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -18,14 +17,14 @@ from fastapi.responses import Response, StreamingResponse
 from events.job import Job, JobStatus, evolve, fold
 from events.types import JobQueued, JobRequeued, RecordedEvent, decode_recorded
 from gateway import queries
+from gateway.decisions import decide, rate_headers, refusal
 from gateway.deps import CurrentPrincipal, Services, ServicesDep, key_holder
 from gateway.errors import Problem
 from gateway.inputs import check_storable, utc_time
 from gateway.routes.uploads import resolve_input
 from gateway.views import EventView, JobAccepted, JobCreate, JobView, event_view, job_view
 from streams import subjects as s
-from streams.commands import NoDecision
-from streams.messages import CancelJob, Decision, Progress, SubmitJob
+from streams.messages import CancelJob, Progress, SubmitJob
 from tessera import catalog
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
@@ -59,22 +58,6 @@ def parse_job_id(raw: str) -> uuid.UUID:
 
 def base_url(request: Request, services: Services) -> str:
     return (services.settings.public_url or str(request.base_url)).rstrip("/")
-
-
-def rate_headers(decision: Decision) -> dict[str, str]:
-    """RateLimit-* (IETF httpapi draft, as widely deployed) and Retry-After from a decision."""
-    headers = {}
-    if decision.rate is not None:
-        headers = {"RateLimit-Limit": str(decision.rate.limit), "RateLimit-Remaining": str(decision.rate.remaining),
-                   "RateLimit-Reset": str(math.ceil(decision.rate.reset_seconds))}
-    if decision.retry_after is not None:
-        headers["Retry-After"] = str(decision.retry_after)
-    return headers
-
-
-def _decision_problem(decision: Decision) -> Problem:
-    return Problem(decision.status, decision.code or "REJECTED", decision.detail or "the scheduler refused the job",
-                   headers=rate_headers(decision) or None)
 
 
 def _validate(body: JobCreate, settings_max_prompt: int) -> None:
@@ -158,14 +141,11 @@ async def submit_job(request: Request) -> Response:
         model=body.params.get("model"), params=params, reply_context=body.reply_context,
         deadline=datetime.now(UTC) + timedelta(seconds=timeout * 0.8),
     )
-    try:
-        decision = await services.bus.send(s.CMD_SUBMIT, command, msg_id=f"submit:{command.command_id}",
-                                           timeout=timeout)
-    except NoDecision:
-        raise Problem(503, "SCHEDULER_UNAVAILABLE", "the scheduler did not confirm the job in time; "
-                      "retrying with the same Idempotency-Key is safe", headers={"Retry-After": "1"}) from None
+    decision = await decide(services, s.CMD_SUBMIT, command, msg_id=f"submit:{command.command_id}",
+                            unconfirmed="the scheduler did not confirm the job in time; retrying with the same "
+                                        "Idempotency-Key is safe")
     if not decision.ok or decision.job is None:
-        raise _decision_problem(decision)
+        raise refusal(decision)
     # The scheduler's summary has JobAccepted's fields. It is encoded here rather than through
     # response_model (which still documents it): submit is the hot path, and pydantic's
     # validate-then-serialise of the response is a sizeable share of its cost.
@@ -229,15 +209,10 @@ async def cancel_job(job_id: str, services: ServicesDep, principal: CurrentPrinc
     """Cancel a queued or running job; 409 when it has already finished."""
     parsed = parse_job_id(job_id)
     command = CancelJob(command_id=uuid.uuid4(), job_id=parsed, user_id=principal.user_id)
-    try:
-        decision = await services.bus.send(s.CMD_CANCEL, command, msg_id=f"cancel:{command.command_id}",
-                                           timeout=services.settings.submit_timeout_s)
-    except NoDecision:
-        raise Problem(503, "SCHEDULER_UNAVAILABLE", "the scheduler did not confirm the cancel in time",
-                      headers={"Retry-After": "1"}) from None
+    decision = await decide(services, s.CMD_CANCEL, command, msg_id=f"cancel:{command.command_id}",
+                            unconfirmed="the scheduler did not confirm the cancel in time")
     if not decision.ok:
-        extra = {"job_status": decision.job.status} if decision.job else {}
-        raise Problem(decision.status, decision.code or "REJECTED", decision.detail or "refused", **extra)
+        raise refusal(decision, **({"job_status": decision.job.status} if decision.job else {}))
     return {"job_id": parsed, "status": decision.job.status if decision.job else "CANCELLED"}
 
 

@@ -16,13 +16,12 @@ from pydantic import BaseModel, Field
 
 from gateway import queries
 from gateway.auth import USER_KEY_PREFIX, new_key
+from gateway.decisions import carried_out
 from gateway.deps import KeyHolder, KeyHolderDep, Services, ServicesDep
 from gateway.errors import Problem
 from gateway.inputs import check_storable
-from gateway.queries import wait_for_projection
 from streams import subjects as s
-from streams.commands import NoDecision
-from streams.messages import Decision, IssueApiKey, RevokeKey
+from streams.messages import IssueApiKey, RevokeKey
 
 router = APIRouter(prefix="/api/v1/keys", tags=["keys"])
 
@@ -44,19 +43,6 @@ def _key_id(raw: str) -> uuid.UUID:
         raise Problem(400, "INVALID_KEY_ID", f"{raw!r} is not a key id (a UUID)") from None
 
 
-async def _send(services: Services, subject: str, command: IssueApiKey | RevokeKey) -> Decision:
-    try:
-        decision = await services.bus.send(subject, command, msg_id=f"{subject}:{command.command_id}",
-                                           timeout=services.settings.submit_timeout_s)
-    except NoDecision:
-        raise Problem(503, "SCHEDULER_UNAVAILABLE", "the scheduler did not confirm in time",
-                      headers={"Retry-After": "1"}) from None
-    if not decision.ok:
-        raise Problem(decision.status, decision.code or "REJECTED", decision.detail or "refused")
-    await wait_for_projection(services.pool, decision.seq, timeout=5)  # the list shows it from now on
-    return decision
-
-
 def _view(row: Any) -> dict[str, Any]:
     return {"key_id": row["key_id"], "prefix": row["prefix"], "label": row["label"],
             "created_at": row["created_at"], "revoked_at": row["revoked_at"]}
@@ -74,7 +60,7 @@ async def _issue(services: Services, owner: uuid.UUID, label: str | None, replac
     key, key_hash, prefix = new_key(USER_KEY_PREFIX)
     command = IssueApiKey(command_id=uuid.uuid4(), user_id=owner, key_id=uuid.uuid4(), key_hash=key_hash,
                           key_prefix=prefix, label=label, replaces=replaces)
-    await _send(services, s.CMD_KEY_ISSUE, command)
+    await carried_out(services, s.CMD_KEY_ISSUE, command, msg_id=f"key-issue:{command.command_id}")
     return {"key_id": command.key_id, "key": key, "prefix": prefix, "label": label,
             "note": "the key is shown this once; store it now"}
 
@@ -92,7 +78,7 @@ async def rotate_key(key_id: str, body: KeyCreate, services: ServicesDep, holder
 @router.delete("/{key_id}", summary="Revoke a key: it stops working at once")
 async def revoke_key(key_id: str, services: ServicesDep, holder: KeyHolderDep) -> dict[str, Any]:
     parsed = _key_id(key_id)
-    await _send(services, s.CMD_KEY_REVOKE, RevokeKey(command_id=uuid.uuid4(), key_id=parsed,
-                                                      user_id=_owner(holder), by="user"))
+    command = RevokeKey(command_id=uuid.uuid4(), key_id=parsed, user_id=_owner(holder), by="user")
+    await carried_out(services, s.CMD_KEY_REVOKE, command, msg_id=f"key-revoke:{command.command_id}")
     services.key_revoked(parsed)  # this gateway at once; the others when the event reaches them
     return {"key_id": parsed, "revoked": True}

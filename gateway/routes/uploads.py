@@ -27,10 +27,10 @@ from nats.js.api import ObjectMeta
 from nats.js.errors import NotFoundError
 
 from gateway import queries
+from gateway.decisions import carried_out
 from gateway.deps import CurrentPrincipal, Services, ServicesDep
 from gateway.errors import Problem
 from streams import subjects as s
-from streams.commands import NoDecision
 from streams.messages import DeleteUpload, StoreUpload
 
 router = APIRouter(prefix="/api/v1/uploads", tags=["uploads"])
@@ -112,19 +112,11 @@ async def upload(request: Request, services: ServicesDep, principal: CurrentPrin
                           content_type=content_type, size_bytes=len(data), duration_seconds=seconds,
                           bits_per_sample=facts[1] if facts else None, expires_at=expires)
     try:
-        decision = await services.bus.send(s.CMD_UPLOAD_STORE, command, msg_id=f"upload:{upload_id}",
-                                           timeout=services.settings.submit_timeout_s)
-    except NoDecision:
-        decision = None
-    if decision is None or not decision.ok:
+        await carried_out(services, s.CMD_UPLOAD_STORE, command, msg_id=f"upload:{upload_id}")
+    except Problem:  # refused, or not confirmed: not kept
         with contextlib.suppress(NotFoundError, nats.errors.Error):
             await store.delete(name)
-        if decision is None:
-            raise Problem(503, "SCHEDULER_UNAVAILABLE", "the upload could not be counted; try again",
-                          headers={"Retry-After": "1"})
-        retry = {"Retry-After": str(decision.retry_after)} if decision.retry_after else None
-        raise Problem(decision.status, decision.code or "REJECTED", decision.detail or "refused", headers=retry)
-    await queries.wait_for_projection(services.pool, decision.seq, timeout=5)  # listed from now on
+        raise
     return JSONResponse({"upload_id": str(upload_id), "content_type": content_type, "size_bytes": len(data),
                          "duration_seconds": seconds, "expires_at": expires.isoformat()}, status_code=201)
 
@@ -145,15 +137,7 @@ async def delete_upload(upload_id: str, services: ServicesDep, principal: Curren
     except ValueError:
         raise Problem(400, "INVALID_UPLOAD_ID", f"{upload_id!r} is not an upload id (a UUID)") from None
     command = DeleteUpload(command_id=uuid.uuid4(), user_id=principal.user_id, upload_id=parsed)
-    try:
-        decision = await services.bus.send(s.CMD_UPLOAD_DELETE, command, msg_id=f"upload-delete:{command.command_id}",
-                                           timeout=services.settings.submit_timeout_s)
-    except NoDecision:
-        raise Problem(503, "SCHEDULER_UNAVAILABLE", "the scheduler did not confirm in time",
-                      headers={"Retry-After": "1"}) from None
-    if not decision.ok:
-        raise Problem(decision.status, decision.code or "REJECTED", decision.detail or "refused")
-    await queries.wait_for_projection(services.pool, decision.seq, timeout=5)
+    await carried_out(services, s.CMD_UPLOAD_DELETE, command, msg_id=f"upload-delete:{command.command_id}")
     return {"upload_id": parsed, "deleted": True}
 
 
