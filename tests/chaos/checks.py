@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -31,10 +32,10 @@ import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from projector.folds import READ_MODEL_TABLES
-from projector.service import rebuild
 from streams import subjects as s
 from tessera import catalog
 from tessera.db import init_connection
+from tests.chaos.cluster import REPO
 from tests.chaos.faults import FaultRecord
 from tests.chaos.load import Job, User
 
@@ -275,27 +276,29 @@ async def snapshot(conn: asyncpg.Connection) -> dict[str, Counter[str]]:
     return out
 
 
-async def check_drift(database_url: str, found: Findings) -> None:
-    """The live read models against a rebuild from the log, in a transaction rolled back after."""
+async def check_drift(database_url: str, env: dict[str, str], found: Findings) -> None:
+    """The live read models against a rebuild from the log by `tessera projections rebuild`, run as
+    a process of its own so that it folds with the code on disk, as the services did."""
     conn = await asyncpg.connect(database_url)
     await init_connection(conn)
     try:
         live = await snapshot(conn)
-        tx = conn.transaction()
-        await tx.start()
-        try:
-            await rebuild(conn)
-            rebuilt = await snapshot(conn)
-        finally:
-            await tx.rollback()
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "tessera.cli", "projections", "rebuild",
+                                                    env=env, cwd=REPO, stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.STDOUT)
+        output, _ = await proc.communicate()
+        if proc.returncode != 0:
+            found.add("drift", "rebuild", f"`tessera projections rebuild` failed: {output.decode()[-500:]}")
+            return
+        rebuilt = await snapshot(conn)
     finally:
         await conn.close()
     for table in READ_MODEL_TABLES:
         extra, missing = live[table] - rebuilt[table], rebuilt[table] - live[table]
         for row in list(extra)[:20]:
-            found.add("drift", f"{table} live {row[:160]}", "only in the live read model")
+            found.add("drift", f"{table} live {row}", "only in the live read model")
         for row in list(missing)[:20]:
-            found.add("drift", f"{table} rebuilt {row[:160]}", "only in the rebuild")
+            found.add("drift", f"{table} rebuilt {row}", "only in the rebuild")
         found.counts["drifted rows"] += sum(extra.values()) + sum(missing.values())
 
 

@@ -186,7 +186,7 @@ async def _check(config: ChaosConfig, cluster: Cluster, users: list[User], jobs:
         await checks.check_usage(conn, charged, found)
     finally:
         await conn.close()
-    await checks.check_drift(cluster.database_url, found)
+    await checks.check_drift(cluster.database_url, cluster.env(), found)
     by_id = {str(j.job_id): j for j in jobs}
     histories = {}
     for found_keys in [*found.violations.values(), *found.notes.values()]:
