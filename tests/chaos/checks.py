@@ -211,7 +211,7 @@ async def check_api(api_url: str, users: list[User], jobs: list[Job], log: dict[
             view = r.json()
             terminals = [e for e in events if e.type in TERMINAL]
             status = TERMINAL[terminals[0].type] if terminals else None
-            if r.status_code != 200 or view.get("status") != status:
+            if r.status_code != 200 or (status is not None and view.get("status") != status):
                 found.add("drift", job.job_id, f"the API says {r.status_code} {view.get('status')}, the log {status}")
                 if job.cancel_status == 202 and view.get("status") == "COMPLETED":
                     found.add("cancelled-delivered", job.job_id, "the API answers COMPLETED after a taken cancel")

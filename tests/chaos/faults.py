@@ -123,7 +123,7 @@ class Faults:
         self.rng.shuffle(faults)
         return faults
 
-    async def run(self, keep_going: Callable[[], bool] = lambda: True) -> None:
+    async def run(self) -> None:
         for name, fault in self.plan():
             await asyncio.sleep(self.rng.uniform(*self.gap_s))
             log.info("chaos: %s", name)
