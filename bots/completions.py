@@ -20,7 +20,7 @@ import msgspec
 import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from streams import connection
+from streams import connection, permissions
 from streams import subjects as s
 from streams.messages import Notification
 
@@ -33,7 +33,7 @@ class CompletionFeed:
     def __init__(self, nats_url: str, frontend: str, bot_id: str | None, *, ack_wait_s: float = 30.0) -> None:
         self.nats_url = nats_url
         self.subject = s.done_for(frontend, bot_id)
-        self.durable = f"bot-{s.token(frontend)}-{s.token(bot_id)}"
+        self.durable = permissions.bot_user(frontend, bot_id)  # also its NATS user's name
         self.ack_wait_s = ack_wait_s
         self._stopping = asyncio.Event()
 

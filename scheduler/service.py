@@ -51,6 +51,7 @@ from streams.messages import (
     WorkerStatus,
     command_decoder,
     encode,
+    subject_of,
 )
 from streams.workers_feed import WorkersFeed
 from tessera.config import Settings
@@ -300,9 +301,14 @@ class Scheduler:
         commands: list[tuple[int, AnyCommand, Msg]] = []
         for index, msg in enumerate(msgs):
             try:
-                commands.append((index, command_decoder.decode(msg.data), msg))
+                command = command_decoder.decode(msg.data)
             except msgspec.DecodeError as exc:
                 await self._dead_letter(js, msg, f"undecodable command: {exc}")
+                continue
+            if not _on_its_subject(command, msg.subject):
+                await self._dead_letter(js, msg, f"a {type(command).__name__} may not arrive on {msg.subject}")
+                continue
+            commands.append((index, command, msg))
         loaded = await self._prefetch(conn, commands)
         while True:
             try:
@@ -361,7 +367,7 @@ class Scheduler:
         """Dead-letter a command and tell its sender (if it waits for an answer) it was refused."""
         await self._dead_letter(js, msg, reason)
         reply_to = (msg.headers or {}).get(s.HDR_REPLY_TO)
-        if reply_to and self._nc is not None:
+        if reply_to and s.is_reply(reply_to) and self._nc is not None:
             await self._nc.publish(reply_to, encode(refusal))
 
     def _keep_fleet(self, old: SchedulerState | None) -> None:
@@ -380,6 +386,8 @@ class Scheduler:
         for index, command, msg in commands:
             cause = (msg.headers or {}).get(s.HDR_MSG_ID) or f"{msg.subject}#{msg.metadata.sequence.stream}"
             reply_to = (msg.headers or {}).get(s.HDR_REPLY_TO)
+            if reply_to is not None and not s.is_reply(reply_to):
+                reply_to = None  # the scheduler answers on reply subjects only, never where a sender points it
             try:
                 match command:
                     case SubmitJob():
@@ -479,6 +487,14 @@ _HANDLER_FAILED = Decision(ok=False, status=500, code="COMMAND_FAILED",
                            detail="the scheduler could not handle this request; it was set aside")
 
 _TERMINAL_TYPES = {"JobCompleted.v1", "JobFailed.v1", "JobCancelled.v1"}
+
+
+def _on_its_subject(command: AnyCommand, subject: str) -> bool:
+    """Whether `command` came on the subject its kind (and, for a report, its worker) must use."""
+    try:
+        return subject_of(command) == subject
+    except ValueError:  # a worker id that cannot be a subject token
+        return False
 
 
 def _redelivered(msg: Msg) -> bool:

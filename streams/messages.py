@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from events.types import Artifact
+from streams import subjects as s
 
 
 class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -164,6 +165,28 @@ class DefinePlan(Command, frozen=True, kw_only=True, tag="plan.define"):
 
 AnyCommand = (SubmitJob | CancelJob | ReportStarted | ReportCompleted | ReportFailed | CreateUser | CreateFrontendKey
               | IssueApiKey | RevokeKey | StoreUpload | DeleteUpload | ChangeUserPlan | DefinePlan)
+
+# The subject each kind of command must arrive on. NATS permissions say who may publish on a
+# subject; the scheduler refuses a command that came on another kind's subject, so a worker that
+# may publish only its own reports cannot slip a submit or an admin action into one.
+_SUBJECTS: dict[type[Command], str] = {
+    SubmitJob: s.CMD_SUBMIT, CancelJob: s.CMD_CANCEL, CreateUser: s.admin("user-create"),
+    CreateFrontendKey: s.admin("frontend-create"), IssueApiKey: s.CMD_KEY_ISSUE, RevokeKey: s.CMD_KEY_REVOKE,
+    StoreUpload: s.CMD_UPLOAD_STORE, DeleteUpload: s.CMD_UPLOAD_DELETE, ChangeUserPlan: s.admin("user-plan"),
+    DefinePlan: s.admin("plan-define"),
+}
+
+
+def subject_of(command: AnyCommand) -> str:
+    """Where `command` must be published; a worker's report names its worker in the subject."""
+    match command:
+        case ReportStarted():
+            return s.report(s.CMD_STARTED, command.worker_id)
+        case ReportCompleted():
+            return s.report(s.CMD_COMPLETED, command.worker_id)
+        case ReportFailed():
+            return s.report(s.CMD_FAILED, command.worker_id)
+    return _SUBJECTS[type(command)]
 
 
 class JobSummary(msgspec.Struct, frozen=True, kw_only=True):

@@ -22,6 +22,7 @@ SCHEDULER_CONSUMER = "scheduler"
 COMMANDS_ALL = f"{PREFIX}.cmd.>"
 CMD_SUBMIT = f"{PREFIX}.cmd.job.submit"
 CMD_CANCEL = f"{PREFIX}.cmd.job.cancel"
+# A worker's reports: one subject per worker (`report()`), so its NATS user may publish only its own.
 CMD_STARTED = f"{PREFIX}.cmd.job.started"
 CMD_COMPLETED = f"{PREFIX}.cmd.job.completed"
 CMD_FAILED = f"{PREFIX}.cmd.job.failed"
@@ -33,6 +34,9 @@ CMD_UPLOAD_DELETE = f"{PREFIX}.cmd.upload.delete"
 # Revocations, as the events stream carries them: gateways drop a revoked key from their caches.
 KEYS_REVOKED = [f"{PREFIX}.events.user.*.ApiKeyRevoked_v1", f"{PREFIX}.events.frontend.*.FrontendKeyRevoked_v1"]
 
+PROGRESS_ALL = f"{PREFIX}.progress.*"
+CONTROL_ALL = f"{PREFIX}.control.*"
+REPLY_ALL = f"{PREFIX}.reply.>"
 DISPATCH_ALL = f"{PREFIX}.dispatch.>"
 EVENTS_ALL = f"{PREFIX}.events.>"
 NOTIFY_ALL = f"{PREFIX}.done.>"
@@ -64,6 +68,11 @@ def token(value: str | None, empty: str = "_") -> str:
 
 def admin(action: str) -> str:
     return f"{CMD_ADMIN_PREFIX}.{token(action)}"
+
+
+def report(kind: str, worker_id: str) -> str:
+    """A worker's report subject: `kind` is CMD_STARTED, CMD_COMPLETED or CMD_FAILED."""
+    return f"{kind}.{token(worker_id)}"
 
 
 def dispatch(worker_id: str) -> str:
@@ -103,6 +112,11 @@ def done_for(frontend: str, bot_id: str | None = None) -> str:
 
 def reply_inbox(instance: str) -> str:
     return f"{PREFIX}.reply.{token(instance)}"
+
+
+def is_reply(subject: str) -> bool:
+    """Whether `subject` is a reply subject: the only place the scheduler sends a decision."""
+    return subject.startswith(f"{PREFIX}.reply.") and " " not in subject
 
 
 def dead_letter(original_subject: str) -> str:

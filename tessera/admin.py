@@ -6,7 +6,6 @@ import uuid
 from datetime import datetime
 
 import asyncpg
-import nats
 
 from events import store
 from events.job import evolve
@@ -14,8 +13,8 @@ from events.types import plan_stream_id, user_stream_id
 from gateway.auth import FRONTEND_KEY_PREFIX, PLATFORMS, USER_KEY_PREFIX, new_key
 from gateway.queries import wait_for_projection
 from migrations import apply as apply_migrations
+from streams import connection, topology
 from streams import subjects as s
-from streams import topology
 from streams.commands import CommandBus
 from streams.messages import ChangeUserPlan, CreateFrontendKey, CreateUser, DefinePlan, IssueApiKey, RevokeKey
 from tessera.db import create_pool
@@ -28,7 +27,7 @@ async def migrate(database_url: str, nats_url: str | None = None) -> list[str]:
     finally:
         await conn.close()
     if nats_url:
-        nc = await nats.connect(nats_url)
+        nc = await connection.connect_once(nats_url, "tessera-migrate")
         try:
             await topology.ensure(nc.jetstream())
         finally:
@@ -37,7 +36,7 @@ async def migrate(database_url: str, nats_url: str | None = None) -> list[str]:
 
 
 async def _send_and_wait(nats_url: str, database_url: str, subject: str, command: object, msg_id: str) -> object:
-    nc = await nats.connect(nats_url)
+    nc = await connection.connect_once(nats_url, "tessera-admin")
     bus = await CommandBus(nc).start()
     try:
         decision = await bus.send(subject, command, msg_id=msg_id, timeout=15)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -52,12 +53,11 @@ def cmd_scheduler(args: argparse.Namespace) -> None:
 
 def cmd_projector(args: argparse.Namespace) -> None:
     from projector.service import Projector
-    from tessera.services import ensure_streams, run_loop, serve
+    from tessera.services import run_loop, serve
 
     nats_url, database_url = _urls()
 
     async def main() -> None:
-        await ensure_streams(nats_url, _settings())
         await serve(Projector(nats_url=nats_url, database_url=database_url))
 
     run_loop(main())
@@ -78,7 +78,7 @@ def cmd_gateway(args: argparse.Namespace) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
-    from tessera.services import ensure_streams, run_loop, serve
+    from tessera.services import run_loop, serve
     from worker_node.engines import build
     from worker_node.service import Worker
 
@@ -90,8 +90,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
     engines = [build(name) for name in (args.engines.split(",") if args.engines else settings.worker_engines)]
 
-    async def main() -> None:
-        await ensure_streams(nats_url, settings)
+    async def main() -> None:  # the streams are the scheduler's to make: a worker's NATS user may not
         await serve(Worker(nats_url=nats_url, worker_id=worker_id, engines=engines,
                            slots=args.slots or settings.worker_slots,
                            heartbeat_interval_s=settings.heartbeat_interval_s,
@@ -99,6 +98,63 @@ def cmd_worker(args: argparse.Namespace) -> None:
                            max_resolution=args.max_resolution), grace_s=600)
 
     run_loop(main())
+
+
+def cmd_workers_credentials(args: argparse.Namespace) -> None:
+    from streams import permissions, subjects
+    from tessera import nats_auth, runtime
+
+    if not subjects.is_token(args.worker_id):
+        raise SystemExit(f"tessera: worker id {args.worker_id!r} may hold only letters, digits, '_' and '-'")
+    settings = _settings()
+    role = f"worker:{args.worker_id}"
+    credentials = nats_auth.Credentials(nats_auth.credentials_file(settings))
+    embedded = not settings.nats_url and credentials.path.exists()  # `tessera up` made the users
+    added = credentials.ensure([role])
+    running = runtime.runtime_file(settings)
+    server = settings.nats_url or "nats://NATS-HOST:4222"
+    if embedded and running.exists():
+        server = nats_auth.without_user(json.loads(running.read_text())["nats_url"])
+    if not embedded:
+        print("# Add this user to the `authorization { users = [...] }` block of your nats-server, then reload it:\n"
+              f"{nats_auth.user_entry(role, credentials.passwords[role]).strip()}\n", file=sys.stderr)
+    elif added and not nats_auth.embedded_server(settings, credentials).reload():
+        print("# The embedded nats-server is not running: it knows this worker from its next start.", file=sys.stderr)
+    print(f"# Worker {args.worker_id}, NATS user {permissions.worker_user(args.worker_id)}. On its machine, with the "
+          "host this server is\n# reachable at (`tessera up` listens on TESSERA_NATS_HOST; TLS: docs/security.md):",
+          file=sys.stderr)
+    print(f"TESSERA_NATS_URL={credentials.url(server, role)}")
+    print(f"# then run: tessera worker --worker-id {args.worker_id}", file=sys.stderr)
+
+
+def cmd_workers_revoke(args: argparse.Namespace) -> None:
+    from streams import permissions
+    from tessera import nats_auth
+
+    settings = _settings()
+    credentials = nats_auth.Credentials(nats_auth.credentials_file(settings))
+    if not credentials.remove(f"worker:{args.worker_id}"):
+        raise SystemExit(f"tessera: worker {args.worker_id!r} has no NATS user in {credentials.path}")
+    if settings.nats_url:
+        print(f"removed; delete the user {permissions.worker_user(args.worker_id)} from your nats-server's "
+              "configuration and reload it", file=sys.stderr)
+    elif nats_auth.embedded_server(settings, credentials).reload():
+        print(f"worker {args.worker_id} can no longer connect; its connections were closed", file=sys.stderr)
+    else:
+        print(f"worker {args.worker_id} removed; the embedded nats-server is not running", file=sys.stderr)
+
+
+def cmd_nats_authorization(args: argparse.Namespace) -> None:
+    from tessera import nats_auth
+
+    credentials = nats_auth.Credentials(nats_auth.credentials_file(_settings()))
+    roles = [*nats_auth.CORE_ROLES, *(f"worker:{w}" for w in args.worker), *(f"bot:{b}" for b in args.bot)]
+    try:
+        credentials.ensure(roles)
+    except ValueError as exc:
+        raise SystemExit(f"tessera: {exc}") from None
+    print(f"# Users for an external nats-server; passwords kept in {credentials.path}", file=sys.stderr)
+    print(credentials.authorization(roles), end="")
 
 
 def cmd_users_create(args: argparse.Namespace) -> None:
@@ -272,6 +328,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-resolution", type=int, default=None,
                    help="the largest image side it takes (default: judged from its GPU's memory)")
     p.set_defaults(func=cmd_worker)
+
+    workers = sub.add_parser("workers", help="remote workers").add_subparsers(dest="action", required=True)
+    p = workers.add_parser("credentials", help="make a worker's NATS user and print the URL it joins with")
+    p.add_argument("--worker-id", required=True)
+    p.set_defaults(func=cmd_workers_credentials)
+    p = workers.add_parser("revoke", help="delete a worker's NATS user; the running server closes its connections")
+    p.add_argument("--worker-id", required=True)
+    p.set_defaults(func=cmd_workers_revoke)
+
+    nats_cmd = sub.add_parser("nats", help="NATS users for an external server").add_subparsers(dest="action",
+                                                                                                required=True)
+    p = nats_cmd.add_parser("authorization", help="print the nats-server `authorization` block: one user per role")
+    p.add_argument("--worker", action="append", default=[], help="a worker id to add a user for (repeatable)")
+    p.add_argument("--bot", action="append", default=[], help="FRONTEND:BOT_ID of a bot to add (repeatable)")
+    p.set_defaults(func=cmd_nats_authorization)
 
     users = sub.add_parser("users", help="manage users").add_subparsers(dest="action", required=True)
     p = users.add_parser("create", help="register a user and print a new API key")

@@ -21,6 +21,11 @@ def _env_int(name: str, default: int) -> int:
     return int(value) if value else default
 
 
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
 def default_engines() -> tuple[str, ...]:
     """The offline engines: echo, espeak-ng, PocketSphinx, and llama.cpp when the llm extra is installed."""
     engines = ("echo", "espeak", "pocketsphinx")
@@ -43,6 +48,10 @@ class Settings:
     nats_url: str | None = None
     database_url: str | None = None
     data_dir: Path = field(default_factory=default_data_dir)
+    # The embedded nats-server (`tessera up`): the address it listens on, and TLS for remote workers.
+    nats_host: str = "127.0.0.1"
+    nats_tls_cert: Path | None = None
+    nats_tls_key: Path | None = None
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     public_url: str | None = None
@@ -78,6 +87,9 @@ class Settings:
             "nats_url": os.environ.get("TESSERA_NATS_URL") or None,
             "database_url": os.environ.get("TESSERA_DATABASE_URL") or None,
             "data_dir": default_data_dir(),
+            "nats_host": os.environ.get("TESSERA_NATS_HOST") or "127.0.0.1",
+            "nats_tls_cert": _env_path("TESSERA_NATS_TLS_CERT"),
+            "nats_tls_key": _env_path("TESSERA_NATS_TLS_KEY"),
             "http_host": os.environ.get("TESSERA_HTTP_HOST", "127.0.0.1"),
             "http_port": _env_int("TESSERA_HTTP_PORT", 8000),
             "public_url": os.environ.get("TESSERA_PUBLIC_URL") or None,

@@ -12,6 +12,7 @@ import logging
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -75,31 +76,63 @@ class EmbeddedNats:
     minutes) loses acknowledged writes when the machine loses power (Jepsen's analysis of NATS
     2.12.1), so the embedded server syncs every write ("always"); docs/operations.md has the cost
     and what to set on an external server. None keeps nats-server's default.
+
+    `authorization` is an `authorization { ... }` block (tessera/nats_auth.py writes it): with
+    none, every client may do everything, as in the tests. `tls_cert` and `tls_key` make it speak
+    TLS only (`tls://` URLs). `host` is the address it listens on.
     """
 
     store_dir: Path
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
     sync_interval: str | None = "always"
+    authorization: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    host: str = "127.0.0.1"
+
+    @property
+    def conf_file(self) -> Path:
+        return self.store_dir / "nats-server.conf"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.store_dir / "nats-server.pid"
 
     def config(self) -> str:
         lines = [f"store_dir: {json.dumps(str(self.store_dir))}"]
         if self.sync_interval:
             lines.append(f"sync_interval: {self.sync_interval}")
-        return "jetstream {\n" + "".join(f"  {line}\n" for line in lines) + "}\n"
+        text = f"pid_file: {json.dumps(str(self.pid_file))}\n"
+        text += "jetstream {\n" + "".join(f"  {line}\n" for line in lines) + "}\n"
+        if self.tls_cert and self.tls_key:
+            text += (f"tls {{\n  cert_file: {json.dumps(str(self.tls_cert))}\n"
+                     f"  key_file: {json.dumps(str(self.tls_key))}\n}}\n")
+        if self.authorization:
+            text += self.authorization
+        return text
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        scheme = "tls" if self.tls_cert else "nats"
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+    def write_config(self) -> Path:
+        """Write the configuration, readable by this user only (it holds the users' passwords)."""
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.conf_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(self.config())
+        self.conf_file.chmod(0o600)
+        return self.conf_file
 
     def start(self, preferred_port: int | None = 4222) -> EmbeddedNats:
-        self.store_dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port(preferred_port)
-        conf = self.store_dir / "nats-server.conf"
-        conf.write_text(self.config())
+        self.port = free_port(preferred_port, "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host)
+        conf = self.write_config()
         with open(self.store_dir / "nats-server.log", "ab") as log_file:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
-                [nats_server_binary(), "-c", str(conf), "-a", "127.0.0.1", "-p", str(self.port)],
+                [nats_server_binary(), "-c", str(conf), "-a", self.host, "-p", str(self.port)],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches `tessera up`, which stops the services first
@@ -107,6 +140,17 @@ class EmbeddedNats:
         _wait_for_port(self.port, self.process, "nats-server")
         log.info("nats-server listening on %s (store %s)", self.url, self.store_dir)
         return self
+
+    def reload(self) -> bool:
+        """Rewrite the configuration and have the running server read it again (SIGHUP); False
+        when no server runs from this store."""
+        self.write_config()
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            os.kill(pid, signal.SIGHUP)
+        except (FileNotFoundError, ValueError, ProcessLookupError):
+            return False
+        return True
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

@@ -16,7 +16,10 @@ def runtime_file(settings: Settings) -> Path:
 def write(settings: Settings, **values: str) -> None:
     path = runtime_file(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(values, indent=2))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # the NATS URL holds the admin password
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(values, indent=2))
+    path.chmod(0o600)
 
 
 def clear(settings: Settings) -> None:

@@ -10,9 +10,7 @@ import signal
 from collections.abc import Coroutine
 from typing import Any, Protocol, TypeVar
 
-import nats
-
-from streams import topology
+from streams import connection, topology
 from tessera.config import Settings
 
 log = logging.getLogger(__name__)
@@ -27,7 +25,7 @@ class Service(Protocol):
 
 
 async def ensure_streams(nats_url: str, settings: Settings) -> None:
-    nc = await nats.connect(nats_url)
+    nc = await connection.connect_once(nats_url, "ensure-streams")
     try:
         await topology.ensure(nc.jetstream(), artifact_ttl_s=settings.artifact_ttl_s)
     finally:

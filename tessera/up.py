@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 import httpx
 
-from tessera import runtime
+from streams import connection
+from tessera import nats_auth, runtime
 from tessera.admin import migrate
 from tessera.config import Settings
-from tessera.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from tessera.embedded import EmbeddedPostgres, free_port
 
 log = logging.getLogger("tessera.up")
 
@@ -26,11 +27,15 @@ log = logging.getLogger("tessera.up")
 class Child:
     name: str
     argv: list[str]
+    role: str
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started_at: float = 0.0
+    nats_url: str = ""  # its own credentials when `tessera up` runs the nats-server
 
     def start(self, env: dict[str, str]) -> None:
+        if self.nats_url:
+            env = {**env, "TESSERA_NATS_URL": self.nats_url}
         self.process = subprocess.Popen(self.argv, env=env, start_new_session=True)
         self.started_at = time.monotonic()
 
@@ -49,11 +54,20 @@ def _wait_ready(url: str, timeout: float = 60.0) -> bool:
 
 def up(settings: Settings, *, http_port: int | None = None, workers: int = 1) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    embedded_nats = embedded_pg = None
+    embedded_nats = embedded_pg = credentials = None
     nats_url, database_url = settings.nats_url, settings.database_url
-    if not nats_url:
-        embedded_nats = EmbeddedNats(settings.data_dir / "nats").start()
-        nats_url = embedded_nats.url
+    me = [sys.executable, "-m", "tessera.cli"]
+    host = socket.gethostname().split(".")[0] or "local"
+    children = [Child(name, [*me, name], name) for name in ("scheduler", "projector", "gateway")]
+    children += [Child(f"worker-{i}", [*me, "worker", "--worker-id", f"{host}-{i}"], f"worker:{host}-{i}")
+                 for i in range(workers)]
+    if not nats_url:  # an embedded server: one user per role, each service with its own
+        credentials = nats_auth.Credentials(nats_auth.credentials_file(settings))
+        credentials.ensure([*nats_auth.CORE_ROLES, *(child.role for child in children)])
+        embedded_nats = nats_auth.embedded_server(settings, credentials).start()
+        nats_url = credentials.url(embedded_nats.url, "admin")
+        for child in children:
+            child.nats_url = credentials.url(embedded_nats.url, child.role)
     if not database_url:
         embedded_pg = EmbeddedPostgres(settings.data_dir / "postgres").start()
         database_url = embedded_pg.url
@@ -63,11 +77,6 @@ def up(settings: Settings, *, http_port: int | None = None, workers: int = 1) ->
     api_url = f"http://{settings.http_host}:{port}"
     env = {**os.environ, "TESSERA_NATS_URL": nats_url, "TESSERA_DATABASE_URL": database_url,
            "TESSERA_HTTP_PORT": str(port), "TESSERA_DATA_DIR": str(settings.data_dir), "PYTHONUNBUFFERED": "1"}
-    me = [sys.executable, "-m", "tessera.cli"]
-    host = socket.gethostname().split(".")[0] or "local"
-    children = [Child("scheduler", [*me, "scheduler"]), Child("projector", [*me, "projector"]),
-                Child("gateway", [*me, "gateway"])]
-    children += [Child(f"worker-{i}", [*me, "worker", "--worker-id", f"{host}-{i}"]) for i in range(workers)]
     for child in children:
         child.start(env)
     runtime.write(settings, nats_url=nats_url, database_url=database_url, api_url=api_url)
@@ -82,7 +91,9 @@ def up(settings: Settings, *, http_port: int | None = None, workers: int = 1) ->
     signal.signal(signal.SIGTERM, request_stop)
     try:
         if _wait_ready(api_url):
-            print(f"\nTessera is up.\n  API      {api_url}  (docs: {api_url}/docs)\n  NATS     {nats_url}\n"
+            users = f" (users and passwords: {credentials.path})" if credentials else ""
+            print(f"\nTessera is up.\n  API      {api_url}  (docs: {api_url}/docs)\n"
+                  f"  NATS     {connection.redacted(nats_url)}{users}\n"
                   f"  Postgres {database_url}\n  Data     {settings.data_dir}\n"
                   "Create a user:  tessera users create --platform web --user-id alice --plan pro\n"
                   "Stop with Ctrl-C.\n", flush=True)

@@ -106,16 +106,16 @@ class ScriptedWorker:
                      fail: str | None = None) -> None:
         """Report the attempt started and then completed (or failed with code `fail`)."""
         tag = f"{dispatch.job_id}:{dispatch.attempt}"
-        await self.js.publish(s.CMD_STARTED, encode(ReportStarted(job_id=dispatch.job_id, worker_id=self.worker_id,
-                                                                  attempt=dispatch.attempt)),
+        started = ReportStarted(job_id=dispatch.job_id, worker_id=self.worker_id, attempt=dispatch.attempt)
+        await self.js.publish(s.report(s.CMD_STARTED, self.worker_id), encode(started),
                               headers={s.HDR_MSG_ID: f"{tag}:started"})
         if fail:
             report: object = ReportFailed(job_id=dispatch.job_id, worker_id=self.worker_id, attempt=dispatch.attempt,
                                           code=fail, message="scripted failure")
-            subject, suffix = s.CMD_FAILED, "failed"
+            subject, suffix = s.report(s.CMD_FAILED, self.worker_id), "failed"
         else:
             report = ReportCompleted(job_id=dispatch.job_id, worker_id=self.worker_id, attempt=dispatch.attempt,
                                      artifacts=[], execution_time_seconds=0.5, usage=usage or {})
-            subject, suffix = s.CMD_COMPLETED, "completed"
+            subject, suffix = s.report(s.CMD_COMPLETED, self.worker_id), "completed"
         await self.js.publish(subject, encode(report), headers={s.HDR_MSG_ID: f"{tag}:{suffix}"})
         self.running.discard(dispatch.job_id)

@@ -18,7 +18,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ObjectMeta
-from nats.js.errors import NotFoundError
+from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from events.types import Artifact
 from streams import connection
@@ -117,7 +117,7 @@ class Worker:
     async def run(self) -> None:
         self._nc = await connection.connect(self.nats_url, f"worker-{self.worker_id}")
         self._js = self._nc.jetstream()
-        kv = await self._js.key_value(s.WORKERS_BUCKET)
+        kv = await self._workers_bucket()
         control = await self._nc.subscribe(s.control(self.worker_id), cb=self._on_control)
         sub = await self._js.pull_subscribe(
             s.dispatch(self.worker_id), durable=f"worker-{self.worker_id}", stream=s.DISPATCH_STREAM,
@@ -148,6 +148,18 @@ class Worker:
                 await engine.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._nc.close(), 5)
+
+    async def _workers_bucket(self):  # type: ignore[no-untyped-def]
+        """The bucket the worker announces itself in. A worker does not create streams (its NATS
+        user may not): it waits for the scheduler or `tessera migrate` to have made them."""
+        assert self._js is not None
+        while True:
+            try:
+                return await self._js.key_value(s.WORKERS_BUCKET)
+            except BucketNotFoundError:
+                log.warning("worker %s: no %s bucket yet (the scheduler or `tessera migrate` creates it); "
+                            "waiting", self.worker_id, s.WORKERS_BUCKET)
+                await asyncio.sleep(1.0)
 
     async def _heartbeat(self, kv) -> None:  # type: ignore[no-untyped-def]
         has_gpu = self.gpu_state is not None
@@ -311,7 +323,7 @@ class Worker:
                 grace.cancel()
                 for reporter in reporters:
                     reporter.cancel()
-            await self._command(s.CMD_COMPLETED, ReportCompleted(
+            await self._command(s.report(s.CMD_COMPLETED, self.worker_id), ReportCompleted(
                 job_id=job.job_id, worker_id=self.worker_id, attempt=job.attempt, artifacts=artifacts,
                 execution_time_seconds=round(time.perf_counter() - started, 6), usage=_usage(outputs),
                 started_at=started_at), f"{tag}:completed")
@@ -324,14 +336,13 @@ class Worker:
             self._slot_freed.set()
 
     async def _report_started(self, job: JobInput, tag: str) -> None:
-        await self._command(s.CMD_STARTED, ReportStarted(job_id=job.job_id, worker_id=self.worker_id,
-                                                        attempt=job.attempt), f"{tag}:started")
+        report = ReportStarted(job_id=job.job_id, worker_id=self.worker_id, attempt=job.attempt)
+        await self._command(s.report(s.CMD_STARTED, self.worker_id), report, f"{tag}:started")
 
     async def _fail(self, job: JobInput, code: str, message: str, started_at: datetime | None = None) -> None:
-        await self._command(s.CMD_FAILED, ReportFailed(job_id=job.job_id, worker_id=self.worker_id,
-                                                      attempt=job.attempt, code=code, message=message,
-                                                      started_at=started_at),
-                            f"{job.job_id}:{job.attempt}:failed")
+        report = ReportFailed(job_id=job.job_id, worker_id=self.worker_id, attempt=job.attempt, code=code,
+                              message=message, started_at=started_at)
+        await self._command(s.report(s.CMD_FAILED, self.worker_id), report, f"{job.job_id}:{job.attempt}:failed")
 
     def _progress_fn(self, job: JobInput):  # type: ignore[no-untyped-def]
         async def progress(fraction: float | None, message: str | None, partial_text: str | None) -> None:

@@ -275,7 +275,7 @@ async def test_a_paused_worker_cannot_complete_its_lost_job_a_second_time(platfo
     # The late result was sent, and refused: the commands stream holds it.
     nc = await nats.connect(platform_parts.nats_url)
     try:
-        sub = await nc.jetstream().subscribe(s.CMD_COMPLETED, ordered_consumer=True)
+        sub = await nc.jetstream().subscribe(f"{s.CMD_COMPLETED}.>", ordered_consumer=True)
         reports = []
         with contextlib.suppress(TimeoutError):
             while True:

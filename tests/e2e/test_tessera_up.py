@@ -78,6 +78,41 @@ async def test_tessera_up_serves_speech_and_text_offline(tmp_path: Path) -> None
                 assert answer["status"] == "COMPLETED" and answer["artifacts"][0]["text"].strip()
             else:
                 assert text.status_code == 503 and text.json()["code"] == "NO_CAPABLE_WORKER"
+
+            # A remote worker joins with nothing but the URL `tessera workers credentials` prints.
+            joined = subprocess.run([sys.executable, "-m", "tessera.cli", "workers", "credentials", "--worker-id",
+                                     "remote-9"], env=env, cwd=REPO, capture_output=True, text=True, timeout=60,
+                                    check=True)
+            url = joined.stdout.strip().removeprefix("TESSERA_NATS_URL=")
+            assert url.startswith("nats://worker-remote-9:"), joined.stdout
+            remote_env = {k: v for k, v in env.items() if k != "TESSERA_DATA_DIR"}
+            remote_env.update(TESSERA_NATS_URL=url, TESSERA_DATA_DIR=str(tmp_path / "elsewhere"))
+            remote = subprocess.Popen([sys.executable, "-m", "tessera.cli", "worker", "--worker-id", "remote-9",
+                                       "--engines", "echo"], env=remote_env, cwd=REPO, stdout=log,
+                                      stderr=subprocess.STDOUT)
+            try:
+                for _ in range(300):
+                    models = (await client.get("/api/v1/models")).json()["models"]
+                    if any(m["name"] == "echo" and m["workers_online"] == 2 for m in models):
+                        break
+                    await asyncio.sleep(0.1)
+                else:
+                    raise AssertionError(f"the remote worker did not join: {models}")
+                # Revoked, it is cut off at once: the server drops its connection and refuses it again.
+                subprocess.run([sys.executable, "-m", "tessera.cli", "workers", "revoke", "--worker-id", "remote-9"],
+                               env=env, cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
+                server_log = tmp_path / "data" / "nats" / "nats-server.log"
+                for _ in range(100):
+                    refusals = [line for line in server_log.read_text().splitlines()
+                                if "authentication error" in line and "worker-remote-9" in line]
+                    if refusals:
+                        break
+                    await asyncio.sleep(0.1)
+                else:
+                    raise AssertionError("the revoked worker was not refused")
+            finally:
+                remote.terminate()
+                remote.wait(30)
     finally:
         up.send_signal(signal.SIGINT)
         try:
@@ -89,3 +124,8 @@ async def test_tessera_up_serves_speech_and_text_offline(tmp_path: Path) -> None
     output = (tmp_path / "up.log").read_text()
     assert up.returncode == 0, output
     assert "Tessera stopped" in output
+    nats_dir = tmp_path / "data" / "nats"
+    assert (nats_dir / "credentials.json").stat().st_mode & 0o777 == 0o600
+    violations = [line for line in (nats_dir / "nats-server.log").read_text().splitlines()
+                  if "Publish Violation" in line or "Subscription Violation" in line]
+    assert violations == []  # every service ran as its own NATS user and needed nothing it was refused
