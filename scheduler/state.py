@@ -332,6 +332,7 @@ class SchedulerState:
         """Record a job event and keep every count that depends on the job's status in step."""
         current = self.jobs.get(job_id)
         before = current.status if current else None
+        worker_id = current.worker_id if current else None  # before the event: a requeue clears it
         self.emit("job", job_id, (current.version if current else 0) + 1, event, cause)
         job = self.jobs[job_id]
         after = job.status
@@ -339,7 +340,7 @@ class SchedulerState:
             self._dequeue(job)
         if before is JobStatus.RUNNING and after is not JobStatus.RUNNING:
             self.user_running[job.user_id] -= 1
-            self._release_slot(job)
+            self._release_slot(job, worker_id)
         if after is JobStatus.RUNNING and before is not JobStatus.RUNNING:
             self.user_running[job.user_id] += 1
         if isinstance(event, JobQueued) and job.quota_day is not None:
@@ -434,9 +435,9 @@ class SchedulerState:
         return max(0, sum(depth for (cap, prio), depth in self._depth.items()
                           if cap == job.capability and prio >= job.priority) - 1)
 
-    def _release_slot(self, job: Job) -> None:
-        if job.worker_id and job.worker_id in self.workers:
-            self.workers[job.worker_id].release(job.id)
+    def _release_slot(self, job: Job, worker_id: str | None) -> None:
+        if worker_id and worker_id in self.workers:
+            self.workers[worker_id].release(job.id)
 
     # --- command handlers --------------------------------------------------------------------
 

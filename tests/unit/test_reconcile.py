@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from events.job import JobStatus
 from events.types import JobRequeued
 from scheduler.state import SchedulerState
-from streams.messages import EnginePool, ReportFailed, WorkerStatus
+from streams.messages import EnginePool, ReportCompleted, ReportFailed, WorkerStatus
 from tests.unit.test_worker_slots import INSTANCE, complete, make_state, submit
 
 ECHO = [EnginePool(engine="echo", models=["echo"], slots=4)]
@@ -55,6 +55,8 @@ def test_an_attempt_the_worker_never_got_is_requeued_after_the_grace_period() ->
     [requeued] = requeues(state)
     assert requeued.attempt == 1 and "never ran attempt 1" in requeued.reason
     assert state.jobs[job_id].status is JobStatus.QUEUED
+    view = state.workers["w1"]
+    assert job_id not in view.running and view.free_slots == 4  # its slot is free again
     state.schedule()  # and it runs again, as attempt 2, on the same (healthy) worker
     [(worker_id, dispatch)] = state.take_effects().dispatches
     assert (worker_id, dispatch.job_id, dispatch.attempt) == ("w1", job_id, 2)
@@ -133,12 +135,37 @@ def test_an_unreachable_engine_requeues_the_job_until_its_attempts_are_spent() -
     for attempt in (1, 2):
         state.failed(failure(job_id, attempt, "ENGINE_UNAVAILABLE"), "test")
         assert state.jobs[job_id].status is JobStatus.QUEUED
+        assert state.workers["w1"].free_slots == 4  # the attempt's slot is let go
         state.schedule()
         assert state.jobs[job_id].attempt == attempt + 1
     state.failed(failure(job_id, 3, "ENGINE_DISCONNECTED"), "test")
     job = state.jobs[job_id]
     assert job.status is JobStatus.FAILED and job.error is not None
     assert job.error["code"] == "ENGINE_DISCONNECTED" and "attempt 3 of 3" in job.error["message"]
+
+
+def test_a_one_slot_engine_serves_again_after_a_requeue() -> None:
+    """The engine's only slot is let go when its attempt is requeued, so the next job of that engine
+    is dispatched (it once stayed held, and every later TTS job waited forever)."""
+    state, users = make_state()
+    one_slot = [EnginePool(engine="espeak", models=["espeak-ng"], slots=1)]
+    state.clock = time.time
+    status = WorkerStatus(worker_id="w1", instance_id=INSTANCE, capabilities=["tts"], engines=["espeak"],
+                          models=["espeak-ng"], loaded_models=["espeak-ng"], slots=1, running=[], held={},
+                          sent_at=datetime.now(UTC), pools=one_slot, heartbeat_interval_s=1.0)
+    state.worker_seen(status, T0)
+    first, second = submit(state, users["free"], "tts"), submit(state, users["free"], "tts")
+    state.schedule()
+    assert [d.job_id for _, d in state.take_effects().dispatches] == [first]
+    state.worker_seen(status, T0 + 1)  # it never got it
+    state.tick(T0 + 7)
+    state.schedule()
+    dispatched = [(d.job_id, d.attempt) for _, d in state.take_effects().dispatches]
+    assert dispatched == [(first, 2)]  # back in its place, on the freed slot
+    state.completed(ReportCompleted(job_id=first, worker_id="w1", attempt=2, artifacts=[],
+                                    execution_time_seconds=0.1), "test")
+    state.schedule()
+    assert [d.job_id for _, d in state.take_effects().dispatches] == [second]
 
 
 def test_a_job_error_is_not_retried() -> None:
