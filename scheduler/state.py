@@ -979,11 +979,12 @@ class SchedulerState:
 
 EWMA_WEIGHT = 0.2  # weight of the newest measurement in a model's execution-time average
 
-# Failures a worker reports that are not the job's fault: the engine's server could not be reached,
-# or went away before any result. The job gets another attempt (docs/engines.md).
 MAX_KEYS_PER_USER = 20
 
-RETRIED_CODES = frozenset({"ENGINE_UNAVAILABLE", "ENGINE_DISCONNECTED"})
+# Failures a worker reports that are not the job's fault: the engine's server could not be reached,
+# or went away before any result, or NATS kept the result from being stored. The job gets another
+# attempt (docs/engines.md).
+RETRIED_CODES = frozenset({"ENGINE_UNAVAILABLE", "ENGINE_DISCONNECTED", "ARTIFACT_STORE_UNAVAILABLE"})
 
 
 def _check_plan(plan: PlanDefined) -> None:

@@ -44,6 +44,7 @@ PROBE_TIMEOUT_S = 5.0
 # Failures that say the engine's server could not be reached or went away: the engine is probed
 # at once, so its models are withdrawn before the scheduler requeues the job elsewhere.
 UNREACHABLE = frozenset({"ENGINE_UNAVAILABLE", "ENGINE_DISCONNECTED"})
+STORE_PATIENCE_S = 120.0  # how long a finished job's artifacts wait for the object store
 
 
 class Worker:
@@ -302,7 +303,6 @@ class Worker:
                 context = JobContext(progress=self._progress_fn(job), fetch=self._fetch_input)
                 async with asyncio.timeout(dispatch.timeout_seconds):
                     outputs = await engine.run(job, context)
-                artifacts = [await self._store(job, output) for output in outputs]
             except TimeoutError:
                 await self._fail(job, "ENGINE_TIMEOUT", f"no result within {dispatch.timeout_seconds:.0f}s",
                                  started_at)
@@ -323,6 +323,9 @@ class Worker:
                 grace.cancel()
                 for reporter in reporters:
                     reporter.cancel()
+            artifacts = await self._store_outputs(job, outputs, started_at)
+            if artifacts is None:
+                return
             await self._command(s.report(s.CMD_COMPLETED, self.worker_id), ReportCompleted(
                 job_id=job.job_id, worker_id=self.worker_id, attempt=job.attempt, artifacts=artifacts,
                 execution_time_seconds=round(time.perf_counter() - started, 6), usage=_usage(outputs),
@@ -363,6 +366,33 @@ class Worker:
         except NotFoundError:
             raise EngineError("INPUT_EXPIRED", "the uploaded input is no longer stored") from None
         return result.data or b""
+
+    async def _store_outputs(self, job: JobInput, outputs: list[Output],
+                             started_at: datetime) -> list[Artifact] | None:
+        """Store the outputs as artifacts, waiting out a NATS outage (the engine's work is done and
+        worth keeping) for up to STORE_PATIENCE_S; None when it failed, and the failure is reported."""
+        artifacts = []
+        for output in outputs:
+            delay, deadline = 0.1, time.monotonic() + STORE_PATIENCE_S
+            while True:
+                try:
+                    artifacts.append(await self._store(job, output))
+                    break
+                except (nats.errors.Error, TimeoutError) as exc:
+                    if time.monotonic() >= deadline:
+                        await self._fail(job, "ARTIFACT_STORE_UNAVAILABLE",
+                                         f"the object store took no artifact for {STORE_PATIENCE_S:.0f}s: {exc!r}",
+                                         started_at)
+                        return None
+                    log.warning("worker %s: storing an artifact of job %s failed (%r); retrying", self.worker_id,
+                                job.job_id, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                except Exception as exc:  # not NATS being away: this output cannot be stored
+                    log.exception("worker %s: cannot store an artifact of job %s", self.worker_id, job.job_id)
+                    await self._fail(job, "ARTIFACT_STORE_FAILED", f"{type(exc).__name__}: {exc}", started_at)
+                    return None
+        return artifacts
 
     async def _store(self, job: JobInput, output: Output) -> Artifact:
         artifact_id = uuid.uuid4()

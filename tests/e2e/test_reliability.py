@@ -249,3 +249,35 @@ async def test_a_newer_attempt_of_a_job_replaces_the_older_one_on_the_worker(pla
         assert job_id not in worker.running  # attempt 2 finished and let go
     finally:
         await nc.close()
+
+
+class FlakyStoreWorker(Worker):
+    """A real worker whose object store times out twice, as during a NATS restart."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.store_failures = 0
+
+    async def _store(self, job, output):  # type: ignore[no-untyped-def]
+        if self.store_failures < 2:
+            self.store_failures += 1
+            raise nats.errors.TimeoutError
+        return await super()._store(job, output)
+
+
+@pytest.mark.timeout(60)
+async def test_a_result_waits_out_an_object_store_outage_rather_than_failing(platform_parts: Platform) -> None:
+    """Storing the artifacts once failed the job as ENGINE_TIMEOUT when NATS was away: the engine's
+    work is done, so the worker waits for the store and the job completes, on its first attempt."""
+    await start_scheduler(platform_parts)
+    worker = FlakyStoreWorker(nats_url=platform_parts.nats_url, worker_id="flaky", engines=[build("echo")],
+                              heartbeat_interval_s=0.3)
+    await platform_parts.start("worker:flaky", worker)
+    await asyncio.wait_for(worker.ready.wait(), 10)
+    key = await platform_parts.user_key()
+    async with platform_parts.client(key) as client:
+        job_id = (await client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "kept"}})
+                  ).json()["job_id"]
+        done = await platform_parts.wait_status(client, job_id, {"COMPLETED", "FAILED"}, timeout=20)
+    assert done["status"] == "COMPLETED" and done["attempt"] == 1, done
+    assert worker.store_failures == 2 and done["artifacts"][0]["text"] == "kept"
