@@ -211,7 +211,7 @@ class Limits:
     worker_timeout_s: float = 10.0
     # How long an attempt may be missing from its worker's heartbeats before it is requeued (at
     # least three of that worker's heartbeat intervals).
-    reconcile_grace_s: float = 5.0
+    reconcile_grace_s: float = 10.0
     queue_timeout_s: float = 1800.0
     quota_timezone: str = "UTC"
     policy: PolicyConfig = field(default_factory=PolicyConfig)

@@ -60,7 +60,7 @@ class Settings:
     command_batch: int = 512
     heartbeat_interval_s: float = 2.0
     worker_timeout_s: float = 10.0
-    reconcile_grace_s: float = 5.0  # an attempt missing from its worker's heartbeats this long is requeued
+    reconcile_grace_s: float = 10.0  # an attempt missing from its worker's heartbeats this long is requeued
     max_attempts: int = 3
     queue_timeout_s: float = 1800.0
     quota_timezone: str = "UTC"
@@ -96,7 +96,7 @@ class Settings:
             "submit_timeout_s": _env_float("TESSERA_SUBMIT_TIMEOUT", 10.0),
             "heartbeat_interval_s": _env_float("TESSERA_HEARTBEAT_INTERVAL", 2.0),
             "worker_timeout_s": _env_float("TESSERA_WORKER_TIMEOUT", 10.0),
-            "reconcile_grace_s": _env_float("TESSERA_RECONCILE_GRACE", 5.0),
+            "reconcile_grace_s": _env_float("TESSERA_RECONCILE_GRACE", 10.0),
             "max_attempts": _env_int("TESSERA_MAX_ATTEMPTS", 3),
             "queue_timeout_s": _env_float("TESSERA_QUEUE_TIMEOUT", 1800.0),
             "quota_timezone": os.environ.get("TESSERA_QUOTA_TIMEZONE") or "UTC",

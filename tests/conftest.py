@@ -91,7 +91,7 @@ async def nats_url(servers: tuple[str, EmbeddedPostgres]) -> str:
 
 def test_settings(**overrides: object) -> Settings:
     values: dict[str, object] = {"heartbeat_interval_s": 0.3, "worker_timeout_s": 2.0, "submit_timeout_s": 5.0,
-                                 "max_attempts": 3}
+                                 "max_attempts": 3, "reconcile_grace_s": 3.0}
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
 

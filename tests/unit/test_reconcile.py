@@ -50,8 +50,8 @@ def test_an_attempt_the_worker_never_got_is_requeued_after_the_grace_period() ->
     state.worker_seen(heartbeat({}), T0 + 1)  # dispatched, not held: missing from now on
     state.tick(T0 + 3)
     assert state.jobs[job_id].status is JobStatus.RUNNING  # within the grace: the fetch may be late
-    state.worker_seen(heartbeat({}), T0 + 5)
-    state.tick(T0 + 6.5)
+    state.worker_seen(heartbeat({}), T0 + 8)
+    state.tick(T0 + 11.5)
     [requeued] = requeues(state)
     assert requeued.attempt == 1 and "never ran attempt 1" in requeued.reason
     assert state.jobs[job_id].status is JobStatus.QUEUED
@@ -94,7 +94,8 @@ def test_a_report_read_and_still_missing_is_requeued() -> None:
     state.commands_seq = 40
     state.worker_seen(heartbeat({}, reported_seq=57), T0 + 1)
     state.commands_seq = 60  # read past its reports, and this attempt is not among them
-    state.tick(T0 + 7)
+    state.worker_seen(heartbeat({}, reported_seq=57), T0 + 9)
+    state.tick(T0 + 12)
     assert [r.attempt for r in requeues(state)] == [1]
     assert state.jobs[job_id].status is JobStatus.QUEUED
 
@@ -158,7 +159,8 @@ def test_a_one_slot_engine_serves_again_after_a_requeue() -> None:
     state.schedule()
     assert [d.job_id for _, d in state.take_effects().dispatches] == [first]
     state.worker_seen(status, T0 + 1)  # it never got it
-    state.tick(T0 + 7)
+    state.worker_seen(status, T0 + 9)
+    state.tick(T0 + 12)
     state.schedule()
     dispatched = [(d.job_id, d.attempt) for _, d in state.take_effects().dispatches]
     assert dispatched == [(first, 2)]  # back in its place, on the freed slot
