@@ -111,6 +111,7 @@ class WorkerView:
         self._recount()
 
     def _recount(self) -> None:
+        self._room = None  # the pools, or what is in them, changed
         self._busy = [0] * len(self._capacity)
         for model in (*self.running.values(), *self.cancelling.values()):
             self._count(model, 1)

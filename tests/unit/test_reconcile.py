@@ -189,3 +189,22 @@ def test_a_job_running_on_a_worker_nobody_knows_is_requeued() -> None:
     state.tick(T0 + 3 + state.limits.worker_timeout_s)
     [requeued] = requeues(state)
     assert "not online" in requeued.reason and state.jobs[job_id].status is JobStatus.QUEUED
+
+
+def test_a_model_offered_again_is_dispatched_again() -> None:
+    """A worker withdraws a model (its engine is down), then offers it again: the waiting job goes
+    to it. The worker's cache of models with room once outlived the change of its pools."""
+    state, users = make_state()
+    state.clock = time.time
+    state.worker_seen(heartbeat({}), T0)
+    withdrawn = WorkerStatus(worker_id="w1", instance_id=INSTANCE, capabilities=[], engines=[], models=[],
+                             loaded_models=[], slots=4, running=[], held={}, sent_at=datetime.now(UTC), pools=[],
+                             heartbeat_interval_s=1.0)
+    job_id = submit(state, users["free"], "echo")
+    assert state.workers["w1"].models_with_room() == {"echo"}  # cached
+    state.worker_seen(withdrawn, T0 + 1)
+    state.schedule()
+    assert state.take_effects().dispatches == []
+    state.worker_seen(heartbeat({}), T0 + 2)
+    state.schedule()
+    assert [d.job_id for _, d in state.take_effects().dispatches] == [job_id]
