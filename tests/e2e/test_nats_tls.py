@@ -1,19 +1,24 @@
 """A remote worker joins over TLS: a nats-server with a certificate signed by a self-made
-authority, and a worker that trusts that authority through TESSERA_NATS_CA."""
+authority (made here with `cryptography`), and a worker that trusts that authority through
+TESSERA_NATS_CA."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
+import ipaddress
 import ssl
-import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
 import nats.errors
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 from nats.aio.client import Client as NATS
 
 from streams import connection, topology
@@ -24,24 +29,35 @@ from tessera.nats_auth import Credentials
 from worker_node.engines import build
 from worker_node.service import Worker
 
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
-
 
 def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
     """A certificate authority, and a server certificate it signed for 127.0.0.1 and localhost."""
-    ca_key, ca_cert = folder / "ca.key", folder / "ca.pem"
-    key, csr, cert, ext = folder / "server.key", folder / "server.csr", folder / "server.pem", folder / "san.ext"
+    now = datetime.now(UTC)
 
-    def openssl(*args: str | Path) -> None:
-        subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=60)
+    def certificate(subject: str, key: rsa.RSAPrivateKey, issuer: str, signer: rsa.RSAPrivateKey,
+                    *extensions: tuple[x509.ExtensionType, bool]) -> x509.Certificate:
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=2)))
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical=critical)
+        return builder.sign(signer, hashes.SHA256())
 
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=Tessera test CA",
-            "-keyout", ca_key, "-out", ca_cert)
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", key, "-out", csr)
-    ext.write_text("subjectAltName = IP:127.0.0.1, DNS:localhost\n")
-    openssl("x509", "-req", "-in", csr, "-CA", ca_cert, "-CAkey", ca_key, "-CAcreateserial", "-days", "2",
-            "-extfile", ext, "-out", cert)
-    return ca_cert, cert, key
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca = certificate("Tessera test CA", ca_key, "Tessera test CA", ca_key,
+                     (x509.BasicConstraints(ca=True, path_length=None), True))
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    server = certificate("localhost", key, "Tessera test CA", ca_key,
+                         (x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                       x509.DNSName("localhost")]), False))
+    ca_path, cert_path, key_path = folder / "ca.pem", folder / "server.pem", folder / "server.key"
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                           serialization.NoEncryption()))
+    return ca_path, cert_path, key_path
 
 
 @pytest.fixture
