@@ -52,6 +52,9 @@ class Settings:
     nats_host: str = "127.0.0.1"
     nats_tls_cert: Path | None = None
     nats_tls_key: Path | None = None
+    # How often JetStream fsyncs: "always" (no acknowledged write lost on power loss; see
+    # docs/operations.md for its cost), or a duration such as "2m" (nats-server's default).
+    nats_sync: str = "always"
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     public_url: str | None = None
@@ -90,6 +93,7 @@ class Settings:
             "nats_host": os.environ.get("TESSERA_NATS_HOST") or "127.0.0.1",
             "nats_tls_cert": _env_path("TESSERA_NATS_TLS_CERT"),
             "nats_tls_key": _env_path("TESSERA_NATS_TLS_KEY"),
+            "nats_sync": os.environ.get("TESSERA_NATS_SYNC") or "always",
             "http_host": os.environ.get("TESSERA_HTTP_HOST", "127.0.0.1"),
             "http_port": _env_int("TESSERA_HTTP_PORT", 8000),
             "public_url": os.environ.get("TESSERA_PUBLIC_URL") or None,

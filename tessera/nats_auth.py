@@ -99,4 +99,5 @@ def embedded_server(settings: Settings, credentials: Credentials | None) -> Embe
     """The embedded nats-server as `tessera up` configures it: its store, users, TLS and address."""
     return EmbeddedNats(settings.data_dir / "nats",
                         authorization=credentials.authorization() if credentials else None,
-                        tls_cert=settings.nats_tls_cert, tls_key=settings.nats_tls_key, host=settings.nats_host)
+                        tls_cert=settings.nats_tls_cert, tls_key=settings.nats_tls_key, host=settings.nats_host,
+                        sync_interval=settings.nats_sync)
