@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from websockets.asyncio.client import connect
@@ -474,3 +475,58 @@ async def test_an_image_job_through_the_platform(platform_parts: Platform) -> No
     assert worker.loaded_models() == ["sdxl"]  # what the heartbeats now tell the scheduler
     assert image.status_code == 200 and image.headers["content-type"] == "image/png"
     assert (artifact["width"], artifact["height"]) == (20, 12) and image.content.startswith(b"\x89PNG")
+
+
+async def test_comfyui_down_withdraws_its_models_requeues_the_job_and_recovers(platform_parts: Platform) -> None:
+    """ComfyUI dies mid-prompt (no close frame): the job is requeued, not failed; the worker stops
+    offering sdxl, so a new image job is refused at admission; ComfyUI comes back, the model is
+    offered again and the requeued job completes on its second attempt."""
+    scheduler = Scheduler(platform_parts.settings, nats_url=platform_parts.nats_url,
+                          database_url=platform_parts.database_url)
+    await platform_parts.start("scheduler", scheduler)
+    async with FakeComfyUI(step_s=0.2) as fake:
+        worker = Worker(nats_url=platform_parts.nats_url, worker_id="gpu-flaky", heartbeat_interval_s=0.3,
+                        engines=[ComfyUIEngine(fake.url, {"sdxl": "sd_xl_base_1.0.safetensors"})])
+        await platform_parts.start("worker:gpu-flaky", worker)
+        await asyncio.wait_for(worker.ready.wait(), 10)
+
+        def offered() -> list[str]:
+            view = scheduler.state.workers.get("gpu-flaky") if scheduler.state else None
+            return view.status.models if view else []
+
+        async def until(condition, what: str) -> None:  # type: ignore[no-untyped-def]
+            for _ in range(300):
+                if condition():
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"timed out waiting for {what}")
+
+        await until(lambda: "sdxl" in offered(), "the worker's announcement")
+        key = await platform_parts.user_key(plan="pro")
+        async with platform_parts.client(key) as client:
+            job_id = (await client.post("/api/v1/jobs", json={"capability": "image", "params": {
+                "prompt": "a lighthouse", "steps": 20}})).json()["job_id"]
+            await until(lambda: bool(fake.started), "the prompt to run")
+            await fake.kill()
+            await platform_parts.wait_status(client, job_id, {"QUEUED"}, timeout=15)
+            await until(lambda: "sdxl" not in offered(), "sdxl to be withdrawn")
+            refused = await client.post("/api/v1/jobs", json={"capability": "image", "params": {"prompt": "x"}})
+            assert refused.status_code == 503 and refused.json()["code"] == "NO_CAPABLE_WORKER"
+
+            fake.step_s = 0.005
+            await fake.start()
+            await until(lambda: "sdxl" in offered(), "sdxl to be offered again")
+            done = await platform_parts.wait_status(client, job_id, {"COMPLETED"}, timeout=20)
+        await platform_parts.stop("worker:gpu-flaky")
+    assert done["attempt"] == 2 and done["artifacts"][0]["content_type"] == "image/png"
+    events = (await histories_of(platform_parts.database_url, job_id))
+    assert events.count("JobRequeued.v1") == 1 and "JobFailed.v1" not in events
+
+
+async def histories_of(database_url: str, job_id: str) -> list[str]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return [r["type"] for r in await conn.fetch("SELECT type FROM events WHERE stream_id = $1::uuid"
+                                                    " ORDER BY version", job_id)]
+    finally:
+        await conn.close()
