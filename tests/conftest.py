@@ -169,18 +169,20 @@ async def platform_parts(nats_url: str, database_url: str) -> AsyncIterator[Plat
 
 
 @contextlib.asynccontextmanager
-async def gateway_and_projector(nats_url: str, database_url: str) -> AsyncIterator[Platform]:
-    """A Platform with its gateway and projector running on the given servers."""
+async def gateway_and_projector(nats_url: str, database_url: str, *, gateway_nats_url: str | None = None,
+                                projector_nats_url: str | None = None) -> AsyncIterator[Platform]:
+    """A Platform with its gateway and projector running on the given servers; each of the two may
+    log in to NATS with a URL of its own (its role's user), the platform's helpers use `nats_url`."""
     settings = test_settings()
     platform = Platform(nats_url=nats_url, database_url=database_url, settings=settings)
     port = free_port(None)
-    app = create_app(settings, nats_url=nats_url, database_url=database_url)
+    app = create_app(settings, nats_url=gateway_nats_url or nats_url, database_url=database_url)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     server_task = asyncio.create_task(server.serve(), name="gateway")
     while not server.started:
         await asyncio.sleep(0.02)
     platform.api_url = f"http://127.0.0.1:{port}"
-    await platform.start("projector", Projector(nats_url=nats_url, database_url=database_url))
+    await platform.start("projector", Projector(nats_url=projector_nats_url or nats_url, database_url=database_url))
     try:
         yield platform
     finally:

@@ -74,11 +74,6 @@ def wav_facts(data: bytes) -> tuple[float, int] | None:
         return None
 
 
-def wav_seconds(data: bytes) -> float | None:
-    facts = wav_facts(data)
-    return facts[0] if facts else None
-
-
 @router.post("", status_code=201, summary="Upload an input file",
              openapi_extra={"requestBody": {"required": True, "content": {t: {} for t in sorted(ACCEPTED)}}})
 async def upload(request: Request, services: ServicesDep, principal: CurrentPrincipal) -> JSONResponse:

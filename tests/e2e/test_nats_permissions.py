@@ -14,21 +14,17 @@ from pathlib import Path
 
 import nats.errors
 import pytest
-import uvicorn
 from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from bots.completions import CompletionFeed
-from gateway.app import create_app
-from projector.service import Projector
 from scheduler.service import Scheduler
 from streams import connection, topology
 from streams import subjects as s
 from streams.messages import Notification, ReportCompleted, SubmitJob, encode
-from tessera.embedded import EmbeddedNats, free_port
+from tessera.embedded import EmbeddedNats
 from tessera.nats_auth import CORE_ROLES, Credentials
-from tests.conftest import Platform
-from tests.conftest import test_settings as settings_for_tests
+from tests.conftest import Platform, gateway_and_projector
 from tests.e2e.test_inputs import SENTENCE
 from worker_node.engines import build
 from worker_node.service import Worker
@@ -218,32 +214,17 @@ async def test_the_gateway_cannot_consume_dispatches_nor_write_events(streams: A
 @contextlib.asynccontextmanager
 async def platform_on(nats_: AuthNats, database_url: str) -> AsyncIterator[Platform]:
     """Scheduler, projector, gateway and worker w1, each logged in as its own NATS user."""
-    settings = settings_for_tests()
-    platform = Platform(nats_url=nats_.url("admin"), database_url=database_url, settings=settings)
-    port = free_port(None)
-    app = create_app(settings, nats_url=nats_.url("gateway"), database_url=database_url)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    server_task = asyncio.create_task(server.serve(), name="gateway")
-    while not server.started:
-        await asyncio.sleep(0.02)
-    platform.api_url = f"http://127.0.0.1:{port}"
-    try:
-        await platform.start("projector", Projector(nats_url=nats_.url("projector"), database_url=database_url))
-        scheduler = Scheduler(settings, nats_url=nats_.url("scheduler"), database_url=database_url)
+    async with gateway_and_projector(nats_.url("admin"), database_url, gateway_nats_url=nats_.url("gateway"),
+                                     projector_nats_url=nats_.url("projector")) as platform:
+        scheduler = Scheduler(platform.settings, nats_url=nats_.url("scheduler"), database_url=database_url)
         await platform.start("scheduler", scheduler)
         await asyncio.wait_for(scheduler.is_leader.wait(), 10)
         worker = Worker(nats_url=nats_.url("worker:w1"), worker_id="w1",
                         engines=[build(e) for e in ("echo", "espeak", "pocketsphinx")],
-                        heartbeat_interval_s=settings.heartbeat_interval_s, started_grace_s=0.0)
+                        heartbeat_interval_s=platform.settings.heartbeat_interval_s, started_grace_s=0.0)
         await platform.start("worker", worker)
         await asyncio.wait_for(worker.ready.wait(), 10)
         yield platform
-    finally:
-        for name in list(platform.tasks):
-            with contextlib.suppress(Exception):
-                await platform.stop(name)
-        server.should_exit = True
-        await asyncio.wait_for(server_task, 15)
 
 
 async def test_the_platform_works_with_a_user_per_role(streams: AuthNats, database_url: str) -> None:
