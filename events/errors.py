@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-
-class TesseraError(Exception):
-    """Something went wrong in Tessera."""
-
-    def __init__(self, message: str | None = None) -> None:
-        super().__init__(message or (self.__doc__ or "").strip())
+from base.errors import TesseraError
 
 
 class ConcurrencyError(TesseraError):

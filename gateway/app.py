@@ -20,8 +20,8 @@ from gateway.routes import artifacts, jobs, keys, meta, uploads, users
 from streams import connection
 from streams import subjects as s
 from streams.commands import CommandBus
-from tessera.config import Settings
-from tessera.db import create_pool
+from base.config import Settings
+from base.db import create_pool
 
 
 class BodyLimit:

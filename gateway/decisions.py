@@ -11,7 +11,7 @@ import math
 
 from gateway.deps import Services
 from gateway.errors import Problem
-from gateway.queries import wait_for_projection
+from projector.queries import wait_for_projection
 from streams.commands import NoDecision
 from streams.messages import Decision
 

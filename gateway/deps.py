@@ -13,12 +13,13 @@ from fastapi import Depends, Header, Request
 from nats.aio.client import Client as NATS
 
 from events.types import user_stream_id
-from gateway import queries
-from gateway.auth import FRONTEND_KEY_PREFIX, PLATFORMS, USER_KEY_PREFIX, Principal, hash_key
+from projector import queries
+from base.keys import FRONTEND_KEY_PREFIX, PLATFORMS, USER_KEY_PREFIX, hash_key
+from gateway.auth import Principal
 from gateway.errors import Problem
 from gateway.fleet import Fleet
 from streams.commands import CommandBus
-from tessera.config import Settings
+from base.config import Settings
 
 
 @dataclass

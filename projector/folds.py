@@ -35,7 +35,7 @@ from events.types import (
     UserPlanChanged,
     UserRegistered,
 )
-from tessera.catalog import USAGE_GROUP
+from base.catalog import USAGE_GROUP
 
 READ_MODEL_TABLES = ("plans", "users", "api_keys", "frontend_keys", "jobs", "job_queue", "artifacts", "usage_daily",
                      "model_stats", "uploads")

@@ -22,7 +22,7 @@ from events.types import RecordedEvent, decode_recorded
 from projector import folds
 from streams import connection
 from streams import subjects as s
-from tessera.db import create_pool
+from base.db import create_pool
 
 log = logging.getLogger(__name__)
 

@@ -54,8 +54,8 @@ from streams.messages import (
     subject_of,
 )
 from streams.workers_feed import WorkersFeed
-from tessera.config import Settings
-from tessera.db import SERVER_SETTINGS
+from base.config import Settings
+from base.db import SERVER_SETTINGS
 
 log = logging.getLogger(__name__)
 

@@ -71,7 +71,7 @@ from streams.messages import (
     SubmitJob,
     WorkerStatus,
 )
-from tessera import catalog
+from base import catalog
 
 log = logging.getLogger(__name__)
 

@@ -10,14 +10,14 @@ import asyncpg
 from events import store
 from events.job import evolve
 from events.types import plan_stream_id, user_stream_id
-from gateway.auth import FRONTEND_KEY_PREFIX, PLATFORMS, USER_KEY_PREFIX, new_key
-from gateway.queries import wait_for_projection
+from base.keys import FRONTEND_KEY_PREFIX, PLATFORMS, USER_KEY_PREFIX, new_key
+from projector.queries import wait_for_projection
 from migrations import apply as apply_migrations
 from streams import connection, topology
 from streams import subjects as s
 from streams.commands import CommandBus
 from streams.messages import ChangeUserPlan, CreateFrontendKey, CreateUser, DefinePlan, IssueApiKey, RevokeKey
-from tessera.db import create_pool
+from base.db import create_pool
 
 
 async def migrate(database_url: str, nats_url: str | None = None) -> list[str]:

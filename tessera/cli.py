@@ -10,7 +10,7 @@ import os
 import sys
 import uuid
 
-from tessera.config import Settings
+from base.config import Settings
 
 
 def _settings() -> Settings:
@@ -286,7 +286,7 @@ def cmd_projections_rebuild(args: argparse.Namespace) -> None:
     import asyncpg
 
     from projector.service import rebuild
-    from tessera.db import init_connection
+    from base.db import init_connection
 
     async def main() -> int:
         conn = await asyncpg.connect(_urls()[1])

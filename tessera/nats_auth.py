@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from streams import permissions
-from tessera.config import Settings
+from base.config import Settings
 from tessera.embedded import EmbeddedNats
 
 CORE_ROLES = ("admin", "scheduler", "gateway", "projector")

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from tessera.config import Settings
+from base.config import Settings
 
 
 def runtime_file(settings: Settings) -> Path:

@@ -11,7 +11,7 @@ from collections.abc import Coroutine
 from typing import Any, Protocol, TypeVar
 
 from streams import connection, topology
-from tessera.config import Settings
+from base.config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import httpx
 from streams import connection
 from tessera import nats_auth, runtime
 from tessera.admin import migrate
-from tessera.config import Settings
+from base.config import Settings
 from tessera.embedded import EmbeddedPostgres, free_port
 
 log = logging.getLogger("tessera.up")

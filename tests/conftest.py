@@ -27,7 +27,7 @@ from scheduler.service import Scheduler
 from streams import subjects as s
 from streams import topology
 from tessera.admin import create_frontend_key, create_user
-from tessera.config import Settings
+from base.config import Settings
 from tessera.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from worker_node.engines import build
 from worker_node.service import Worker

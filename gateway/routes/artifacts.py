@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from nats.js.errors import NotFoundError
 
-from gateway import queries
+from projector import queries
 from gateway.deps import CurrentPrincipal, ServicesDep
 from gateway.errors import Problem
 from streams import subjects as s

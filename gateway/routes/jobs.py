@@ -16,7 +16,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from events.job import Job, JobStatus, evolve, fold
 from events.types import JobQueued, JobRequeued, RecordedEvent, decode_recorded
-from gateway import queries
+from projector import queries
 from gateway.decisions import decide, rate_headers, refusal
 from gateway.deps import CurrentPrincipal, Services, ServicesDep, key_holder
 from gateway.errors import Problem
@@ -25,7 +25,7 @@ from gateway.routes.uploads import resolve_input
 from gateway.views import EventView, JobAccepted, JobCreate, JobView, event_view, job_view
 from streams import subjects as s
 from streams.messages import CancelJob, Progress, SubmitJob
-from tessera import catalog
+from base import catalog
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 

@@ -14,8 +14,8 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from gateway import queries
-from gateway.auth import USER_KEY_PREFIX, new_key
+from projector import queries
+from base.keys import USER_KEY_PREFIX, new_key
 from gateway.decisions import carried_out
 from gateway.deps import KeyHolder, KeyHolderDep, Services, ServicesDep
 from gateway.errors import Problem

@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from gateway import queries
+from projector import queries
 from gateway.deps import ServicesDep
-from tessera import catalog
+from base import catalog
 
 router = APIRouter(tags=["platform"])
 

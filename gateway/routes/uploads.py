@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse
 from nats.js.api import ObjectMeta
 from nats.js.errors import NotFoundError
 
-from gateway import queries
+from projector import queries
 from gateway.decisions import carried_out
 from gateway.deps import CurrentPrincipal, Services, ServicesDep
 from gateway.errors import Problem

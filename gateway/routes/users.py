@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter
 
-from gateway import queries
+from projector import queries
 from gateway.deps import CurrentPrincipal, ServicesDep
 
 router = APIRouter(prefix="/api/v1/user", tags=["user"])

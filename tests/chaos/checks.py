@@ -33,8 +33,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from projector.folds import READ_MODEL_TABLES
 from streams import subjects as s
-from tessera import catalog
-from tessera.db import init_connection
+from base import catalog
+from base.db import init_connection
 from tests.chaos.cluster import REPO
 from tests.chaos.faults import FaultRecord
 from tests.chaos.load import Job, User

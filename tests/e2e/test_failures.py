@@ -17,7 +17,7 @@ from projector.folds import READ_MODEL_TABLES
 from projector.service import rebuild
 from scheduler.service import Scheduler
 from streams import subjects as s
-from tessera.db import init_connection
+from base.db import init_connection
 from tests.conftest import Platform
 
 
@@ -195,8 +195,8 @@ async def test_rebuilt_read_models_equal_the_live_ones(platform: Platform) -> No
             await platform.wait_status(client, job_id, {"COMPLETED"})
         failed = (await b.get(f"/api/v1/jobs/{failing}")).json()
         assert failed["error"]["code"] == "INVALID_PARAMS"
-    from gateway.queries import wait_for_projection
-    from tessera.db import create_pool
+    from projector.queries import wait_for_projection
+    from base.db import create_pool
 
     pool = await create_pool(platform.database_url, max_size=2)
     assert await wait_for_projection(pool, timeout=10)

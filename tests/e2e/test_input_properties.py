@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scheduler.service import Scheduler
-from tessera import catalog
+from base import catalog
 from tests.conftest import Platform
 
 TEXT = st.text(st.characters(codec="utf-8"), max_size=40) | st.sampled_from(["a\x00b", "", " ", "x" * 300])

@@ -24,8 +24,8 @@ from scheduler.service import Scheduler
 from streams import subjects as s
 from streams.commands import CommandBus
 from streams.messages import CancelJob, CreateUser, Decision, DefinePlan, SubmitJob
-from tessera import catalog
-from tessera.db import init_connection
+from base import catalog
+from base.db import init_connection
 from tests.conftest import test_settings as settings_for_tests
 from tests.scripted_worker import ScriptedWorker
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tessera import catalog
+from base import catalog
 
 
 def model(name: str) -> catalog.Model:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from streams import subjects as s
-from tessera import catalog
+from base import catalog
 
 
 def test_user_supplied_tokens_cannot_widen_a_subject() -> None:

@@ -15,6 +15,8 @@ from typing import Any
 
 import msgspec
 
+from base.errors import TesseraError
+
 # Capability names. `echo` is diagnostic: it returns its input, for benchmarks and health checks.
 CAPABILITIES = ("image", "video", "text", "tts", "stt", "echo")
 
@@ -24,7 +26,7 @@ USAGE_GROUP = {"image": "image", "video": "video", "text": "text", "echo": "text
 MEGAPIXEL = 1024 * 1024
 
 
-class ParamError(ValueError):
+class ParamError(TesseraError, ValueError):
     """A parameter the model cannot take; `code` is the API's error code."""
 
     def __init__(self, code: str, message: str) -> None:

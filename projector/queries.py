@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 
 from events import store
-from tessera import catalog
+from base import catalog
 
 
 async def api_key(conn: asyncpg.Connection, key_hash: str) -> asyncpg.Record | None:
