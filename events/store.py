@@ -1,4 +1,10 @@
-"""All SQL of the event store: batched, optimistic-concurrency-checked appends and stream reads."""
+"""All SQL of the event store: batched, optimistic-concurrency-checked appends and stream reads.
+
+Owns the `events` table (with its `seq` sequence, its append-only triggers and its NOTIFY). Other
+packages' tables are not touched here: a package whose rows must commit with an append (the
+scheduler's `active_jobs` and `relay_position`) hands its statements to `append` as `alongside`,
+and they run inside the append's one statement.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,20 @@ import asyncpg
 import msgspec
 
 from events.errors import ConcurrencyError
-from events.types import AnyEvent, RecordedEvent, decode_data, encode, event_type
+from events.types import (
+    AnyEvent,
+    JobCompleted,
+    JobSubmitted,
+    RecordedEvent,
+    UploadStored,
+    decode_data,
+    encode,
+    event_type,
+    type_name,
+)
+
+# Literal in the SQL, not parameters: the partial indexes on these types then serve every plan.
+_COMPLETED, _SUBMITTED, _UPLOADED = type_name(JobCompleted), type_name(JobSubmitted), type_name(UploadStored)
 
 _COLUMNS = "seq, event_id, stream_type, stream_id, version, data::text AS data, recorded_at, causation_id"
 
@@ -76,42 +95,31 @@ def _concurrency_error(exc: asyncpg.UniqueViolationError, pending: Sequence[Pend
     return exc
 
 
-async def append(conn: asyncpg.Connection, pending: Sequence[PendingEvent]) -> list[RecordedEvent]:
-    """Append events in one statement; the caller owns the transaction.
+# The append's own parameters are $1..$8; statements run alongside it number theirs from $9.
+FIRST_ALONGSIDE_PARAM = 9
+
+
+async def append(conn: asyncpg.Connection, pending: Sequence[PendingEvent], *, alongside: str = "",
+                 alongside_args: Sequence[object] = ()) -> list[RecordedEvent]:
+    """Append events in one statement; the caller owns any wider transaction.
 
     A (stream_id, version) that exists already means another writer got there first: that is a
     ConcurrencyError, and nothing of the statement is written.
+
+    `alongside` holds data-modifying common table expressions of another package's tables
+    (`name AS (INSERT ...), ...`, parameters from `$FIRST_ALONGSIDE_PARAM` on, bound to
+    `alongside_args`) that must commit or fail with these events. They run in the same statement,
+    so in one round trip and one implicit transaction, even when no event is pending.
     """
-    if not pending:
-        return []
+    if not alongside:
+        if not pending:
+            return []
+        statement, args = _INSERT_EVENTS, _event_columns(pending)
+    else:
+        statement = f"WITH appended AS ({_INSERT_EVENTS}), {alongside} SELECT seq, event_id FROM appended"
+        args = [*_event_columns(pending), *alongside_args]
     try:
-        rows = await conn.fetch(_INSERT_EVENTS, *_event_columns(pending))
-    except asyncpg.UniqueViolationError as exc:
-        raise _concurrency_error(exc, pending) from exc
-    return _recorded(pending, rows)
-
-
-async def commit_batch(conn: asyncpg.Connection, pending: Sequence[PendingEvent], *,
-                       activated: Sequence[uuid.UUID], finished: Sequence[uuid.UUID],
-                       relayed_seq: int) -> list[RecordedEvent]:
-    """The scheduler's whole commit in one statement, so one round trip and one implicit transaction.
-
-    Appends the events, keeps the active_jobs index (a job both activated and finished in this batch
-    is never added) and moves the relay position forward. All or nothing, like `append`.
-    """
-    done = set(finished)
-    started = [job_id for job_id in dict.fromkeys(activated) if job_id not in done]
-    try:
-        rows = await conn.fetch(
-            f"""
-            WITH appended AS ({_INSERT_EVENTS}),
-            started AS (INSERT INTO active_jobs (job_id) SELECT unnest($9::uuid[]) ON CONFLICT DO NOTHING),
-            ended AS (DELETE FROM active_jobs WHERE job_id = ANY($10::uuid[])),
-            relayed AS (UPDATE relay_position SET seq = greatest(seq, $11) WHERE name = 'events' AND $11 > 0)
-            SELECT seq, event_id FROM appended
-            """,
-            *_event_columns(pending), started, list(done), relayed_seq,
-        )
+        rows = await conn.fetch(statement, *args)
     except asyncpg.UniqueViolationError as exc:
         raise _concurrency_error(exc, pending) from exc
     return _recorded(pending, rows)
@@ -137,14 +145,6 @@ async def load_after(conn: asyncpg.Connection, seq: int, limit: int = 1000) -> l
     return [_row_to_event(r) for r in rows]
 
 
-async def load_active_jobs(conn: asyncpg.Connection) -> list[RecordedEvent]:
-    """Every event of the jobs that are not terminal yet, in log order."""
-    rows = await conn.fetch(
-        f"SELECT {_COLUMNS} FROM events WHERE stream_id IN (SELECT job_id FROM active_jobs) ORDER BY seq"
-    )
-    return [_row_to_event(r) for r in rows]
-
-
 async def load_stream_type(conn: asyncpg.Connection, stream_type: str) -> list[RecordedEvent]:
     rows = await conn.fetch(f"SELECT {_COLUMNS} FROM events WHERE stream_type = $1 ORDER BY seq", stream_type)
     return [_row_to_event(r) for r in rows]
@@ -153,11 +153,11 @@ async def load_stream_type(conn: asyncpg.Connection, stream_type: str) -> list[R
 async def tokens_charged(conn: asyncpg.Connection, since: date) -> dict[tuple[uuid.UUID, date], float]:
     """Tokens charged per (user, quota day) from `since` on: what completed jobs cost."""
     rows = await conn.fetch(
-        """
+        f"""
         SELECT (s.data->>'user_id')::uuid AS user_id, (c.data->>'quota_day')::date AS day,
                sum((c.data->>'cost_tokens')::float8) AS tokens
         FROM events c JOIN events s ON s.stream_id = c.stream_id AND s.version = 1
-        WHERE c.type = 'JobCompleted.v1' AND c.data->>'quota_day' >= $1
+        WHERE c.type = '{_COMPLETED}' AND c.data->>'quota_day' >= $1
         GROUP BY 1, 2
         """, since.isoformat())
     return {(r["user_id"], r["day"]): r["tokens"] for r in rows}
@@ -167,9 +167,9 @@ async def recent_submits(conn: asyncpg.Connection, seconds: float = 60.0) -> lis
     """(user, when as a UNIX time) of every job submitted in the last `seconds`, oldest first: the
     requests that a plan's per-minute rate limit still counts."""
     rows = await conn.fetch(
-        """
+        f"""
         SELECT (data->>'user_id')::uuid AS user_id, extract(epoch FROM recorded_at)::float8 AS at
-        FROM events WHERE type = 'JobSubmitted.v1' AND recorded_at > clock_timestamp() - make_interval(secs => $1)
+        FROM events WHERE type = '{_SUBMITTED}' AND recorded_at > clock_timestamp() - make_interval(secs => $1)
         ORDER BY recorded_at
         """, seconds)
     return [(r["user_id"], r["at"]) for r in rows]
@@ -178,33 +178,13 @@ async def recent_submits(conn: asyncpg.Connection, seconds: float = 60.0) -> lis
 async def execution_times(conn: asyncpg.Connection, recent: int = 2000) -> dict[str, float]:
     """Mean measured execution time per model over the most recent completions."""
     rows = await conn.fetch(
-        """
+        f"""
         SELECT s.data->>'model' AS model, avg((c.data->>'execution_time_seconds')::float8) AS seconds
-        FROM (SELECT stream_id, data FROM events WHERE type = 'JobCompleted.v1' ORDER BY seq DESC LIMIT $1) c
+        FROM (SELECT stream_id, data FROM events WHERE type = '{_COMPLETED}' ORDER BY seq DESC LIMIT $1) c
         JOIN events s ON s.stream_id = c.stream_id AND s.version = 1
         GROUP BY 1
         """, recent)
     return {r["model"]: r["seconds"] for r in rows}
-
-
-async def expired_artifacts(conn: asyncpg.Connection,
-                            limit: int = 500) -> list[tuple[uuid.UUID, uuid.UUID, str | None]]:
-    """Artifacts past their expiry whose expiry is not recorded yet (the event log decides, not the
-    read model, so a lagging projector cannot cause a second event)."""
-    rows = await conn.fetch(
-        "SELECT a.id, a.job_id, a.object_name FROM artifacts a WHERE a.expires_at < now()"
-        " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.stream_id = a.id) ORDER BY a.expires_at LIMIT $1", limit)
-    return [(r["id"], r["job_id"], r["object_name"]) for r in rows]
-
-
-async def expired_uploads(conn: asyncpg.Connection, limit: int = 500) -> list[tuple[uuid.UUID, str, int]]:
-    """Uploads past their expiry whose stream holds nothing after their storing (not deleted, not
-    expired yet, by the event log): (id, object name, stream version)."""
-    rows = await conn.fetch(
-        "SELECT u.id, u.object_name FROM uploads u WHERE u.expires_at < now() AND u.deleted_at IS NULL"
-        " AND u.expired_at IS NULL AND NOT EXISTS (SELECT 1 FROM events e WHERE e.stream_id = u.id AND e.version > 1)"
-        " ORDER BY u.expires_at LIMIT $1", limit)
-    return [(r["id"], r["object_name"], 1) for r in rows]
 
 
 async def uploads_counted(conn: asyncpg.Connection, since: date) -> dict[tuple[uuid.UUID, date], tuple[int, int]]:
@@ -212,16 +192,10 @@ async def uploads_counted(conn: asyncpg.Connection, since: date) -> dict[tuple[u
     rows = await conn.fetch(
         "SELECT (data->>'user_id')::uuid AS user_id, (data->>'quota_day')::date AS day, count(*) AS n,"
         " sum((data->>'size_bytes')::bigint) AS bytes FROM events"
-        " WHERE type = 'UploadStored.v1' AND data->>'quota_day' >= $1 GROUP BY 1, 2", since.isoformat())
+        f" WHERE type = '{_UPLOADED}' AND data->>'quota_day' >= $1 GROUP BY 1, 2", since.isoformat())
     return {(r["user_id"], r["day"]): (int(r["n"]), int(r["bytes"])) for r in rows}
 
 
 async def head(conn: asyncpg.Connection) -> int:
     """The newest sequence number in the log (0 when empty)."""
     return int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM events"))
-
-
-async def relay_position(conn: asyncpg.Connection) -> int:
-    return int(await conn.fetchval("SELECT seq FROM relay_position WHERE name = 'events'"))
-
-

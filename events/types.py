@@ -255,8 +255,16 @@ class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True):
         return type(self.data).__struct_config__.tag  # type: ignore[return-value]
 
 
+def type_name(cls: type[Event]) -> str:
+    """The stored `type` of an event class (its tag, such as `JobCompleted.v1`): SQL and code that
+    select events by type take it from here rather than spelling it by hand."""
+    tag = cls.__struct_config__.tag
+    assert isinstance(tag, str), f"{cls.__name__} has no tag"
+    return tag
+
+
 def event_type(event: Event) -> str:
-    return type(event).__struct_config__.tag  # type: ignore[return-value]
+    return type_name(type(event))
 
 
 _encoder = msgspec.json.Encoder()

@@ -1,4 +1,7 @@
-"""All SQL of the read models: apply a batch of recorded events, in log order, idempotently.
+"""All SQL that writes the read models: apply a batch of recorded events, in log order, idempotently.
+
+The projector's tables are listed in `projector/queries.py`, which holds their reads; this module
+alone writes them, under the projection lock (`lock`).
 
 Jobs are folded with the same `events.job.evolve` the scheduler decides with. A job whose
 events arrive with a hole in their versions (a lost relay message) is completed from the event
@@ -15,6 +18,7 @@ from decimal import Decimal
 import asyncpg
 import msgspec
 
+from base.catalog import USAGE_GROUP
 from events import store
 from events.job import Job, JobStatus, evolve
 from events.types import (
@@ -35,7 +39,6 @@ from events.types import (
     UserPlanChanged,
     UserRegistered,
 )
-from base.catalog import USAGE_GROUP
 
 READ_MODEL_TABLES = ("plans", "users", "api_keys", "frontend_keys", "jobs", "job_queue", "artifacts", "usage_daily",
                      "model_stats", "uploads")
@@ -263,6 +266,15 @@ async def _apply_other(conn: asyncpg.Connection, rec: RecordedEvent) -> None:
             "INSERT INTO frontend_keys (key_hash, key_id, frontend, bot_id, prefix, created_at)"
             " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (key_hash) DO NOTHING",
             event.key_hash, event.key_id, event.frontend, event.bot_id, event.prefix, rec.recorded_at)
+
+
+# The transaction-scoped advisory lock that lets one projector write the read models at a time.
+PROJECTOR_LOCK = 0x7E55E7A9120
+
+
+async def lock(conn: asyncpg.Connection) -> None:
+    """Wait for the projection lock; held until the current transaction ends."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", PROJECTOR_LOCK)
 
 
 async def position(conn: asyncpg.Connection) -> int:

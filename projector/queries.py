@@ -1,4 +1,10 @@
-"""All SQL the gateway runs: reads of the read models and of the event store."""
+"""Reads of the projector's read models, for the gateway, the scheduler and the operator's commands.
+
+The projector owns the tables `plans`, `users`, `api_keys`, `frontend_keys`, `jobs`, `job_queue`
+(and the view `queue_depth`), `artifacts`, `uploads`, `usage_daily`, `model_stats` and
+`projection_position`. It writes them in `projector/folds.py` alone; everything that reads them
+reads them here. A job's own history comes from the event store (`job_events`).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,8 @@ from typing import Any
 
 import asyncpg
 
-from events import store
 from base import catalog
+from events import store
 
 
 async def api_key(conn: asyncpg.Connection, key_hash: str) -> asyncpg.Record | None:
@@ -117,3 +123,60 @@ async def wait_for_projection(pool: asyncpg.Pool, seq: int | None = None, timeou
             if time.monotonic() > deadline:
                 return False
             await asyncio.sleep(0.02)
+
+
+async def reachable(conn: asyncpg.Connection) -> bool:
+    """Whether PostgreSQL answers a query on this connection."""
+    return bool(await conn.fetchval("SELECT true"))
+
+
+async def expired_artifacts(conn: asyncpg.Connection,
+                            limit: int = 500) -> list[tuple[uuid.UUID, uuid.UUID, str | None]]:
+    """Artifacts past their expiry whose expiry is not recorded yet (the event log decides, not the
+    read model, so a lagging projector cannot cause a second event)."""
+    rows = await conn.fetch(
+        "SELECT a.id, a.job_id, a.object_name FROM artifacts a WHERE a.expires_at < now()"
+        " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.stream_id = a.id) ORDER BY a.expires_at LIMIT $1", limit)
+    return [(r["id"], r["job_id"], r["object_name"]) for r in rows]
+
+
+async def expired_uploads(conn: asyncpg.Connection, limit: int = 500) -> list[tuple[uuid.UUID, str, int]]:
+    """Uploads past their expiry whose stream holds nothing after their storing (not deleted, not
+    expired yet, by the event log): (id, object name, stream version)."""
+    rows = await conn.fetch(
+        "SELECT u.id, u.object_name FROM uploads u WHERE u.expires_at < now() AND u.deleted_at IS NULL"
+        " AND u.expired_at IS NULL AND NOT EXISTS (SELECT 1 FROM events e WHERE e.stream_id = u.id AND e.version > 1)"
+        " ORDER BY u.expires_at LIMIT $1", limit)
+    return [(r["id"], r["object_name"], 1) for r in rows]
+
+
+# --- for the operator's commands ---------------------------------------------------------------
+
+
+async def user_keys(conn: asyncpg.Connection, user_id: uuid.UUID) -> list[asyncpg.Record]:
+    """A user's API keys (never the keys themselves), oldest first."""
+    return await conn.fetch("SELECT key_id, prefix, label, created_at, revoked_at FROM api_keys"
+                            " WHERE user_id = $1 ORDER BY created_at", user_id)
+
+
+async def all_frontend_keys(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Every frontend key (never the keys themselves), by frontend and bot."""
+    return await conn.fetch("SELECT key_id, prefix, frontend, bot_id, created_at, revoked_at"
+                            " FROM frontend_keys ORDER BY frontend, bot_id NULLS FIRST, created_at")
+
+
+async def api_key_owner(conn: asyncpg.Connection, key_id: uuid.UUID) -> asyncpg.Record | None:
+    """The user (`user_id`) whose API key `key_id` is, revoked or not."""
+    return await conn.fetchrow("SELECT user_id FROM api_keys WHERE key_id = $1", key_id)
+
+
+async def frontend_key_owner(conn: asyncpg.Connection, key_id: uuid.UUID) -> asyncpg.Record | None:
+    """The frontend and bot (`frontend`, `bot_id`) whose key `key_id` is, revoked or not."""
+    return await conn.fetchrow("SELECT frontend, bot_id FROM frontend_keys WHERE key_id = $1", key_id)
+
+
+async def all_plans(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Every plan, retired ones included, by priority."""
+    return await conn.fetch("SELECT tier, name, priority, daily_token_limit, requests_per_minute,"
+                            " max_concurrent_jobs, max_queued_jobs, max_resolution, allowed_models, price_cents"
+                            " FROM plans ORDER BY priority, tier")

@@ -26,13 +26,11 @@ from base.db import create_pool
 
 log = logging.getLogger(__name__)
 
-PROJECTOR_LOCK = 0x7E55E7A9120
-
 
 async def apply_batch(conn: asyncpg.Connection, records: list[RecordedEvent]) -> int:
     """Apply the events newer than the stored position; returns the new position."""
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", PROJECTOR_LOCK)
+        await folds.lock(conn)
         position = await folds.position(conn)
         fresh = [r for r in records if r.seq > position]
         if fresh:
@@ -45,7 +43,7 @@ async def apply_batch(conn: asyncpg.Connection, records: list[RecordedEvent]) ->
 async def rebuild(conn: asyncpg.Connection, chunk: int = 5000) -> int:
     """Drop every read model and fold it again from the whole event log, in one transaction."""
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", PROJECTOR_LOCK)
+        await folds.lock(conn)
         await folds.truncate(conn)
         position = 0
         while True:

@@ -26,7 +26,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from events import store
 from events.errors import ConcurrencyError
 from events.job import JobStatus, fold
-from events.types import JobSubmitted, user_stream_id
+from events.types import JobCancelled, JobCompleted, JobFailed, JobSubmitted, type_name, user_stream_id
+from projector import queries as read_models
+from scheduler import queries
 from scheduler.outbox import Outbox, Outgoing, terminal_notifications
 from scheduler.policy import PolicyConfig
 from scheduler.state import Limits, SchedulerState
@@ -58,9 +60,6 @@ from base.config import Settings
 from base.db import SERVER_SETTINGS
 
 log = logging.getLogger(__name__)
-
-LEADER_LOCK = 0x7E55E7A5C4ED
-
 
 class _Poisoned(Exception):
     def __init__(self, index: int, error: Exception) -> None:
@@ -135,7 +134,7 @@ class Scheduler:
     async def _acquire(self, conn: asyncpg.Connection) -> bool:
         announced = False
         while not self._stopping.is_set():
-            if await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK):
+            if await queries.try_lead(conn):
                 log.info("%s: holds the scheduler lock; leading", self.name)
                 return True
             if not announced:
@@ -156,7 +155,7 @@ class Scheduler:
                                                           affinity_hold_s=settings.affinity_hold_s,
                                                           starvation_s=settings.starvation_s,
                                                           starvation_step_s=settings.starvation_step_s)))
-        active = await store.load_active_jobs(conn)
+        active = await queries.load_active_jobs(conn)
         users = {r.data.user_id for r in active if isinstance(r.data, JobSubmitted)}
         records = (await store.load_stream_type(conn, "plan") + await store.load_stream_type(conn, "frontend")
                    + await store.load_streams(conn, users) + active)
@@ -233,8 +232,8 @@ class Scheduler:
     async def _expire_artifacts(self, conn: asyncpg.Connection, outbox: Outbox) -> bool:
         """Record and carry out the expiry of artifacts and uploads past their time, in a commit of
         its own, so a failure here cannot stop the scheduling of jobs. False when it failed."""
-        expired = await store.expired_artifacts(conn)
-        uploads = await store.expired_uploads(conn)
+        expired = await read_models.expired_artifacts(conn)
+        uploads = await read_models.expired_uploads(conn)
         if not expired and not uploads:
             return True
         assert self.state is not None
@@ -251,7 +250,7 @@ class Scheduler:
     async def _catch_up(self, conn: asyncpg.Connection, outbox: Outbox) -> None:
         """Relay the committed events a previous leader may not have published."""
         assert self.state is not None
-        position = await store.relay_position(conn)
+        position = await queries.relay_position(conn)
         while True:
             records = await store.load_after(conn, position, 2000)
             if not records:
@@ -458,8 +457,8 @@ class Scheduler:
         effects = state.take_effects()
         if not (effects.pending or effects.replies or effects.purge_workers):
             return
-        records = await store.commit_batch(conn, effects.pending, activated=effects.activated,
-                                           finished=effects.finished, relayed_seq=outbox.relayed_seq)
+        records = await queries.commit_batch(conn, effects.pending, activated=effects.activated,
+                                             finished=effects.finished, relayed_seq=outbox.relayed_seq)
         last_seq = records[-1].seq if records else 0
         if last_seq:
             await self._nc.publish(s.COMMITTED, str(last_seq).encode())  # wakes the projector
@@ -486,7 +485,7 @@ class Scheduler:
 _HANDLER_FAILED = Decision(ok=False, status=500, code="COMMAND_FAILED",
                            detail="the scheduler could not handle this request; it was set aside")
 
-_TERMINAL_TYPES = {"JobCompleted.v1", "JobFailed.v1", "JobCancelled.v1"}
+_TERMINAL_TYPES = {type_name(JobCompleted), type_name(JobFailed), type_name(JobCancelled)}
 
 
 def _on_its_subject(command: AnyCommand, subject: str) -> bool:

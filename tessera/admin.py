@@ -11,6 +11,7 @@ from events import store
 from events.job import evolve
 from events.types import plan_stream_id, user_stream_id
 from base.keys import FRONTEND_KEY_PREFIX, PLATFORMS, USER_KEY_PREFIX, new_key
+from projector import queries
 from projector.queries import wait_for_projection
 from migrations import apply as apply_migrations
 from streams import connection, topology
@@ -84,11 +85,9 @@ async def list_keys(database_url: str, *, platform: str | None = None, user_id: 
     conn = await asyncpg.connect(database_url)
     try:
         if platform and user_id:
-            rows = await conn.fetch("SELECT key_id, prefix, label, created_at, revoked_at FROM api_keys"
-                                    " WHERE user_id = $1 ORDER BY created_at", user_stream_id(platform, user_id))
+            rows = await queries.user_keys(conn, user_stream_id(platform, user_id))
         else:
-            rows = await conn.fetch("SELECT key_id, prefix, frontend, bot_id, created_at, revoked_at"
-                                    " FROM frontend_keys ORDER BY frontend, bot_id NULLS FIRST, created_at")
+            rows = await queries.all_frontend_keys(conn)
     finally:
         await conn.close()
     return [dict(r) for r in rows]
@@ -98,10 +97,10 @@ async def _key_owner(database_url: str, key_id: uuid.UUID) -> tuple[str, asyncpg
     """('user', row with user_id) or ('frontend', row with frontend and bot_id) of a key."""
     conn = await asyncpg.connect(database_url)
     try:
-        row = await conn.fetchrow("SELECT user_id FROM api_keys WHERE key_id = $1", key_id)
+        row = await queries.api_key_owner(conn, key_id)
         if row is not None:
             return "user", row
-        row = await conn.fetchrow("SELECT frontend, bot_id FROM frontend_keys WHERE key_id = $1", key_id)
+        row = await queries.frontend_key_owner(conn, key_id)
         if row is not None:
             return "frontend", row
     finally:
@@ -165,9 +164,7 @@ async def define_plan(nats_url: str, database_url: str, command: DefinePlan) -> 
 async def list_plans(database_url: str) -> list[dict[str, object]]:
     conn = await asyncpg.connect(database_url)
     try:
-        rows = await conn.fetch("SELECT tier, name, priority, daily_token_limit, requests_per_minute,"
-                                " max_concurrent_jobs, max_queued_jobs, max_resolution, allowed_models, price_cents"
-                                " FROM plans ORDER BY priority, tier")
+        rows = await queries.all_plans(conn)
     finally:
         await conn.close()
     return [dict(r) for r in rows]

@@ -56,7 +56,7 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     checks = {"nats": services.nc.is_connected}
     try:
         async with services.pool.acquire(timeout=2) as conn:
-            checks["postgres"] = await conn.fetchval("SELECT true")
+            checks["postgres"] = await queries.reachable(conn)
     except Exception:
         checks["postgres"] = False
     checks["workers_online"] = len(services.fleet.online())  # type: ignore[assignment]
