@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -81,7 +81,7 @@ class QueuePolicy(Protocol):
 
     def __len__(self) -> int: ...
 
-    def __iter__(self) -> Iterable[Waiting]: ...
+    def __iter__(self) -> Iterator[Waiting]: ...
 
 
 class _Lanes:
@@ -106,7 +106,7 @@ class _Lanes:
     def __len__(self) -> int:
         return len(self.jobs)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Waiting]:
         return iter(list(self.jobs.values()))
 
     def heads(self, models: Iterable[str]) -> Iterable[Waiting]:
@@ -143,7 +143,7 @@ class _OnLanes:
     def __len__(self) -> int:
         return len(self._lanes)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Waiting]:
         return iter(self._lanes)
 
 

@@ -41,8 +41,8 @@ def build(name: str) -> Engine:
         from worker_node.engines.comfyui import ComfyUIEngine
         from worker_node.engines.llm_http import model_map
 
-        models = os.environ.get("TESSERA_COMFYUI_MODELS")
-        return ComfyUIEngine(_required("TESSERA_COMFYUI_URL", name), model_map(models) if models else None,
+        checkpoints = os.environ.get("TESSERA_COMFYUI_MODELS")
+        return ComfyUIEngine(_required("TESSERA_COMFYUI_URL", name), model_map(checkpoints) if checkpoints else None,
                              templates_dir=os.environ.get("TESSERA_COMFYUI_TEMPLATES"),
                              slots=int(os.environ.get("TESSERA_COMFYUI_SLOTS") or 1))
     if name in ("whisper", "tts-http"):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 class EngineError(Exception):
@@ -76,13 +76,31 @@ async def read_input(job: JobInput, ctx: JobContext) -> tuple[bytes, str]:
 
 
 class Engine(Protocol):
+    """What the worker needs of a backend. Every built-in engine satisfies it (mypy checks this in
+    `worker_node.engines.build`); two optional abilities are protocols of their own below."""
+
     name: str
     capabilities: tuple[str, ...]
     models: tuple[str, ...]
     slots: int  # how many jobs it runs at once by default
-    # Optionally `loaded: tuple[str, ...]`: the models it holds ready now (a GPU engine that swaps
-    # checkpoints). Engines without it are taken to hold all their models.
 
     async def run(self, job: JobInput, ctx: JobContext) -> list[Output]: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Probed(Protocol):
+    """An engine behind a server that can go away: the worker asks it every heartbeat interval and
+    withdraws its models while it does not answer."""
+
+    async def probe(self) -> bool: ...
+
+
+@runtime_checkable
+class Swapping(Protocol):
+    """An engine that holds only some of its models ready at a time (a GPU engine that swaps
+    checkpoints). Engines without `loaded` are taken to hold all their models."""
+
+    @property
+    def loaded(self) -> tuple[str, ...]: ...

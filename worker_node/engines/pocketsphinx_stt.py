@@ -65,8 +65,8 @@ class Transcriber:
 
 class PocketSphinxEngine:
     name = "pocketsphinx"
-    capabilities = ("stt",)
-    models = ("pocketsphinx-en",)
+    capabilities: tuple[str, ...] = ("stt",)
+    models: tuple[str, ...] = ("pocketsphinx-en",)
     slots = 1
 
     def __init__(self) -> None:

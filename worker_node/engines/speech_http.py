@@ -27,7 +27,8 @@ from worker_node.engines.http import answers, server_error, transport_errors
 def wav_seconds(data: bytes) -> float | None:
     try:
         with wave.open(io.BytesIO(data)) as wav:
-            return wav.getnframes() / wav.getframerate()
+            seconds: float = wav.getnframes() / wav.getframerate()
+            return seconds
     except (wave.Error, EOFError, ZeroDivisionError):
         return None
 
@@ -63,7 +64,7 @@ class _HttpSpeech:
 
 
 class WhisperEngine(_HttpSpeech):
-    capabilities = ("stt",)
+    capabilities: tuple[str, ...] = ("stt",)
 
     def __init__(self, base_url: str, models: dict[str, str], *, api: str = "openai", slots: int = 2,
                  timeout_s: float = 600.0, api_key: str | None = None) -> None:
@@ -93,7 +94,7 @@ class WhisperEngine(_HttpSpeech):
 
 
 class SpeechEngine(_HttpSpeech):
-    capabilities = ("tts",)
+    capabilities: tuple[str, ...] = ("tts",)
 
     def __init__(self, base_url: str, models: dict[str, str], *, api: str = "openai", slots: int = 2,
                  timeout_s: float = 300.0, api_key: str | None = None, default_voice: str | None = None) -> None:
