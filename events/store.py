@@ -111,13 +111,12 @@ async def append(conn: asyncpg.Connection, pending: Sequence[PendingEvent], *, a
     `alongside_args`) that must commit or fail with these events. They run in the same statement,
     so in one round trip and one implicit transaction, even when no event is pending.
     """
-    if not alongside:
-        if not pending:
-            return []
-        statement, args = _INSERT_EVENTS, _event_columns(pending)
-    else:
+    if not pending and not alongside:
+        return []
+    statement = _INSERT_EVENTS
+    args: list[object] = [*_event_columns(pending), *alongside_args]
+    if alongside:
         statement = f"WITH appended AS ({_INSERT_EVENTS}), {alongside} SELECT seq, event_id FROM appended"
-        args = [*_event_columns(pending), *alongside_args]
     try:
         rows = await conn.fetch(statement, *args)
     except asyncpg.UniqueViolationError as exc:

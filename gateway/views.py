@@ -1,82 +1,11 @@
-"""Response bodies, built from folded job state and recorded events."""
+"""Response bodies, built from folded job state and recorded events (the bodies themselves are
+declared in `gateway.schemas`)."""
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime
-from typing import Any
-
-from pydantic import BaseModel, Field
-
 from events.job import Job
 from events.types import Artifact, JobCompleted, RecordedEvent, encode
-
-
-class JobCreate(BaseModel):
-    """A job request. `params.prompt` is required; `params.model` picks a model of the capability."""
-
-    capability: str = Field(description="image | video | text | tts | stt | echo (diagnostic)", max_length=20)
-    params: dict[str, Any] = Field(description="prompt (required), model, and capability-specific settings")
-    frontend: str | None = Field(default=None, max_length=20)
-    bot_id: str | None = Field(default=None, max_length=64)
-    user_ref: str | None = Field(default=None, max_length=120, description="With a frontend key: 'telegram:123'")
-    reply_context: dict[str, Any] | None = None
-
-
-class JobAccepted(BaseModel):
-    job_id: uuid.UUID
-    status: str
-    cost_tokens: float
-    estimated_time_seconds: float | None
-    queue_position: int | None
-
-
-class ArtifactView(BaseModel):
-    id: uuid.UUID
-    type: str
-    format: str
-    content_type: str
-    size_bytes: int
-    url: str
-    text: str | None = None
-    width: int | None = None
-    height: int | None = None
-    duration_seconds: float | None = None
-    expires_at: datetime | None = None
-
-
-class JobView(BaseModel):
-    job_id: uuid.UUID
-    status: str
-    version: int
-    capability: str
-    model: str
-    params: dict[str, Any]
-    frontend: str
-    bot_id: str | None
-    user_ref: str | None
-    priority: int
-    cost_tokens: float
-    worker_id: str | None
-    attempt: int
-    queue_position: int | None
-    estimated_time_seconds: float | None
-    created_at: datetime
-    queued_at: datetime | None
-    started_at: datetime | None
-    ended_at: datetime | None
-    execution_time_seconds: float | None
-    error: dict[str, Any] | None
-    artifacts: list[ArtifactView]
-
-
-class EventView(BaseModel):
-    seq: int
-    version: int
-    type: str
-    recorded_at: datetime
-    causation_id: str | None
-    data: dict[str, Any]
+from gateway.schemas import ArtifactView, EventView, JobView
 
 
 def artifact_view(artifact: Artifact, base_url: str) -> ArtifactView:

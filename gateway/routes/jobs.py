@@ -22,7 +22,8 @@ from gateway.deps import CurrentPrincipal, Services, ServicesDep, key_holder
 from gateway.errors import Problem
 from gateway.inputs import check_storable, utc_time
 from gateway.routes.uploads import resolve_input
-from gateway.views import EventView, JobAccepted, JobCreate, JobView, event_view, job_view
+from gateway.schemas import EventView, JobAccepted, JobCancelled, JobCreate, JobList, JobView
+from gateway.views import event_view, job_view
 from streams import subjects as s
 from streams.messages import CancelJob, Progress, SubmitJob
 from base import catalog
@@ -186,7 +187,7 @@ async def get_job(job_id: str, request: Request, services: ServicesDep, principa
     return job_view(job, records, base_url(request, services), position, estimate)
 
 
-@router.get("", summary="List your jobs, newest first")
+@router.get("", response_model=JobList, summary="List your jobs, newest first")
 async def list_jobs(
     services: ServicesDep,
     principal: CurrentPrincipal,
@@ -204,7 +205,7 @@ async def list_jobs(
     return {"jobs": jobs, "next_before": jobs[-1]["created_at"] if len(jobs) == limit else None}
 
 
-@router.delete("/{job_id}", status_code=202, summary="Cancel a job")
+@router.delete("/{job_id}", status_code=202, response_model=JobCancelled, summary="Cancel a job")
 async def cancel_job(job_id: str, services: ServicesDep, principal: CurrentPrincipal) -> dict[str, Any]:
     """Cancel a queued or running job; 409 when it has already finished."""
     parsed = parse_job_id(job_id)

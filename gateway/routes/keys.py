@@ -12,7 +12,6 @@ import uuid
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
 
 from projector import queries
 from base.keys import USER_KEY_PREFIX, new_key
@@ -20,14 +19,11 @@ from gateway.decisions import carried_out
 from gateway.deps import KeyHolder, KeyHolderDep, Services, ServicesDep
 from gateway.errors import Problem
 from gateway.inputs import check_storable
+from gateway.schemas import KeyCreate, KeyList, KeyRevoked, NewKey
 from streams import subjects as s
 from streams.messages import IssueApiKey, RevokeKey
 
 router = APIRouter(prefix="/api/v1/keys", tags=["keys"])
-
-
-class KeyCreate(BaseModel):
-    label: str | None = Field(default=None, max_length=100, description="A name to recognise the key by")
 
 
 def _owner(holder: KeyHolder) -> uuid.UUID:
@@ -48,7 +44,7 @@ def _view(row: Any) -> dict[str, Any]:
             "created_at": row["created_at"], "revoked_at": row["revoked_at"]}
 
 
-@router.get("", summary="Your API keys (never the keys themselves)")
+@router.get("", response_model=KeyList, summary="Your API keys (never the keys themselves)")
 async def list_keys(services: ServicesDep, holder: KeyHolderDep) -> dict[str, Any]:
     async with services.pool.acquire() as conn:
         rows = await queries.keys_of(conn, _owner(holder))
@@ -65,17 +61,18 @@ async def _issue(services: Services, owner: uuid.UUID, label: str | None, replac
             "note": "the key is shown this once; store it now"}
 
 
-@router.post("", status_code=201, summary="Create an API key (shown once)")
+@router.post("", status_code=201, response_model=NewKey, summary="Create an API key (shown once)")
 async def create_key(body: KeyCreate, services: ServicesDep, holder: KeyHolderDep) -> dict[str, Any]:
     return await _issue(services, _owner(holder), body.label, None)
 
 
-@router.post("/{key_id}/rotate", status_code=201, summary="Replace a key by a new one, revoking it")
+@router.post("/{key_id}/rotate", status_code=201, response_model=NewKey,
+             summary="Replace a key by a new one, revoking it")
 async def rotate_key(key_id: str, body: KeyCreate, services: ServicesDep, holder: KeyHolderDep) -> dict[str, Any]:
     return await _issue(services, _owner(holder), body.label, _key_id(key_id))
 
 
-@router.delete("/{key_id}", summary="Revoke a key: it stops working at once")
+@router.delete("/{key_id}", response_model=KeyRevoked, summary="Revoke a key: it stops working at once")
 async def revoke_key(key_id: str, services: ServicesDep, holder: KeyHolderDep) -> dict[str, Any]:
     parsed = _key_id(key_id)
     command = RevokeKey(command_id=uuid.uuid4(), key_id=parsed, user_id=_owner(holder), by="user")

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from projector import queries
 from gateway.deps import ServicesDep
+from gateway.schemas import Health, ModelList, PlanList, Readiness
 from base import catalog
 
 router = APIRouter(tags=["platform"])
@@ -18,7 +19,7 @@ UNITS = {"image": "megapixel (1024x1024) per image", "video": "second of video a
          "text": "1000 generated tokens", "tts": "1000 characters", "stt": "minute of audio", "echo": "none"}
 
 
-@router.get("/api/v1/models", summary="Models, their price and who serves them now")
+@router.get("/api/v1/models", response_model=ModelList, summary="Models, their price and who serves them now")
 async def models(services: ServicesDep) -> dict[str, Any]:
     """Every model with its pricing (tokens = base + rate x units, rounded up to 0.01; 1 token is
     one 1024x1024 image), the price of a request with the model's defaults and a 1000-character
@@ -39,19 +40,20 @@ async def models(services: ServicesDep) -> dict[str, Any]:
     ]}
 
 
-@router.get("/api/v1/plans", summary="Plans and their limits")
+@router.get("/api/v1/plans", response_model=PlanList, summary="Plans and their limits")
 async def plans(services: ServicesDep) -> dict[str, Any]:
     async with services.pool.acquire() as conn:
         rows = await queries.plans(conn)
     return {"plans": [dict(r) for r in rows]}
 
 
-@router.get("/healthz", summary="Liveness")
+@router.get("/healthz", response_model=Health, summary="Liveness")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: NATS and PostgreSQL reachable")
+@router.get("/readyz", response_model=Readiness, summary="Readiness: NATS and PostgreSQL reachable",
+            responses={503: {"model": Readiness, "description": "Not ready"}})
 async def readyz(services: ServicesDep) -> JSONResponse:
     checks = {"nats": services.nc.is_connected}
     try:

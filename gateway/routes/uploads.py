@@ -30,6 +30,7 @@ from projector import queries
 from gateway.decisions import carried_out
 from gateway.deps import CurrentPrincipal, Services, ServicesDep
 from gateway.errors import Problem
+from gateway.schemas import UploadDeleted, UploadList, UploadStored
 from streams import subjects as s
 from streams.messages import DeleteUpload, StoreUpload
 
@@ -74,7 +75,7 @@ def wav_facts(data: bytes) -> tuple[float, int] | None:
         return None
 
 
-@router.post("", status_code=201, summary="Upload an input file",
+@router.post("", status_code=201, response_model=UploadStored, summary="Upload an input file",
              openapi_extra={"requestBody": {"required": True, "content": {t: {} for t in sorted(ACCEPTED)}}})
 async def upload(request: Request, services: ServicesDep, principal: CurrentPrincipal) -> JSONResponse:
     """Send the file as the raw body with its Content-Type. Refer to it from a job as
@@ -116,7 +117,7 @@ async def upload(request: Request, services: ServicesDep, principal: CurrentPrin
                          "duration_seconds": seconds, "expires_at": expires.isoformat()}, status_code=201)
 
 
-@router.get("", summary="Your uploads that are still stored, newest first")
+@router.get("", response_model=UploadList, summary="Your uploads that are still stored, newest first")
 async def list_uploads(services: ServicesDep, principal: CurrentPrincipal) -> dict[str, Any]:
     async with services.pool.acquire() as conn:
         rows = await queries.uploads_of(conn, principal.user_id)
@@ -125,7 +126,7 @@ async def list_uploads(services: ServicesDep, principal: CurrentPrincipal) -> di
                          "expires_at": r["expires_at"]} for r in rows]}
 
 
-@router.delete("/{upload_id}", summary="Delete an upload now")
+@router.delete("/{upload_id}", response_model=UploadDeleted, summary="Delete an upload now")
 async def delete_upload(upload_id: str, services: ServicesDep, principal: CurrentPrincipal) -> dict[str, Any]:
     try:
         parsed = uuid.UUID(upload_id)

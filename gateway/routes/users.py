@@ -10,11 +10,12 @@ from fastapi import APIRouter
 
 from projector import queries
 from gateway.deps import CurrentPrincipal, ServicesDep
+from gateway.schemas import Me
 
 router = APIRouter(prefix="/api/v1/user", tags=["user"])
 
 
-@router.get("/me", summary="Your plan, limits and today's usage")
+@router.get("/me", response_model=Me, summary="Your plan, limits and today's usage")
 async def me(services: ServicesDep, principal: CurrentPrincipal) -> dict[str, Any]:
     """Today is the quota day (UTC unless TESSERA_QUOTA_TIMEZONE says otherwise). `tokens_reserved`
     are held by your queued and running jobs: charged when they complete, released otherwise."""
