@@ -252,7 +252,7 @@ class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def type(self) -> str:
-        return type(self.data).__struct_config__.tag  # type: ignore[return-value]
+        return type_name(type(self.data))
 
 
 def type_name(cls: type[Event]) -> str:
