@@ -58,6 +58,9 @@ class Settings:
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     public_url: str | None = None
+    # Every process's side port: /healthz, /readyz, /metrics. 0: any free port (the process logs it).
+    side_host: str = "127.0.0.1"
+    side_port: int = 0
     # Scheduler
     submit_timeout_s: float = 10.0
     command_batch: int = 512
@@ -82,6 +85,8 @@ class Settings:
     max_prompt_chars: int = 8000
     max_upload_bytes: int = 25 * 1024 * 1024
     key_cache_s: float = 30.0  # how long a gateway trusts a key it has looked up
+    # A JSON file that reprices or adds models (docs/plans.md); None: the built-in catalog.
+    catalog_file: Path | None = None
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -97,6 +102,8 @@ class Settings:
             "http_host": os.environ.get("TESSERA_HTTP_HOST", "127.0.0.1"),
             "http_port": _env_int("TESSERA_HTTP_PORT", 8000),
             "public_url": os.environ.get("TESSERA_PUBLIC_URL") or None,
+            "side_host": os.environ.get("TESSERA_SIDE_HOST") or "127.0.0.1",
+            "side_port": _env_int("TESSERA_SIDE_PORT", 0),
             "submit_timeout_s": _env_float("TESSERA_SUBMIT_TIMEOUT", 10.0),
             "heartbeat_interval_s": _env_float("TESSERA_HEARTBEAT_INTERVAL", 2.0),
             "worker_timeout_s": _env_float("TESSERA_WORKER_TIMEOUT", 10.0),
@@ -113,6 +120,7 @@ class Settings:
             "expiry_check_s": _env_float("TESSERA_EXPIRY_CHECK", 60.0),
             "key_cache_s": _env_float("TESSERA_KEY_CACHE_SECONDS", 30.0),
             "max_upload_bytes": _env_int("TESSERA_MAX_UPLOAD_BYTES", 25 * 1024 * 1024),
+            "catalog_file": _env_path("TESSERA_CATALOG_FILE"),
         }
         if os.environ.get("TESSERA_WORKER_ID"):
             values["worker_id"] = os.environ["TESSERA_WORKER_ID"]

@@ -1,9 +1,21 @@
-"""Connection set-up shared by every service that talks to PostgreSQL."""
+"""Connection set-up shared by every service that talks to PostgreSQL.
+
+Services hold a pool through `pool` and a single connection through `connection`, both async
+context managers that close what they opened on exit, and give up on a close that hangs (a
+server gone away) after a timeout.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
 import asyncpg
 import msgspec
+
+log = logging.getLogger(__name__)
 
 _encoder = msgspec.json.Encoder()
 
@@ -29,7 +41,51 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
     return pool
 
 
-async def connect(dsn: str) -> asyncpg.Connection:
-    conn = await asyncpg.connect(dsn, server_settings=SERVER_SETTINGS)
-    await init_connection(conn)
+async def connect(dsn: str, *, json_codec: bool = True, application_name: str | None = None) -> asyncpg.Connection:
+    """One connection. Without `json_codec`, jsonb travels as text (the scheduler's session, whose
+    queries cast it themselves)."""
+    settings = {**SERVER_SETTINGS, "application_name": application_name} if application_name else SERVER_SETTINGS
+    conn = await asyncpg.connect(dsn, server_settings=settings)
+    if json_codec:
+        await init_connection(conn)
     return conn
+
+
+@contextlib.asynccontextmanager
+async def pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
+               close_timeout_s: float = 10.0) -> AsyncIterator[asyncpg.Pool]:
+    """A pool for the block: closed on exit once its connections are released, terminated when
+    that takes longer than `close_timeout_s`."""
+    opened = await create_pool(dsn, min_size=min_size, max_size=max_size)
+    try:
+        yield opened
+    finally:
+        try:
+            await asyncio.wait_for(opened.close(), close_timeout_s)
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            log.warning("closing the database pool failed (%r); terminating its connections", exc)
+            opened.terminate()
+
+
+@contextlib.asynccontextmanager
+async def connection(dsn: str, *, json_codec: bool = True, application_name: str | None = None,
+                     close_timeout_s: float = 5.0) -> AsyncIterator[asyncpg.Connection]:
+    """One connection for the block (`connect`), closed on exit, or terminated when closing it fails
+    or hangs (its server gone)."""
+    conn = await connect(dsn, json_codec=json_codec, application_name=application_name)
+    try:
+        yield conn
+    finally:
+        try:
+            await asyncio.wait_for(conn.close(), close_timeout_s)
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            conn.terminate()
+
+
+async def reachable(db: asyncpg.Pool, timeout_s: float = 2.0) -> bool:
+    """Whether the pool hands out a connection that answers within `timeout_s` (readiness)."""
+    try:
+        async with asyncio.timeout(timeout_s), db.acquire() as conn:
+            return bool(await conn.fetchval("SELECT true"))
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        return False

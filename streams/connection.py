@@ -7,19 +7,31 @@ Credentials travel in the URL (`nats://user:password@host:4222`). A connection t
 user takes its replies under that user's own inbox prefix, the only one its permissions let it
 read (streams/permissions.py). A `tls://` URL is verified against the system's certificate
 authorities, or against the one in the file `TESSERA_NATS_CA` names (a self-signed one).
+
+Services hold their connection through `opened` (or `opened_once` for a short task), which drains
+it on exit: the server stops sending, the subscriptions' handlers finish what they already
+received, what was published is flushed, and only then does the connection close.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import os
 import ssl
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import nats
+import nats.errors
 from nats.aio.client import Client as NATS
 
+log = logging.getLogger(__name__)
+
 RECONNECT_WAIT_S = 0.5
+DRAIN_TIMEOUT_S = 5.0  # how long a connection's handlers get to finish before it is closed anyway
 DEFAULT_INBOX = "_INBOX"
 
 
@@ -67,3 +79,53 @@ async def connect(url: str, name: str, **callbacks: Any) -> NATS:
 async def connect_once(url: str, name: str, **callbacks: Any) -> NATS:
     """A connection for a short task (creating streams, one command): it fails rather than waits."""
     return await nats.connect(url, name=name, **_options(url), **callbacks)
+
+
+async def drain(nc: NATS, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+    """Drain `nc`, then close it; close it at once when NATS is away (nothing can be flushed), and
+    anyway once `timeout_s` has passed."""
+    if nc.is_closed:
+        return
+    try:
+        await _drop_unread(nc)
+        # nats-py bounds the subscriptions' part by the connection's drain_timeout; this bounds the rest.
+        await asyncio.wait_for(nc.drain(), timeout_s + 2)
+    except (nats.errors.Error, TimeoutError, OSError) as exc:
+        log.info("%s: closing without a drain (%r)", nc.options.get("name") or "nats", exc)
+    finally:
+        if not nc.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.close(), timeout_s)
+
+
+async def _drop_unread(nc: NATS) -> None:
+    """Unsubscribe the subscriptions without a handler first: their owner reads them itself (a pull
+    consumer's fetch, `next_msg`) and has stopped, so a drain would wait its whole timeout for what
+    they still hold (a pull request's late timeout status, say). nats-py has no public list of a
+    connection's subscriptions, hence the private attributes."""
+    for sub in list(nc._subs.values()):
+        if getattr(sub, "_cb", None) is None:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+
+@contextlib.asynccontextmanager
+async def opened(url: str, name: str, *, drain_timeout_s: float = DRAIN_TIMEOUT_S,
+                 **callbacks: Any) -> AsyncIterator[NATS]:
+    """A connection as `connect` makes it (reconnecting forever), drained on exit."""
+    nc = await connect(url, name, drain_timeout=max(1, round(drain_timeout_s)), **callbacks)
+    try:
+        yield nc
+    finally:
+        await drain(nc, drain_timeout_s)
+
+
+@contextlib.asynccontextmanager
+async def opened_once(url: str, name: str, *, drain_timeout_s: float = DRAIN_TIMEOUT_S,
+                      **callbacks: Any) -> AsyncIterator[NATS]:
+    """A connection as `connect_once` makes it (failing rather than waiting), drained on exit."""
+    nc = await connect_once(url, name, drain_timeout=max(1, round(drain_timeout_s)), **callbacks)
+    try:
+        yield nc
+    finally:
+        await drain(nc, drain_timeout_s)

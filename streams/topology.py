@@ -18,6 +18,7 @@ from nats.js.api import (
 )
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
+from streams import connection
 from streams import subjects as s
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,12 @@ async def ensure(js: JetStreamContext, *, artifact_ttl_s: float = 7 * DAY) -> No
             bucket=s.ARTIFACTS_BUCKET, description="Job artifacts (images, audio, video) written by workers",
             ttl=artifact_ttl_s, storage=StorageType.FILE,
         ))
+
+
+async def ensure_at(nats_url: str, *, name: str = "ensure-streams", artifact_ttl_s: float = 7 * DAY) -> None:
+    """`ensure` over a connection of its own, for a process about to start (the scheduler, `migrate`)."""
+    async with connection.opened_once(nats_url, name) as nc:
+        await ensure(nc.jetstream(), artifact_ttl_s=artifact_ttl_s)
 
 
 async def durable_pull(js: JetStreamContext, *, stream: str, subject: str, durable: str,
