@@ -12,14 +12,15 @@ submit (chat id, message id).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
 import msgspec
 import nats.errors
+from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from base.health import Readiness
 from streams import connection, permissions
 from streams import subjects as s
 from streams.messages import Notification
@@ -36,19 +37,31 @@ class CompletionFeed:
         self.durable = permissions.bot_user(frontend, bot_id)  # also its NATS user's name
         self.ack_wait_s = ack_wait_s
         self._stopping = asyncio.Event()
+        self._nc: NATS | None = None
+        self._following = False
 
     async def stop(self) -> None:
         self._stopping.set()
 
     async def run(self, handler: Handler) -> None:
         """Call `handler` for each notification until `stop()`; acknowledge those it handled."""
-        nc = await connection.connect(self.nats_url, self.durable)
+        async with connection.opened(self.nats_url, self.durable) as nc:
+            self._nc = nc
+            await self._consume(nc, handler)
+
+    async def readiness(self) -> Readiness:
+        """Ready while it hears NATS and follows its notifications."""
+        nc = self._nc
+        return Readiness(checks={"nats": nc is not None and nc.is_connected, "following": self._following})
+
+    async def _consume(self, nc: NATS, handler: Handler) -> None:
         decoder = msgspec.json.Decoder(Notification)
         try:
             sub = await nc.jetstream().pull_subscribe(
                 self.subject, durable=self.durable, stream=s.NOTIFY_STREAM,
                 config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait_s,
                                       deliver_policy=DeliverPolicy.ALL, description=f"completions for {self.durable}"))
+            self._following = True
             while not self._stopping.is_set():
                 try:
                     msgs = await sub.fetch(32, timeout=0.5)
@@ -74,5 +87,4 @@ class CompletionFeed:
                         continue
                     await msg.ack()
         finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(nc.close(), 5)
+            self._following = False

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
@@ -12,6 +11,8 @@ from fastapi import FastAPI
 from nats.aio.msg import Msg
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from base import db
+from base.config import Settings
 from events.types import decode_recorded
 from gateway import errors
 from gateway.deps import Services
@@ -20,8 +21,6 @@ from gateway.routes import artifacts, jobs, keys, meta, uploads, users
 from streams import connection
 from streams import subjects as s
 from streams.commands import CommandBus
-from base.config import Settings
-from base.db import create_pool
 
 
 class BodyLimit:
@@ -67,28 +66,25 @@ def create_app(settings: Settings, *, nats_url: str, database_url: str) -> FastA
         async def reconnected() -> None:
             fleet.reconnected()
 
-        nc = await connection.connect(nats_url, "gateway", reconnected_cb=reconnected)
-        pool = await create_pool(database_url, min_size=2, max_size=20)
-        bus = await CommandBus(nc, f"gw-{uuid.uuid4().hex[:8]}").start()
-        await fleet.start(nc.jetstream())
-        services = app.state.services = Services(settings=settings, pool=pool, nc=nc, bus=bus, fleet=fleet)
+        async with connection.opened(nats_url, "gateway", reconnected_cb=reconnected) as nc, \
+                db.pool(database_url, min_size=2, max_size=20) as pool:
+            bus = await CommandBus(nc, f"gw-{uuid.uuid4().hex[:8]}").start()
+            await fleet.start(nc.jetstream())
+            services = app.state.services = Services(settings=settings, pool=pool, nc=nc, bus=bus, fleet=fleet)
 
-        async def on_revoked(msg: Msg) -> None:  # a key revoked on any gateway, by anyone
-            with contextlib.suppress(msgspec.DecodeError):
-                services.key_revoked(decode_recorded(msg.data).data.key_id)  # type: ignore[union-attr]
+            async def on_revoked(msg: Msg) -> None:  # a key revoked on any gateway, by anyone
+                with contextlib.suppress(msgspec.DecodeError):
+                    services.key_revoked(decode_recorded(msg.data).data.key_id)  # type: ignore[union-attr]
 
-        revocations = [await nc.subscribe(subject, cb=on_revoked) for subject in s.KEYS_REVOKED]
-        try:
-            yield
-        finally:
-            for sub in revocations:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
-            await fleet.stop()
-            await bus.close()
-            await pool.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(nc.close(), 5)
+            revocations = [await nc.subscribe(subject, cb=on_revoked) for subject in s.KEYS_REVOKED]
+            try:
+                yield
+            finally:
+                for sub in revocations:
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
+                await fleet.stop()
+                await bus.close()
 
     app = FastAPI(
         title="Tessera", version="0.1.0", lifespan=lifespan,

@@ -17,12 +17,13 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
+from base import db
+from base.health import NOT_STARTED, Readiness
 from events import store
 from events.types import RecordedEvent, decode_recorded
 from projector import folds
 from streams import connection
 from streams import subjects as s
-from base.db import create_pool
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +68,22 @@ class Projector:
         self.position = 0
         self._stopping = asyncio.Event()
         self._nc: NATS | None = None
+        self._pool: asyncpg.Pool | None = None
 
     async def stop(self) -> None:
         self._stopping.set()
 
+    async def readiness(self) -> Readiness:
+        """Ready while it hears NATS (the scheduler's wake-ups) and reaches PostgreSQL."""
+        if self._nc is None or self._pool is None:
+            return NOT_STARTED
+        return Readiness(checks={"nats": self._nc.is_connected, "database": await db.reachable(self._pool)},
+                         details={"position": self.position})
+
     async def run(self) -> None:
-        self._nc = await connection.connect(self.nats_url, "projector")
-        pool = await create_pool(self.database_url, max_size=2)
-        try:
+        async with connection.opened(self.nats_url, "projector") as nc, \
+                db.pool(self.database_url, max_size=2) as pool:
+            self._nc, self._pool = nc, pool
             while not self._stopping.is_set():
                 try:
                     await self._follow(pool)
@@ -82,10 +91,6 @@ class Projector:
                     log.exception("projector: restarting after an error")
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stopping.wait(), 1.0)
-        finally:
-            await pool.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._nc.close(), 5)
 
     async def _follow(self, pool: asyncpg.Pool) -> None:
         """Fold everything after the stored position, then again whenever the log grows.

@@ -14,6 +14,7 @@ import logging
 import time
 import uuid
 from datetime import timedelta
+from enum import StrEnum
 
 import asyncpg
 import msgspec
@@ -56,8 +57,9 @@ from streams.messages import (
     subject_of,
 )
 from streams.workers_feed import WorkersFeed
+from base import db
 from base.config import Settings
-from base.db import SERVER_SETTINGS
+from base.health import Readiness
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,15 @@ class _Poisoned(Exception):
         super().__init__(str(error))
         self.index = index
         self.error = error
+
+
+class Role(StrEnum):
+    """What a scheduler is doing, as its `/readyz` says."""
+
+    CONNECTING = "connecting"  # no database session yet
+    STANDBY = "standby"  # another scheduler leads; it polls for the lock
+    LOADING = "loading"  # it holds the lock and loads its state
+    LEADER = "leader"
 
 
 class Scheduler:
@@ -83,35 +94,53 @@ class Scheduler:
         self._feed: WorkersFeed | None = None
         self.terms = 0  # how many times this process became the leader
         self._connected = True  # to NATS; kept here too, as a new leader's state starts from it
+        self._session: asyncpg.Connection | None = None  # the database session the lock is held or sought on
+        self._holds_lock = False
 
     async def stop(self) -> None:
         self._stopping.set()
 
+    @property
+    def role(self) -> Role:
+        if self.is_leader.is_set():
+            return Role.LEADER
+        if self._holds_lock:
+            return Role.LOADING
+        return Role.CONNECTING if self._session is None else Role.STANDBY
+
+    async def readiness(self) -> Readiness:
+        """Ready as a leader once its state is loaded, or as a standby, while NATS and its session
+        are up. The session is not queried here: a leader's is busy with its commits."""
+        nc, session, role = self._nc, self._session, self.role
+        return Readiness(checks={"nats": nc is not None and nc.is_connected,
+                                 "database": session is not None and not session.is_closed(),
+                                 "state": role in (Role.LEADER, Role.STANDBY)},
+                         details={"role": role.value, "name": self.name})
+
     async def run(self) -> None:
-        self._nc = await connection.connect(self.nats_url, self.name, disconnected_cb=self._disconnected,
-                                            reconnected_cb=self._reconnected)
-        try:
+        async with connection.opened(self.nats_url, self.name, disconnected_cb=self._disconnected,
+                                     reconnected_cb=self._reconnected) as nc:
+            self._nc = nc
             while not self._stopping.is_set():
-                try:
-                    conn = await asyncpg.connect(self.database_url, server_settings={
-                        **SERVER_SETTINGS, "application_name": self.name})
-                except (OSError, asyncpg.PostgresError) as exc:
-                    log.warning("%s: cannot reach PostgreSQL (%s); retrying", self.name, exc)
-                    await self._sleep(1.0)
-                    continue
-                try:
-                    if await self._acquire(conn):
-                        await self._lead(conn)
-                except Exception:  # whatever ended it, the state is rebuilt from PostgreSQL next time
-                    log.exception("%s: leadership ended", self.name)
-                    await self._sleep(0.5)
-                finally:
-                    self.is_leader.clear()
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), 2)
-        finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._nc.close(), 5)
+                async with contextlib.AsyncExitStack() as session:
+                    try:
+                        conn = await session.enter_async_context(db.connection(
+                            self.database_url, json_codec=False, application_name=self.name, close_timeout_s=2))
+                    except (OSError, asyncpg.PostgresError) as exc:
+                        log.warning("%s: cannot reach PostgreSQL (%s); retrying", self.name, exc)
+                        await self._sleep(1.0)
+                        continue
+                    self._session = conn
+                    try:
+                        if await self._acquire(conn):
+                            self._holds_lock = True
+                            await self._lead(conn)
+                    except Exception:  # whatever ended it, the state is rebuilt from PostgreSQL next time
+                        log.exception("%s: leadership ended", self.name)
+                        await self._sleep(0.5)
+                    finally:
+                        self.is_leader.clear()
+                        self._session, self._holds_lock = None, False
 
     async def _disconnected(self) -> None:
         log.warning("%s: lost its NATS connection; no worker is judged by its silence until it is back", self.name)

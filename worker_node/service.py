@@ -20,6 +20,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ObjectMeta
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
+from base.health import Readiness
 from events.types import Artifact
 from streams import connection
 from streams import subjects as s
@@ -115,11 +116,22 @@ class Worker:
         """Drain: take no new job, finish the running ones, say goodbye."""
         self._draining.set()
 
+    async def readiness(self) -> Readiness:
+        """Ready once it has registered in the workers bucket, while it hears NATS and takes jobs."""
+        nc = self._nc
+        return Readiness(checks={"nats": nc is not None and nc.is_connected, "registered": self.ready.is_set(),
+                                 "accepting": not self._draining.is_set()},
+                         details={"worker_id": self.worker_id, "running": len(self.running), "slots": self.slots})
+
     async def run(self) -> None:
-        self._nc = await connection.connect(self.nats_url, f"worker-{self.worker_id}")
-        self._js = self._nc.jetstream()
+        async with connection.opened(self.nats_url, f"worker-{self.worker_id}") as nc:
+            self._nc = nc
+            await self._serve(nc)
+
+    async def _serve(self, nc: NATS) -> None:
+        self._js = nc.jetstream()
         kv = await self._workers_bucket()
-        control = await self._nc.subscribe(s.control(self.worker_id), cb=self._on_control)
+        control = await nc.subscribe(s.control(self.worker_id), cb=self._on_control)
         sub = await self._js.pull_subscribe(
             s.dispatch(self.worker_id), durable=f"worker-{self.worker_id}", stream=s.DISPATCH_STREAM,
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=30,
@@ -147,8 +159,6 @@ class Worker:
             await control.unsubscribe()
             for engine in set(self.engines.values()):
                 await engine.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._nc.close(), 5)
 
     async def _workers_bucket(self):  # type: ignore[no-untyped-def]
         """The bucket the worker announces itself in. A worker does not create streams (its NATS
