@@ -3,13 +3,16 @@
 Shared by the scheduler (which admits, prices and charges) and the gateway (which lists models and
 validates requests). Costs are in tokens; 1 token is one 1024x1024 image (the seeds' unit). Each
 model carries its own `Pricing`; an operator can change any model's pricing or timings with a
-JSON file named by TESSERA_CATALOG_FILE (docs/plans.md).
+JSON file named by TESSERA_CATALOG_FILE (docs/plans.md). A service loads its `Catalog` once, from
+its settings (`Catalog.load(settings.catalog_file)`), and passes it down: nothing here reads the
+environment.
 """
 
 from __future__ import annotations
 
 import math
-import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +29,18 @@ USAGE_GROUP = {"image": "image", "video": "video", "text": "text", "echo": "text
 MEGAPIXEL = 1024 * 1024
 
 
-class ParamError(TesseraError, ValueError):
-    """A parameter the model cannot take; `code` is the API's error code."""
+class QuoteRefused(TesseraError, ValueError):
+    """A request the catalog cannot price: an unknown capability or model, or a parameter the model
+    cannot take. `code` is the API's error code (the scheduler's refusal code)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class ParamError(QuoteRefused):
+    """A parameter the model cannot take; `code` is the API's error code."""
 
 
 class Pricing(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -67,14 +75,14 @@ class Model(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 
     # --- units -----------------------------------------------------------------------------------
 
-    def size(self, params: dict[str, Any]) -> tuple[int, int]:
+    def size(self, params: Mapping[str, Any]) -> tuple[int, int]:
         """(width, height) asked for; (0, 0) for capabilities without a picture."""
         if self.capability not in ("image", "video"):
             return 0, 0
         return (_int(params, "width", self.default_width, 64, 16384),
                 _int(params, "height", self.default_height, 64, 16384))
 
-    def max_units(self, params: dict[str, Any]) -> float:
+    def max_units(self, params: Mapping[str, Any]) -> float:
         """The most units this request can use: what admission reserves."""
         match self.capability:
             case "image":
@@ -93,7 +101,7 @@ class Model(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
             case _:
                 return 0.0
 
-    def actual_units(self, params: dict[str, Any], usage: dict[str, float]) -> float:
+    def actual_units(self, params: Mapping[str, Any], usage: dict[str, float]) -> float:
         """Units really used, from what the worker measured; never more than reserved."""
         reserved = self.max_units(params)
         match self.capability:
@@ -114,15 +122,15 @@ class Model(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
             return 0.0
         return math.ceil(round((self.pricing.base + self.pricing.rate * units) * 100, 6)) / 100
 
-    def cost(self, params: dict[str, Any]) -> float:
+    def cost(self, params: Mapping[str, Any]) -> float:
         """The most this request can cost: reserved at admission, shown as cost_tokens at submit."""
         return self._tokens(self.max_units(params))
 
-    def actual_cost(self, params: dict[str, Any], usage: dict[str, float]) -> float:
+    def actual_cost(self, params: Mapping[str, Any], usage: dict[str, float]) -> float:
         """What a completed job is charged: its measured use, capped by its reservation."""
         return min(self.cost(params), self._tokens(self.actual_units(params, usage)))
 
-    def check(self, params: dict[str, Any]) -> None:
+    def check(self, params: Mapping[str, Any]) -> None:
         """Raise ParamError for a parameter this model cannot take: at submit, not at the worker."""
         self.max_units(params)
         match self.capability:
@@ -145,7 +153,7 @@ def _input_seconds(reference: object) -> float:
     return max(0.1, min(float(seconds), 4 * 3600))
 
 
-def _number(params: dict[str, Any], name: str, default: float, low: float, high: float, integer: bool) -> float:
+def _number(params: Mapping[str, Any], name: str, default: float, low: float, high: float, integer: bool) -> float:
     value = params.get(name, default)
     if value is None:
         value = default
@@ -157,11 +165,11 @@ def _number(params: dict[str, Any], name: str, default: float, low: float, high:
     return value
 
 
-def _int(params: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
+def _int(params: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int:
     return int(_number(params, name, default, low, high, integer=True))
 
 
-def _float(params: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
+def _float(params: Mapping[str, Any], name: str, default: float, low: float, high: float) -> float:
     return float(_number(params, name, default, low, high, integer=False))
 
 
@@ -189,8 +197,8 @@ _BUILTIN = (
           description="Offline English speech-to-text with PocketSphinx; 0.1 token per minute of audio."),
 )
 
-DEFAULT_MODEL: dict[str, str] = {"echo": "echo", "image": "sdxl", "video": "ltx-video", "text": "gemma3-270m",
-                                 "tts": "espeak-ng", "stt": "pocketsphinx-en"}
+_BUILTIN_DEFAULTS: dict[str, str] = {"echo": "echo", "image": "sdxl", "video": "ltx-video", "text": "gemma3-270m",
+                                     "tts": "espeak-ng", "stt": "pocketsphinx-en"}
 
 
 class CatalogOverride(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -206,37 +214,109 @@ class CatalogOverride(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     default: bool = False  # make it the capability's default model
 
 
-def load_catalog(path: str | None = None) -> tuple[dict[str, Model], dict[str, str]]:
-    """The built-in models with the operator's file applied (models and default models)."""
-    models = {m.name: m for m in _BUILTIN}
-    defaults = dict(DEFAULT_MODEL)
-    path = path if path is not None else os.environ.get("TESSERA_CATALOG_FILE")
-    if not path:
-        return models, defaults
-    entries = msgspec.json.decode(Path(path).read_bytes(), type=dict[str, CatalogOverride])
-    for name, entry in entries.items():
-        changes = {k: v for k, v in msgspec.structs.asdict(entry).items() if v is not None and k != "default"}
-        if name in models:
-            models[name] = msgspec.structs.replace(models[name], **changes)
-        else:
-            missing = {"capability", "engine", "description"} - set(changes)
-            if missing:
-                raise ValueError(f"{path}: new model {name!r} needs {', '.join(sorted(missing))}")
-            models[name] = Model(name=name, **changes)
-        if models[name].capability not in CAPABILITIES:
-            raise ValueError(f"{path}: model {name!r} has unknown capability {models[name].capability!r}")
-        if entry.default:
-            defaults[models[name].capability] = name
-    return models, defaults
+
+@dataclass(frozen=True, kw_only=True)
+class Quote:
+    """What the catalog says of one request: the model that serves it, its size and its price.
+
+    The params it was made from have been validated; `cost` is the most the request can cost (what
+    admission reserves and the submit answer shows as cost_tokens).
+    """
+
+    model: Model
+    params: Mapping[str, Any]
+    width: int  # 0 for capabilities without a picture
+    height: int
+    cost: float
+
+    @property
+    def side(self) -> int:
+        """The longer side, what a plan's and a worker's max_resolution are compared with."""
+        return max(self.width, self.height)
 
 
-CATALOG, DEFAULT_MODEL = load_catalog()
+class Catalog:
+    """The models a deployment serves and the default model of each capability.
 
+    Built once per process by `Catalog.load` (the built-in models with the operator's file applied)
+    and read-only from then on.
+    """
 
-def resolve(capability: str, model: str | None) -> Model | None:
-    """The catalog model for this request, or None when the pair is not served."""
-    name = model or DEFAULT_MODEL.get(capability)
-    found = CATALOG.get(name) if name else None
-    if found is None or found.capability != capability:
-        return None
-    return found
+    def __init__(self, models: Mapping[str, Model], defaults: Mapping[str, str]) -> None:
+        self.models: Mapping[str, Model] = dict(models)
+        self.defaults: Mapping[str, str] = dict(defaults)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> Catalog:
+        """The built-in models, with the JSON file at `path` (TESSERA_CATALOG_FILE) applied when given."""
+        models = {m.name: m for m in _BUILTIN}
+        defaults = dict(_BUILTIN_DEFAULTS)
+        if not path:
+            return cls(models, defaults)
+        entries = msgspec.json.decode(Path(path).read_bytes(), type=dict[str, CatalogOverride])
+        for name, entry in entries.items():
+            changes = {k: v for k, v in msgspec.structs.asdict(entry).items() if v is not None and k != "default"}
+            if name in models:
+                models[name] = msgspec.structs.replace(models[name], **changes)
+            else:
+                missing = {"capability", "engine", "description"} - set(changes)
+                if missing:
+                    raise ValueError(f"{path}: new model {name!r} needs {', '.join(sorted(missing))}")
+                models[name] = Model(name=name, **changes)
+            if models[name].capability not in CAPABILITIES:
+                raise ValueError(f"{path}: model {name!r} has unknown capability {models[name].capability!r}")
+            if entry.default:
+                defaults[models[name].capability] = name
+        return cls(models, defaults)
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.models
+
+    def __getitem__(self, name: str) -> Model:
+        return self.models[name]
+
+    def __iter__(self) -> Iterator[Model]:
+        return iter(self.models.values())
+
+    def get(self, name: str) -> Model | None:
+        return self.models.get(name)
+
+    def is_default(self, model: Model) -> bool:
+        return self.defaults.get(model.capability) == model.name
+
+    def typical_seconds(self, name: str, measured: float | None = None) -> float:
+        """How long a job of this model takes: what was measured when there is a measurement, else the
+        catalog's guess (5 s for a model the catalog does not know)."""
+        if measured is not None:
+            return measured
+        model = self.models.get(name)
+        return model.typical_seconds if model else 5.0
+
+    # --- quoting ---------------------------------------------------------------------------------
+
+    def check_capability(self, capability: str) -> None:
+        """Raise QuoteRefused (UNKNOWN_CAPABILITY) unless `capability` is one Tessera knows."""
+        if capability not in CAPABILITIES:
+            raise QuoteRefused("UNKNOWN_CAPABILITY", f"unknown capability {capability!r}; "
+                               f"known: {', '.join(CAPABILITIES)}")
+
+    def model_for(self, capability: str, model: str | None) -> Model:
+        """The model that serves this request (the capability's default without a name), or raise
+        QuoteRefused with UNKNOWN_CAPABILITY or UNKNOWN_MODEL."""
+        self.check_capability(capability)
+        name = model or self.defaults.get(capability)
+        found = self.models.get(name) if name else None
+        if found is None or found.capability != capability:
+            raise QuoteRefused("UNKNOWN_MODEL", f"model {model!r} does not serve capability {capability!r}" if model
+                               else f"no model serves capability {capability!r}")
+        return found
+
+    def quote(self, capability: str, model: str | None, params: Mapping[str, Any]) -> Quote:
+        """The model, size and price of a request, its params validated; raises QuoteRefused (with the
+        refusal's code) for a request that cannot be served as asked."""
+        found = self.model_for(capability, model)
+        found.check(params)
+        width, height = found.size(params)
+        return Quote(model=found, params=params, width=width, height=height, cost=found.cost(params))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import date, datetime
+from enum import StrEnum
 from typing import Any
 
 import msgspec
@@ -235,7 +236,19 @@ class ArtifactExpired(Event, frozen=True, kw_only=True, tag="ArtifactExpired.v1"
 AnyEvent = (JobEvent | UserRegistered | ApiKeyIssued | ApiKeyRevoked | UserPlanChanged | PlanDefined
             | FrontendKeyIssued | FrontendKeyRevoked | ArtifactExpired | UploadStored | UploadDeleted | UploadExpired)
 
-STREAM_TYPES = {"job", "user", "plan", "frontend", "artifact", "upload"}
+
+class StreamType(StrEnum):
+    """The kinds of event stream (the `stream_type` of a stored event): one per aggregate."""
+
+    JOB = "job"
+    USER = "user"
+    PLAN = "plan"
+    FRONTEND = "frontend"
+    ARTIFACT = "artifact"
+    UPLOAD = "upload"
+
+
+STREAM_TYPES = frozenset(StreamType)
 
 
 class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True):

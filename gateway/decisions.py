@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import math
 
+from base.catalog import QuoteRefused
 from gateway.deps import Services
 from gateway.errors import Problem
 from projector.queries import wait_for_projection
+from scheduler.admission import RefusalCode
 from streams.commands import NoDecision
 from streams.messages import Decision
 
@@ -27,9 +29,51 @@ def rate_headers(decision: Decision) -> dict[str, str]:
     return headers
 
 
+# The HTTP status of each refusal: the one place a scheduler's code becomes HTTP.
+HTTP_STATUS: dict[RefusalCode, int] = {
+    RefusalCode.JOB_ID_CONFLICT: 409,
+    RefusalCode.SUBMIT_EXPIRED: 503,
+    RefusalCode.UNKNOWN_CAPABILITY: 422,
+    RefusalCode.UNKNOWN_MODEL: 422,
+    RefusalCode.VALIDATION_ERROR: 422,
+    RefusalCode.UNKNOWN_USER: 401,
+    RefusalCode.RATE_LIMITED: 429,
+    RefusalCode.MODEL_NOT_ALLOWED: 403,
+    RefusalCode.RESOLUTION_TOO_HIGH: 403,
+    RefusalCode.TOO_MANY_QUEUED_JOBS: 429,
+    RefusalCode.NO_CAPABLE_WORKER: 503,
+    RefusalCode.QUOTA_EXCEEDED: 429,
+    RefusalCode.JOB_NOT_FOUND: 404,
+    RefusalCode.JOB_TERMINAL: 409,
+    RefusalCode.UNKNOWN_PLAN: 422,
+    RefusalCode.INVALID_PLAN: 422,
+    RefusalCode.USER_NOT_FOUND: 404,
+    RefusalCode.KEY_NOT_FOUND: 404,
+    RefusalCode.TOO_MANY_KEYS: 409,
+    RefusalCode.UPLOAD_TOO_LARGE: 413,
+    RefusalCode.UPLOAD_QUOTA_EXCEEDED: 429,
+    RefusalCode.UPLOAD_NOT_FOUND: 404,
+    RefusalCode.UNSTORABLE_INPUT: 422,
+    RefusalCode.COMMAND_FAILED: 500,
+}
+
+
+def http_status(code: str | None) -> int:
+    """The HTTP status of a refusal's code; 500 for a code this gateway does not know (a newer scheduler's)."""
+    try:
+        return HTTP_STATUS[RefusalCode(code or "")]
+    except ValueError:  # not a RefusalCode
+        return 500
+
+
 def refusal(decision: Decision, **extra: object) -> Problem:
-    return Problem(decision.status, decision.code or "REJECTED", decision.detail or "the scheduler refused it",
-                   headers=rate_headers(decision) or None, **extra)
+    return Problem(http_status(decision.code), decision.code or "REJECTED",
+                   decision.detail or "the scheduler refused it", headers=rate_headers(decision) or None, **extra)
+
+
+def quote_refusal(exc: QuoteRefused) -> Problem:
+    """A request the catalog cannot serve, refused at the gateway with the scheduler's code and status."""
+    return Problem(http_status(exc.code), exc.code, exc.message)
 
 
 async def decide(services: Services, subject: str, command: object, *, msg_id: str,

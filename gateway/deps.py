@@ -14,6 +14,7 @@ from nats.aio.client import Client as NATS
 
 from events.types import user_stream_id
 from projector import queries
+from base.catalog import Catalog
 from base.keys import FRONTEND_KEY_PREFIX, PLATFORMS, USER_KEY_PREFIX, hash_key
 from gateway.auth import Principal
 from gateway.errors import Problem
@@ -29,11 +30,13 @@ class Services:
     nc: NATS
     bus: CommandBus
     fleet: Fleet
+    catalog: Catalog = field(init=False)  # loaded from settings.catalog_file
     keys: TTLCache[str, KeyHolder] = field(init=False)
     # Keys revoked lately, by id: refused even while the read model does not show the revocation yet.
     revoked: TTLCache[uuid.UUID, bool] = field(init=False)
 
     def __post_init__(self) -> None:
+        self.catalog = Catalog.load(self.settings.catalog_file)
         # Valid keys only: an unknown key is looked up every time, so a new key works at once.
         self.keys = TTLCache(maxsize=100_000, ttl=self.settings.key_cache_s)
         self.revoked = TTLCache(maxsize=100_000, ttl=600)

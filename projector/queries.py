@@ -16,7 +16,6 @@ from typing import Any
 
 import asyncpg
 
-from base import catalog
 from events import store
 
 
@@ -97,14 +96,14 @@ async def unfinished(conn: asyncpg.Connection, user_id: uuid.UUID, day: date) ->
     return {"queued": row["queued"], "running": row["running"], "reserved": float(row["reserved"])}
 
 
-async def typical_seconds(conn: asyncpg.Connection, model: str) -> float:
-    """The model's mean measured execution time; the catalog's guess until one has completed."""
+async def measured_seconds(conn: asyncpg.Connection, model: str) -> float | None:
+    """The model's mean measured execution time; None until one has completed (the catalog's
+    `typical_seconds` then guesses)."""
     row = await conn.fetchrow("SELECT jobs_completed, total_execution_seconds FROM model_stats WHERE model = $1",
                               model)
     if row and row["jobs_completed"]:
-        return round(float(row["total_execution_seconds"]) / row["jobs_completed"], 3)
-    found = catalog.CATALOG.get(model)
-    return found.typical_seconds if found else 5.0
+        return round(float(row["total_execution_seconds"]) / int(row["jobs_completed"]), 3)
+    return None
 
 
 async def job_events(conn: asyncpg.Connection, job_id: uuid.UUID, after_version: int = 0) -> list[Any]:

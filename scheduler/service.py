@@ -32,22 +32,17 @@ from projector import queries as read_models
 from scheduler import queries
 from scheduler.outbox import Outbox, Outgoing, terminal_notifications
 from scheduler.policy import PolicyConfig
+from scheduler.admission import RefusalCode
 from scheduler.state import Limits, SchedulerState
 from streams import connection, topology
 from streams import subjects as s
 from streams.messages import (
     AnyCommand,
-    CancelJob,
     ChangeUserPlan,
-    CreateFrontendKey,
     CreateUser,
     Decision,
-    DefinePlan,
     DeleteUpload,
     IssueApiKey,
-    ReportCompleted,
-    ReportFailed,
-    ReportStarted,
     RevokeKey,
     StoreUpload,
     SubmitJob,
@@ -58,6 +53,7 @@ from streams.messages import (
 )
 from streams.workers_feed import WorkersFeed
 from base import db
+from base.catalog import Catalog
 from base.config import Settings
 from base.health import Readiness
 
@@ -94,6 +90,7 @@ class Scheduler:
         self._feed: WorkersFeed | None = None
         self.terms = 0  # how many times this process became the leader
         self._connected = True  # to NATS; kept here too, as a new leader's state starts from it
+        self.catalog = Catalog.load(settings.catalog_file)
         self._session: asyncpg.Connection | None = None  # the database session the lock is held or sought on
         self._holds_lock = False
 
@@ -183,7 +180,8 @@ class Scheduler:
                                       policy=PolicyConfig(aging_step_s=settings.aging_step_s,
                                                           affinity_hold_s=settings.affinity_hold_s,
                                                           starvation_s=settings.starvation_s,
-                                                          starvation_step_s=settings.starvation_step_s)))
+                                                          starvation_step_s=settings.starvation_step_s)),
+                               catalog=self.catalog)
         active = await queries.load_active_jobs(conn)
         users = {r.data.user_id for r in active if isinstance(r.data, JobSubmitted)}
         records = (await store.load_stream_type(conn, "plan") + await store.load_stream_type(conn, "frontend")
@@ -380,7 +378,7 @@ class Scheduler:
                 await self._reload(conn)
             except asyncpg.DataError as exc:
                 await self._set_aside(js, command[2], f"cannot be stored: {exc}",
-                                      Decision(ok=False, status=422, code="UNSTORABLE_INPUT",
+                                      Decision(ok=False, code=RefusalCode.UNSTORABLE_INPUT,
                                                detail=f"the request holds a value that cannot be stored: {exc}"))
                 await self._reload(conn)
         return loaded
@@ -416,34 +414,11 @@ class Scheduler:
             reply_to = (msg.headers or {}).get(s.HDR_REPLY_TO)
             if reply_to is not None and not s.is_reply(reply_to):
                 reply_to = None  # the scheduler answers on reply subjects only, never where a sender points it
+            handle = state.handlers.get(type(command))  # the state's dispatch table: one handler per command type
+            if handle is None:
+                continue
             try:
-                match command:
-                    case SubmitJob():
-                        state.submit(command, reply_to, cause)
-                    case CancelJob():
-                        state.cancel(command, reply_to, cause)
-                    case ReportStarted():
-                        state.started(command, cause)
-                    case ReportCompleted():
-                        state.completed(command, cause)
-                    case ReportFailed():
-                        state.failed(command, cause)
-                    case CreateUser():
-                        state.create_user(command, reply_to, cause)
-                    case CreateFrontendKey():
-                        state.create_frontend_key(command, reply_to, cause)
-                    case IssueApiKey():
-                        state.issue_api_key(command, reply_to, cause)
-                    case RevokeKey():
-                        state.revoke_key(command, reply_to, cause)
-                    case StoreUpload():
-                        state.store_upload(command, reply_to, cause)
-                    case DeleteUpload():
-                        state.delete_upload(command, reply_to, cause)
-                    case ChangeUserPlan():
-                        state.change_user_plan(command, reply_to, cause)
-                    case DefinePlan():
-                        state.define_plan(command, reply_to, cause)
+                handle(command, reply_to, cause)
             except Exception as exc:  # a bug or a poisonous command: move it aside, keep serving
                 raise _Poisoned(index, exc) from exc
         state.tick()
@@ -511,7 +486,7 @@ class Scheduler:
 
 
 # The answer to a command whose handler raised (a bug): it is set aside, the sender told at once.
-_HANDLER_FAILED = Decision(ok=False, status=500, code="COMMAND_FAILED",
+_HANDLER_FAILED = Decision(ok=False, code=RefusalCode.COMMAND_FAILED,
                            detail="the scheduler could not handle this request; it was set aside")
 
 _TERMINAL_TYPES = {type_name(JobCompleted), type_name(JobFailed), type_name(JobCancelled)}

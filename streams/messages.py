@@ -209,8 +209,7 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     """The scheduler's answer to a command, sent once the outcome is committed."""
 
     ok: bool
-    status: int  # the HTTP status the gateway should answer with
-    code: str | None = None
+    code: str | None = None  # a refusal's code: a scheduler.admission.RefusalCode (the gateway maps it to HTTP)
     detail: str | None = None
     job: JobSummary | None = None
     seq: int = 0  # newest event sequence written for this command (read-your-writes)

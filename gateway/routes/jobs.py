@@ -17,7 +17,7 @@ from fastapi.responses import Response, StreamingResponse
 from events.job import Job, JobStatus, evolve, fold
 from events.types import JobQueued, JobRequeued, RecordedEvent, decode_recorded
 from projector import queries
-from gateway.decisions import decide, rate_headers, refusal
+from gateway.decisions import decide, quote_refusal, rate_headers, refusal
 from gateway.deps import CurrentPrincipal, Services, ServicesDep, key_holder
 from gateway.errors import Problem
 from gateway.inputs import check_storable, utc_time
@@ -26,7 +26,8 @@ from gateway.schemas import EventView, JobAccepted, JobCancelled, JobCreate, Job
 from gateway.views import event_view, job_view
 from streams import subjects as s
 from streams.messages import CancelJob, Progress, SubmitJob
-from base import catalog
+from base.catalog import Catalog, Model, QuoteRefused
+from scheduler import rules
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
@@ -61,7 +62,7 @@ def base_url(request: Request, services: Services) -> str:
     return (services.settings.public_url or str(request.base_url)).rstrip("/")
 
 
-def _validate(body: JobCreate, settings_max_prompt: int) -> None:
+def _validate(body: JobCreate, settings_max_prompt: int, catalog: Catalog) -> None:
     prompt = body.params.get("prompt")
     if body.capability in INPUT_REQUIRED and prompt is None:  # the input is the job; a prompt is a hint
         prompt = ""
@@ -74,16 +75,17 @@ def _validate(body: JobCreate, settings_max_prompt: int) -> None:
     model = body.params.get("model")
     if model is not None and not isinstance(model, str):
         raise Problem(422, "VALIDATION_ERROR", "params.model must be a string")
-    if body.capability not in catalog.CAPABILITIES:
-        raise Problem(422, "UNKNOWN_CAPABILITY", f"unknown capability {body.capability!r}; "
-                      f"known: {', '.join(catalog.CAPABILITIES)}")
+    try:
+        catalog.check_capability(body.capability)
+    except QuoteRefused as exc:
+        raise quote_refusal(exc) from None
     for name in ("frontend", "bot_id"):
         value = getattr(body, name)
         if value is not None and not s.is_token(value):
             raise Problem(422, "VALIDATION_ERROR", f"{name} may hold only letters, digits, '_' and '-'")
 
 
-def _check_audio(reference: dict[str, Any], model: catalog.Model | None) -> None:
+def _check_audio(reference: dict[str, Any], model: Model | None) -> None:
     """Refuse at submit an input the speech-to-text engine could not read, rather than fail it later."""
     content_type = reference.get("content_type", "")
     if not content_type.startswith("audio/"):
@@ -124,7 +126,7 @@ async def submit_job(request: Request) -> Response:
     check_storable(body.params, "params")
     check_storable(body.reply_context, "reply_context")
     check_storable(body.user_ref or tessera_user_ref, "user_ref")
-    _validate(body, services.settings.max_prompt_chars)
+    _validate(body, services.settings.max_prompt_chars, services.catalog)
     holder.check_frontend_fields(body.frontend, body.bot_id, body.reply_context, body.user_ref)
     principal = holder.acting_for(body.user_ref or tessera_user_ref)
     params = await resolve_input(services, principal.user_id, body.params)
@@ -132,7 +134,11 @@ async def submit_job(request: Request) -> Response:
         raise Problem(422, "INPUT_REQUIRED", f"{body.capability} needs an input file: upload it to /api/v1/uploads "
                       "and send its id as params.input_upload")
     if body.capability == "stt":
-        _check_audio(params["input"], catalog.resolve("stt", body.params.get("model")))
+        try:
+            model: Model | None = services.catalog.model_for("stt", body.params.get("model"))
+        except QuoteRefused:
+            model = None  # refused by the scheduler, with its code, once the input is known to be readable
+        _check_audio(params["input"], model)
     frontend = principal.frontend
     job_id = uuid.uuid5(principal.user_id, f"idempotency:{idempotency_key}") if idempotency_key else uuid.uuid4()
     timeout = services.settings.submit_timeout_s
@@ -168,16 +174,16 @@ async def _position_and_estimate(services: Services, job: Job, records: list[Rec
                                                                                                        float | None]:
     """Jobs ahead at this tier or above for the same capability, and the time to completion from
     the measured execution time of the model and the slots online that serve it."""
-    if job.status.terminal or job.model not in catalog.CATALOG:
+    if job.status.terminal or job.model not in services.catalog:
         return None, None
+    position = None
     async with services.pool.acquire() as conn:
-        seconds = await queries.typical_seconds(conn, job.model)
-        if job.status is not JobStatus.QUEUED:
-            return None, seconds
-        queued_seq = next(r.seq for r in reversed(records) if isinstance(r.data, JobQueued | JobRequeued))
-        position = await queries.queue_position(conn, job.capability, job.priority, queued_seq)
-    waves = position // max(services.fleet.slots_for(job.model), 1) + 1
-    return position, round(waves * seconds, 3)
+        measured = await queries.measured_seconds(conn, job.model)
+        if job.status is JobStatus.QUEUED:
+            queued_seq = next(r.seq for r in reversed(records) if isinstance(r.data, JobQueued | JobRequeued))
+            position = await queries.queue_position(conn, job.capability, job.priority, queued_seq)
+    seconds = services.catalog.typical_seconds(job.model, measured)
+    return position, rules.estimated_seconds(position, services.fleet.slots_for(job.model), seconds)
 
 
 @router.get("/{job_id}", response_model=JobView, summary="Read a job")

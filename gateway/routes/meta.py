@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from projector import queries
 from gateway.deps import ServicesDep
 from gateway.schemas import Health, ModelList, PlanList, Readiness
-from base import catalog
+from scheduler import rules
 
 router = APIRouter(tags=["platform"])
 
@@ -29,14 +29,13 @@ async def models(services: ServicesDep) -> dict[str, Any]:
         plans = await queries.plans(conn)
     return {"models": [
         {"name": m.name, "capability": m.capability, "engine": m.engine, "description": m.description,
-         "diagnostic": m.diagnostic, "default": catalog.DEFAULT_MODEL.get(m.capability) == m.name,
+         "diagnostic": m.diagnostic, "default": services.catalog.is_default(m),
          "cost": {"base_tokens": m.pricing.base, "tokens_per_unit": m.pricing.rate, "unit": UNITS[m.capability],
                   "default_request_tokens": m.cost({"prompt": "x" * 1000})},
-         "plans": [p["tier"] for p in plans
-                   if not m.gated or "*" in p["allowed_models"] or m.name in p["allowed_models"]],
+         "plans": [p["tier"] for p in plans if rules.plan_allows(p["allowed_models"], m)],
          "workers_online": sum(1 for w in online if m.name in w.models),
          "slots_online": sum(w.slots_for(m.name) for w in online)}
-        for m in catalog.CATALOG.values()
+        for m in services.catalog
     ]}
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import time
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -10,6 +10,7 @@ from fastapi import APIRouter
 
 from projector import queries
 from gateway.deps import CurrentPrincipal, ServicesDep
+from scheduler import rules
 from gateway.schemas import Me
 
 router = APIRouter(prefix="/api/v1/user", tags=["user"])
@@ -20,8 +21,8 @@ async def me(services: ServicesDep, principal: CurrentPrincipal) -> dict[str, An
     """Today is the quota day (UTC unless TESSERA_QUOTA_TIMEZONE says otherwise). `tokens_reserved`
     are held by your queued and running jobs: charged when they complete, released otherwise."""
     zone = ZoneInfo(services.settings.quota_timezone)
-    today = datetime.now(zone).date()
-    resets_at = datetime.combine(today + timedelta(days=1), datetime.min.time(), zone)
+    today = rules.quota_day(time.time(), zone)
+    resets_at = rules.quota_resets_at(today, zone)
     async with services.pool.acquire() as conn:
         user = await queries.user(conn, principal.user_id)
         plan = await queries.plan(conn, user["plan_tier"] if user else "free")

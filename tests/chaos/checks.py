@@ -39,6 +39,8 @@ from tests.chaos.cluster import REPO
 from tests.chaos.faults import FaultRecord
 from tests.chaos.load import Job, User
 
+CATALOG = catalog.Catalog.load()  # the platform under test runs the built-in catalog
+
 TERMINAL = {"JobCompleted.v1": "COMPLETED", "JobFailed.v1": "FAILED", "JobCancelled.v1": "CANCELLED"}
 VIOLATIONS = ("lost", "stuck", "double-terminal", "wrongly-failed", "cancelled-delivered", "charge-mismatches",
               "drift", "unnotified", "unrecovered")
@@ -176,7 +178,7 @@ def check_prices(jobs: list[Job], log: dict[uuid.UUID, list[Stored]], found: Fin
         for e in events:
             if e.type != "JobCompleted.v1" or submitted is None:
                 continue
-            model = catalog.CATALOG[submitted["model"]]
+            model = CATALOG[submitted["model"]]
             price = model.actual_cost(submitted["params"], e.data.get("usage") or {})
             cost = float(e.data["cost_tokens"])
             if abs(cost - price) > 1e-9:

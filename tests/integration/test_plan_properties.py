@@ -155,8 +155,7 @@ async def test_concurrent_submits_never_exceed_the_quota_and_only_completed_work
             capability, params = specs[job_id]
             usage = {"output_tokens": float(measured[n])} if capability == "text" else {}
             await harness.worker.finish(dispatches[job_id], usage=usage)
-            model = catalog.resolve(capability, None)
-            assert model is not None
+            model = catalog.Catalog.load().model_for(capability, None)
             expected_charge += min(costs[job_id], model.actual_cost({"prompt": "p", **params}, usage))
 
     conn = await asyncpg.connect(harness.database_url)

@@ -11,9 +11,11 @@ from hypothesis import strategies as st
 
 from base import catalog
 
+CATALOG = catalog.Catalog.load()
+
 
 def model(name: str) -> catalog.Model:
-    return catalog.CATALOG[name]
+    return CATALOG[name]
 
 
 def test_one_token_is_one_1024_square_image() -> None:
@@ -62,9 +64,32 @@ def test_operators_reprice_and_add_models_from_a_file(tmp_path: Path) -> None:
         "sd15": {"capability": "image", "engine": "comfyui", "description": "SD 1.5", "gated": True,
                  "pricing": {"rate": 0.5}, "default": True},
     }))
-    models, defaults = catalog.load_catalog(str(path))
-    assert models["sdxl"].cost({"prompt": "x"}) == 2.0
-    assert models["sd15"].cost({"prompt": "x"}) == 0.5 and defaults["image"] == "sd15"
+    loaded = catalog.Catalog.load(path)
+    assert loaded["sdxl"].cost({"prompt": "x"}) == 2.0
+    assert loaded["sd15"].cost({"prompt": "x"}) == 0.5 and loaded.defaults["image"] == "sd15"
+    assert loaded.quote("image", None, {"prompt": "x"}).model.name == "sd15"
+    assert CATALOG["sdxl"].cost({"prompt": "x"}) == 1.0  # loading a file changes no other catalog
     path.write_text(json.dumps({"new": {"capability": "image"}}))
     with pytest.raises(ValueError, match="needs"):
-        catalog.load_catalog(str(path))
+        catalog.Catalog.load(path)
+
+
+def test_a_quote_has_the_model_the_size_and_the_price() -> None:
+    quote = CATALOG.quote("image", "flux-dev", {"prompt": "x", "width": 512, "height": 768, "batch_size": 2})
+    assert (quote.model.name, quote.width, quote.height, quote.side) == ("flux-dev", 512, 768, 768)
+    assert quote.cost == model("flux-dev").cost({"prompt": "x", "width": 512, "height": 768, "batch_size": 2})
+    assert CATALOG.quote("tts", None, {"prompt": "hi"}).model.name == "espeak-ng"
+    assert (CATALOG.quote("text", None, {"prompt": "x"}).width, CATALOG.quote("text", None, {}).height) == (0, 0)
+
+
+@pytest.mark.parametrize(("capability", "model_name", "params", "code"), [
+    ("hologram", None, {}, "UNKNOWN_CAPABILITY"),
+    ("image", "espeak-ng", {}, "UNKNOWN_MODEL"),
+    ("image", "no-such-model", {}, "UNKNOWN_MODEL"),
+    ("image", None, {"width": 10}, "VALIDATION_ERROR"),
+])
+def test_a_request_the_catalog_cannot_serve_gets_no_quote(capability: str, model_name: str | None,
+                                                           params: dict[str, object], code: str) -> None:
+    with pytest.raises(catalog.QuoteRefused) as refused:
+        CATALOG.quote(capability, model_name, params)
+    assert refused.value.code == code

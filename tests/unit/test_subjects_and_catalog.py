@@ -20,7 +20,8 @@ def test_subjects_read_well() -> None:
 
 
 def test_tts_costs_by_characters_and_echo_is_free() -> None:
-    assert catalog.resolve("echo", None).cost({"prompt": "x" * 5000}) == 0  # type: ignore[union-attr]
-    tts = catalog.resolve("tts", "espeak-ng")
-    assert tts is not None and tts.cost({"prompt": "x" * 1000}) == 1.0
-    assert catalog.resolve("tts", "echo") is None
+    models = catalog.Catalog.load()
+    assert models.model_for("echo", None).cost({"prompt": "x" * 5000}) == 0
+    assert models.quote("tts", "espeak-ng", {"prompt": "x" * 1000}).cost == 1.0
+    with pytest.raises(catalog.QuoteRefused, match="does not serve"):
+        models.model_for("tts", "echo")
