@@ -68,6 +68,6 @@ if __name__ == "__main__":
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     logging.getLogger("nats").setLevel(logging.CRITICAL)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    from tessera.services import run_loop
+    from base.lifecycle import run_loop
 
     sys.exit(run_loop(main(args)))

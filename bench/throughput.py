@@ -24,7 +24,6 @@ import uuid
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 import httpx
 import msgspec
 import nats
@@ -32,9 +31,12 @@ import nats
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from base import db  # noqa: E402
+from base.lifecycle import run_loop  # noqa: E402
+from streams import connection  # noqa: E402
 from tessera.admin import create_user, migrate  # noqa: E402
 from tessera.embedded import EmbeddedNats, EmbeddedPostgres, free_port  # noqa: E402
-from tessera.services import run_loop  # noqa: E402
+from tessera.registry import SERVICES  # noqa: E402
 
 
 def process_tree(root: int) -> list[int]:
@@ -98,30 +100,29 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def pg_ceiling(database_url: str, rows: int = 50_000, batch: int = 500) -> float:
-    conn = await asyncpg.connect(database_url)
-    await conn.execute("CREATE TEMP TABLE bench_rows (id uuid, n int, data jsonb)")
-    started = time.perf_counter()
-    for offset in range(0, rows, batch):
-        async with conn.transaction():
-            await conn.execute("INSERT INTO bench_rows SELECT u, n, d::jsonb FROM unnest($1::uuid[], $2::int[],"
-                               " $3::text[]) AS t(u, n, d)", [uuid.uuid4() for _ in range(batch)],
-                               list(range(offset, offset + batch)), ['{"type":"JobQueued.v1","priority":3}'] * batch)
-    elapsed = time.perf_counter() - started
-    await conn.close()
+    async with db.connection(database_url, json_codec=False) as conn:
+        await conn.execute("CREATE TEMP TABLE bench_rows (id uuid, n int, data jsonb)")
+        started = time.perf_counter()
+        for offset in range(0, rows, batch):
+            async with conn.transaction():
+                await conn.execute("INSERT INTO bench_rows SELECT u, n, d::jsonb FROM unnest($1::uuid[], $2::int[],"
+                                   " $3::text[]) AS t(u, n, d)", [uuid.uuid4() for _ in range(batch)],
+                                   list(range(offset, offset + batch)),
+                                   ['{"type":"JobQueued.v1","priority":3}'] * batch)
+        elapsed = time.perf_counter() - started
     return rows / elapsed
 
 
 async def js_ceiling(nats_url: str, messages: int = 50_000) -> float:
-    nc = await nats.connect(nats_url)
-    js = nc.jetstream()
-    await js.add_stream(name="BENCH_CEILING", subjects=["bench.ceiling"])
-    payload = b'{"type":"JobQueued.v1","priority":3,"reason":"admitted"}'
-    started = time.perf_counter()
-    futures = [await js.publish_async("bench.ceiling", payload) for _ in range(messages)]
-    await asyncio.gather(*futures)
-    elapsed = time.perf_counter() - started
-    await js.delete_stream("BENCH_CEILING")
-    await nc.close()
+    async with connection.opened_once(nats_url, "bench-ceiling") as nc:
+        js = nc.jetstream()
+        await js.add_stream(name="BENCH_CEILING", subjects=["bench.ceiling"])
+        payload = b'{"type":"JobQueued.v1","priority":3,"reason":"admitted"}'
+        started = time.perf_counter()
+        futures = [await js.publish_async("bench.ceiling", payload) for _ in range(messages)]
+        await asyncio.gather(*futures)
+        elapsed = time.perf_counter() - started
+        await js.delete_stream("BENCH_CEILING")
     return messages / elapsed
 
 
@@ -136,9 +137,8 @@ class Tracker:
         self.done = asyncio.Event()
         self.expected = 0
 
-    async def follow(self, nats_url: str) -> nats.NATS:
+    async def follow(self, nc: nats.NATS) -> None:
         """Take completion times from the subject frontends follow."""
-        nc = await nats.connect(nats_url)
 
         async def on_done(msg: nats.aio.msg.Msg) -> None:
             self.completed.setdefault(msg.subject.rsplit(".", 1)[-1], time.perf_counter())
@@ -146,7 +146,6 @@ class Tracker:
                 self.done.set()
 
         await nc.subscribe("tessera.done.>", cb=on_done)
-        return nc
 
     async def tap_dispatches(self, nc: nats.NATS) -> None:
         """Also take dispatch times, from a copy of every dispatch. Only for the offered-load run:
@@ -246,16 +245,16 @@ async def main(args: argparse.Namespace) -> None:
     nats_server = EmbeddedNats(data / "nats", sync_interval=None if args.nats_sync == "default" else args.nats_sync
                                ).start(preferred_port=None)
     pg = EmbeddedPostgres(data / "pg").start(preferred_port=None)
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         await migrate(pg.url, nats_server.url)
         port = free_port(None)
         env = {**os.environ, "TESSERA_NATS_URL": nats_server.url, "TESSERA_DATABASE_URL": pg.url,
                "TESSERA_HTTP_PORT": str(port), "TESSERA_WORKER_ENGINES": "echo",
                "TESSERA_WORKER_SLOTS": str(args.slots)}
-        for service in (["scheduler"], ["projector"], ["gateway"], ["worker", "--worker-id", "bench-0"]):
-            procs.append(subprocess.Popen([sys.executable, "-m", "tessera.cli", *service], env=env, cwd=REPO,
-                                          stderr=subprocess.DEVNULL))
+        for instance in (i for spec in SERVICES for i in spec.instances(workers=1, host="bench")):
+            procs[instance.name] = subprocess.Popen([sys.executable, "-m", "tessera.cli", *instance.args], env=env,
+                                                    cwd=REPO, stderr=subprocess.DEVNULL)
         api = f"http://127.0.0.1:{port}"
         for _ in range(200):
             try:
@@ -269,17 +268,18 @@ async def main(args: argparse.Namespace) -> None:
 
         ceilings = {"pg_rows_per_s": await pg_ceiling(pg.url), "js_pub_ack_per_s": await js_ceiling(nats_server.url)}
         tracker = Tracker()
-        nc = await tracker.follow(nats_server.url)
-        await saturate(api, key, tracker, min(500, args.jobs), args.clients)  # warm-up
-        roots = {"gateway": procs[2].pid, "scheduler": procs[0].pid, "worker": procs[3].pid,
-                 "projector": procs[1].pid, "nats-server": nats_server.process.pid,
-                 "PostgreSQL": int((pg.pgdata / "postmaster.pid").read_text().split()[0]),
-                 "load generator": None}
-        meter = CpuMeter(roots)
-        sat = await saturate(api, key, tracker, args.jobs, args.clients, meter)
-        await tracker.tap_dispatches(nc)
-        load = await offered(api, key, tracker, args.rate, args.seconds)
-        await nc.close()
+        async with connection.opened_once(nats_server.url, "bench-tracker") as nc:
+            await tracker.follow(nc)
+            await saturate(api, key, tracker, min(500, args.jobs), args.clients)  # warm-up
+            roots = {"gateway": procs["gateway"].pid, "scheduler": procs["scheduler"].pid,
+                     "worker": procs["worker-0"].pid, "projector": procs["projector"].pid,
+                     "nats-server": nats_server.process.pid,
+                     "PostgreSQL": int((pg.pgdata / "postmaster.pid").read_text().split()[0]),
+                     "load generator": None}
+            meter = CpuMeter(roots)
+            sat = await saturate(api, key, tracker, args.jobs, args.clients, meter)
+            await tracker.tap_dispatches(nc)
+            load = await offered(api, key, tracker, args.rate, args.seconds)
 
         print(f"\nTessera bench: {os.cpu_count()} CPU(s), JetStream sync_interval {args.nats_sync}, "
               f"every component on this machine (nats-server, PostgreSQL 18, scheduler, projector, gateway, "
@@ -301,9 +301,9 @@ async def main(args: argparse.Namespace) -> None:
         for name in ("accept", "dispatch", "complete"):
             print(f"| submit->{name} p50 / p99 | {load[name + '_p50']:.1f} / {load[name + '_p99']:.1f} ms |")
     finally:
-        for proc in procs:
+        for proc in procs.values():
             proc.terminate()
-        for proc in procs:
+        for proc in procs.values():
             try:
                 proc.wait(20)
             except subprocess.TimeoutExpired:

@@ -7,51 +7,40 @@ from datetime import datetime
 
 import asyncpg
 
+from base import db
+from base.keys import FRONTEND_KEY_PREFIX, PLATFORMS, USER_KEY_PREFIX, new_key
 from events import store
 from events.job import evolve
 from events.types import plan_stream_id, user_stream_id
-from base.keys import FRONTEND_KEY_PREFIX, PLATFORMS, USER_KEY_PREFIX, new_key
+from migrations import apply as apply_migrations
 from projector import queries
 from projector.queries import wait_for_projection
-from migrations import apply as apply_migrations
 from streams import connection, topology
 from streams import subjects as s
 from streams.commands import CommandBus
 from streams.messages import ChangeUserPlan, CreateFrontendKey, CreateUser, DefinePlan, IssueApiKey, RevokeKey
-from base.db import create_pool
 
 
 async def migrate(database_url: str, nats_url: str | None = None) -> list[str]:
-    conn = await asyncpg.connect(database_url)
-    try:
+    async with db.connection(database_url, json_codec=False) as conn:
         applied = await apply_migrations(conn)
-    finally:
-        await conn.close()
     if nats_url:
-        nc = await connection.connect_once(nats_url, "tessera-migrate")
-        try:
-            await topology.ensure(nc.jetstream())
-        finally:
-            await nc.close()
+        await topology.ensure_at(nats_url, name="tessera-migrate")
     return applied
 
 
 async def _send_and_wait(nats_url: str, database_url: str, subject: str, command: object, msg_id: str) -> object:
-    nc = await connection.connect_once(nats_url, "tessera-admin")
-    bus = await CommandBus(nc).start()
-    try:
-        decision = await bus.send(subject, command, msg_id=msg_id, timeout=15)
-    finally:
-        await bus.close()
-        await nc.close()
+    async with connection.opened_once(nats_url, "tessera-admin") as nc:
+        bus = await CommandBus(nc).start()
+        try:
+            decision = await bus.send(subject, command, msg_id=msg_id, timeout=15)
+        finally:
+            await bus.close()
     if not decision.ok:
         raise SystemExit(f"tessera: refused: {decision.code}: {decision.detail}")
-    pool = await create_pool(database_url, max_size=1)
-    try:  # the key works once the read model has it
+    async with db.pool(database_url, max_size=1) as pool:  # the key works once the read model has it
         if not await wait_for_projection(pool, decision.seq, timeout=15):
             raise SystemExit("tessera: the projector has not caught up; is it running?")
-    finally:
-        await pool.close()
     return decision
 
 
@@ -82,29 +71,23 @@ async def create_frontend_key(nats_url: str, database_url: str, *, frontend: str
 
 async def list_keys(database_url: str, *, platform: str | None = None, user_id: str | None = None) -> list[dict]:
     """A user's API keys, or (no user named) every frontend key; never the keys themselves."""
-    conn = await asyncpg.connect(database_url)
-    try:
+    async with db.connection(database_url, json_codec=False) as conn:
         if platform and user_id:
             rows = await queries.user_keys(conn, user_stream_id(platform, user_id))
         else:
             rows = await queries.all_frontend_keys(conn)
-    finally:
-        await conn.close()
     return [dict(r) for r in rows]
 
 
 async def _key_owner(database_url: str, key_id: uuid.UUID) -> tuple[str, asyncpg.Record]:
     """('user', row with user_id) or ('frontend', row with frontend and bot_id) of a key."""
-    conn = await asyncpg.connect(database_url)
-    try:
+    async with db.connection(database_url, json_codec=False) as conn:
         row = await queries.api_key_owner(conn, key_id)
         if row is not None:
             return "user", row
         row = await queries.frontend_key_owner(conn, key_id)
         if row is not None:
             return "frontend", row
-    finally:
-        await conn.close()
     raise SystemExit(f"tessera: no key {key_id}")
 
 
@@ -162,32 +145,23 @@ async def define_plan(nats_url: str, database_url: str, command: DefinePlan) -> 
 
 
 async def list_plans(database_url: str) -> list[dict[str, object]]:
-    conn = await asyncpg.connect(database_url)
-    try:
+    async with db.connection(database_url, json_codec=False) as conn:
         rows = await queries.all_plans(conn)
-    finally:
-        await conn.close()
     return [dict(r) for r in rows]
 
 
 async def plan_history(database_url: str, tier: str) -> list[str]:
     """Every definition the plan has had, oldest first: what explains a past bill."""
-    conn = await asyncpg.connect(database_url)
-    try:
+    async with db.connection(database_url, json_codec=False) as conn:
         records = await store.load_stream(conn, plan_stream_id(tier))
-    finally:
-        await conn.close()
     return [f"{_when(r.recorded_at)}  v{r.version}  {_kv(_fields(r.data))}  ({r.causation_id or '-'})"
             for r in records]
 
 
 async def job_history(database_url: str, job_id: uuid.UUID) -> list[str]:
     """A job's events as a readable timeline, folded as they go (an auditor's replay)."""
-    conn = await asyncpg.connect(database_url)
-    try:
+    async with db.connection(database_url, json_codec=False) as conn:
         records = await store.load_stream(conn, job_id)
-    finally:
-        await conn.close()
     if not records:
         raise SystemExit(f"tessera: no job {job_id}")
     lines, job, start = [], None, records[0].recorded_at

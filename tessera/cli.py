@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
-import os
 import sys
 import uuid
 
 from base.config import Settings
+from tessera.registry import SERVICES, ServiceSpec
 
 
 def _settings() -> Settings:
@@ -37,67 +38,9 @@ def cmd_migrate(args: argparse.Namespace) -> None:
     print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none needed'}; streams are in place")
 
 
-def cmd_scheduler(args: argparse.Namespace) -> None:
-    from scheduler.service import Scheduler
-    from tessera.services import ensure_streams, run_loop, serve
-
-    settings = _settings()
-    nats_url, database_url = _urls()
-
-    async def main() -> None:
-        await ensure_streams(nats_url, settings)
-        await serve(Scheduler(settings, nats_url=nats_url, database_url=database_url))
-
-    run_loop(main())
-
-
-def cmd_projector(args: argparse.Namespace) -> None:
-    from projector.service import Projector
-    from tessera.services import run_loop, serve
-
-    nats_url, database_url = _urls()
-
-    async def main() -> None:
-        await serve(Projector(nats_url=nats_url, database_url=database_url))
-
-    run_loop(main())
-
-
-def cmd_gateway(args: argparse.Namespace) -> None:
-    import uvicorn
-
-    from gateway.app import create_app
-    from tessera.services import tune_gc
-
-    settings = _settings()
-    nats_url, database_url = _urls()
-    app = create_app(settings, nats_url=nats_url, database_url=database_url)
-    tune_gc()
-    uvicorn.run(app, host=args.host or settings.http_host, port=args.port or settings.http_port,
-                log_level="warning", access_log=False, timeout_graceful_shutdown=10)
-
-
-def cmd_worker(args: argparse.Namespace) -> None:
-    from tessera.services import run_loop, serve
-    from worker_node.engines import build
-    from worker_node.service import Worker
-
-    settings = _settings()
-    nats_url = os.environ.get("TESSERA_NATS_URL") or _urls()[0]
-    worker_id = args.worker_id or (f"{settings.worker_id.rsplit('-', 1)[0]}-gpu{args.gpu}" if args.gpu is not None
-                                   else settings.worker_id)
-    if args.gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
-    engines = [build(name) for name in (args.engines.split(",") if args.engines else settings.worker_engines)]
-
-    async def main() -> None:  # the streams are the scheduler's to make: a worker's NATS user may not
-        await serve(Worker(nats_url=nats_url, worker_id=worker_id, engines=engines,
-                           slots=args.slots or settings.worker_slots,
-                           heartbeat_interval_s=settings.heartbeat_interval_s,
-                           artifact_ttl_s=settings.artifact_ttl_s, gpu_index=args.gpu,
-                           max_resolution=args.max_resolution), grace_s=600)
-
-    run_loop(main())
+def run_service(spec: ServiceSpec, args: argparse.Namespace) -> None:
+    """`tessera scheduler|projector|gateway|worker`: one process of a service from the registry."""
+    spec.main(args, _settings())
 
 
 def cmd_workers_credentials(args: argparse.Namespace) -> None:
@@ -283,18 +226,12 @@ def cmd_jobs_history(args: argparse.Namespace) -> None:
 
 
 def cmd_projections_rebuild(args: argparse.Namespace) -> None:
-    import asyncpg
-
+    from base import db
     from projector.service import rebuild
-    from base.db import init_connection
 
     async def main() -> int:
-        conn = await asyncpg.connect(_urls()[1])
-        await init_connection(conn)
-        try:
+        async with db.connection(_urls()[1]) as conn:
             return await rebuild(conn)
-        finally:
-            await conn.close()
 
     print(f"read models rebuilt from the event log up to seq {asyncio.run(main())}")
 
@@ -310,24 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_up)
 
     sub.add_parser("migrate", help="apply database migrations and create streams").set_defaults(func=cmd_migrate)
-    sub.add_parser("scheduler", help="run the scheduler (leader or standby)").set_defaults(func=cmd_scheduler)
-    sub.add_parser("projector", help="run the projector").set_defaults(func=cmd_projector)
-
-    p = sub.add_parser("gateway", help="run the HTTP API")
-    p.add_argument("--host", default=None)
-    p.add_argument("--port", type=int, default=None)
-    p.set_defaults(func=cmd_gateway)
-
-    p = sub.add_parser("worker", help="run a worker node")
-    p.add_argument("--worker-id", default=None, help="letters, digits, '_' and '-' (default <host>-0)")
-    p.add_argument("--gpu", type=int, default=None, help="GPU index: sets CUDA_VISIBLE_DEVICES and the id suffix")
-    p.add_argument("--engines", default=None,
-                   help="comma-separated engines (default echo,espeak,pocketsphinx, and llama-cpp with the llm extra)")
-    p.add_argument("--slots", type=int, default=0,
-                   help="jobs at once across its engines, each also held to its own (default: their sum)")
-    p.add_argument("--max-resolution", type=int, default=None,
-                   help="the largest image side it takes (default: judged from its GPU's memory)")
-    p.set_defaults(func=cmd_worker)
+    for spec in SERVICES:
+        p = sub.add_parser(spec.name, help=spec.help)
+        spec.options(p)
+        p.set_defaults(func=functools.partial(run_service, spec))
 
     workers = sub.add_parser("workers", help="remote workers").add_subparsers(dest="action", required=True)
     p = workers.add_parser("credentials", help="make a worker's NATS user and print the URL it joins with")
@@ -420,6 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     logging.getLogger("nats").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # `up` polls every child's /readyz
     args.func(args)
 
 

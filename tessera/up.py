@@ -1,4 +1,8 @@
-"""`tessera up`: the whole platform on one machine, each service in its own process."""
+"""`tessera up`: the whole platform on one machine, each service in its own process.
+
+The services and how many of each come from `tessera.registry`. Each child gets a side port of
+its own (TESSERA_SIDE_PORT); `up` waits for every child's `/readyz` and prints where they are.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +14,17 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
 
+from base.config import Settings
 from streams import connection
 from tessera import nats_auth, runtime
 from tessera.admin import migrate
-from base.config import Settings
 from tessera.embedded import EmbeddedPostgres, free_port
+from tessera.registry import SERVICES
 
 log = logging.getLogger("tessera.up")
 
@@ -28,39 +34,93 @@ class Child:
     name: str
     argv: list[str]
     role: str
+    side_url: str  # its side port: /healthz, /readyz, /metrics
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started_at: float = 0.0
     nats_url: str = ""  # its own credentials when `tessera up` runs the nats-server
 
     def start(self, env: dict[str, str]) -> None:
+        env = {**env, "TESSERA_SIDE_PORT": self.side_url.rsplit(":", 1)[1]}
         if self.nats_url:
-            env = {**env, "TESSERA_NATS_URL": self.nats_url}
+            env["TESSERA_NATS_URL"] = self.nats_url
         self.process = subprocess.Popen(self.argv, env=env, start_new_session=True)
         self.started_at = time.monotonic()
 
-
-def _wait_ready(url: str, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def ready(self) -> bool:
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return True
+            return httpx.get(f"{self.side_url}/readyz", timeout=2).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    return False
+            return False
+
+
+def _children(settings: Settings, workers: int) -> list[Child]:
+    """One child per process the registry has `up` start, each with a free side port."""
+    me = [sys.executable, "-m", "tessera.cli"]
+    host = socket.gethostname().split(".")[0] or "local"
+    side_host = settings.side_host
+    url_host = f"[{side_host}]" if ":" in side_host else side_host
+    return [Child(instance.name, [*me, *instance.args], instance.role,
+                  side_url=f"http://{url_host}:{free_port(None, side_host)}")
+            for spec in SERVICES for instance in spec.instances(workers=workers, host=host)]
+
+
+def _wait_ready(children: list[Child], stopping: Callable[[], bool], timeout: float = 120.0) -> list[str]:
+    """Wait until every child's /readyz answers 200; the names of those that did not in time."""
+    waiting = list(children)
+    deadline = time.monotonic() + timeout
+    while waiting and time.monotonic() < deadline and not stopping():
+        waiting = [child for child in waiting if not child.ready()]
+        if waiting:
+            time.sleep(0.2)
+    return [child.name for child in waiting]
+
+
+def _banner(title: str, api_url: str, nats: str, database_url: str, settings: Settings,
+            children: list[Child]) -> str:
+    width = max(len(child.name) for child in children)
+    health = "".join(f"    {child.name:<{width}}  {child.side_url}/healthz  {child.side_url}/readyz\n"
+                     for child in children)
+    return (f"\n{title}\n  API      {api_url}  (docs: {api_url}/docs)\n  NATS     {nats}\n"
+            f"  Postgres {database_url}\n  Data     {settings.data_dir}\n"
+            f"  Health and readiness of each service (metrics at /metrics):\n{health}"
+            "Create a user:  tessera users create --platform web --user-id alice --plan pro\n"
+            "Stop with Ctrl-C.\n")
+
+
+def _supervise(children: list[Child], env: dict[str, str], stopping: Callable[[], bool]) -> None:
+    """Restart a child that exits (backing off when it keeps failing at start) until `stopping()`."""
+    while not stopping():
+        time.sleep(0.5)
+        for child in children:
+            assert child.process is not None
+            if child.process.poll() is not None and not stopping():
+                log.error("%s exited with %s; restarting", child.name, child.process.returncode)
+                if time.monotonic() - child.started_at < 5:
+                    time.sleep(min(2 ** child.restarts, 30))
+                    child.restarts += 1
+                child.start(env)
+
+
+def _stop(children: list[Child], grace_s: float = 30.0) -> None:
+    """SIGTERM every child, then kill those still running after `grace_s`."""
+    for child in children:
+        if child.process and child.process.poll() is None:
+            child.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for child in children:
+        if child.process:
+            try:
+                child.process.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                child.process.kill()
 
 
 def up(settings: Settings, *, http_port: int | None = None, workers: int = 1) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     embedded_nats = embedded_pg = credentials = None
     nats_url, database_url = settings.nats_url, settings.database_url
-    me = [sys.executable, "-m", "tessera.cli"]
-    host = socket.gethostname().split(".")[0] or "local"
-    children = [Child(name, [*me, name], name) for name in ("scheduler", "projector", "gateway")]
-    children += [Child(f"worker-{i}", [*me, "worker", "--worker-id", f"{host}-{i}"], f"worker:{host}-{i}")
-                 for i in range(workers)]
+    children = _children(settings, workers)
     if not nats_url:  # an embedded server: one user per role, each service with its own
         credentials = nats_auth.Credentials(nats_auth.credentials_file(settings))
         credentials.ensure([*nats_auth.CORE_ROLES, *(child.role for child in children)])
@@ -76,7 +136,8 @@ def up(settings: Settings, *, http_port: int | None = None, workers: int = 1) ->
     port = free_port(http_port or settings.http_port, settings.http_host)
     api_url = f"http://{settings.http_host}:{port}"
     env = {**os.environ, "TESSERA_NATS_URL": nats_url, "TESSERA_DATABASE_URL": database_url,
-           "TESSERA_HTTP_PORT": str(port), "TESSERA_DATA_DIR": str(settings.data_dir), "PYTHONUNBUFFERED": "1"}
+           "TESSERA_HTTP_PORT": str(port), "TESSERA_DATA_DIR": str(settings.data_dir),
+           "TESSERA_SIDE_HOST": settings.side_host, "PYTHONUNBUFFERED": "1"}
     for child in children:
         child.start(env)
     runtime.write(settings, nats_url=nats_url, database_url=database_url, api_url=api_url)
@@ -90,36 +151,17 @@ def up(settings: Settings, *, http_port: int | None = None, workers: int = 1) ->
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     try:
-        if _wait_ready(api_url):
+        not_ready = _wait_ready(children, lambda: stopping)
+        if not stopping:
+            if not_ready:
+                log.error("not ready: %s; see the logs above", ", ".join(not_ready))
             users = f" (users and passwords: {credentials.path})" if credentials else ""
-            print(f"\nTessera is up.\n  API      {api_url}  (docs: {api_url}/docs)\n"
-                  f"  NATS     {connection.redacted(nats_url)}{users}\n"
-                  f"  Postgres {database_url}\n  Data     {settings.data_dir}\n"
-                  "Create a user:  tessera users create --platform web --user-id alice --plan pro\n"
-                  "Stop with Ctrl-C.\n", flush=True)
-        else:
-            log.error("the gateway did not become ready; see the logs above")
-        while not stopping:
-            time.sleep(0.5)
-            for child in children:
-                assert child.process is not None
-                if child.process.poll() is not None and not stopping:
-                    log.error("%s exited with %s; restarting", child.name, child.process.returncode)
-                    if time.monotonic() - child.started_at < 5:
-                        time.sleep(min(2 ** child.restarts, 30))
-                        child.restarts += 1
-                    child.start(env)
+            title = f"Tessera is running, but not ready: {', '.join(not_ready)}." if not_ready else "Tessera is up."
+            print(_banner(title, api_url, f"{connection.redacted(nats_url)}{users}", database_url, settings,
+                          children), flush=True)
+        _supervise(children, env, lambda: stopping)
     finally:
-        for child in children:
-            if child.process and child.process.poll() is None:
-                child.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        for child in children:
-            if child.process:
-                try:
-                    child.process.wait(max(deadline - time.monotonic(), 0.1))
-                except subprocess.TimeoutExpired:
-                    child.process.kill()
+        _stop(children)
         runtime.clear(settings)
         if embedded_pg:
             embedded_pg.stop()

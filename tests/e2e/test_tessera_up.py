@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +23,33 @@ from tessera.embedded import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SENTENCE = "please call stella ask her to bring these things with her from the store"
+# A banner line per service: its name, its /healthz and its /readyz.
+HEALTH_LINE = re.compile(r"^\s+(\S+)\s+(http://\S+/healthz)\s+(http://\S+/readyz)$", re.MULTILINE)
+
+
+async def check_side_ports(log: Path, up: subprocess.Popen[str]) -> None:
+    """Every service `tessera up` started is printed in its banner with its side port, where its
+    /healthz and /readyz answer 200 (the scheduler leads) and its /metrics is not empty."""
+    for _ in range(600):
+        if "Tessera is up." in log.read_text():
+            break
+        assert up.poll() is None, log.read_text()
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError(f"no banner: {log.read_text()}")
+    banner = log.read_text().split("Tessera is up.", 1)[1]
+    services = {name: (healthz, readyz) for name, healthz, readyz in HEALTH_LINE.findall(banner)}
+    assert set(services) == {"scheduler", "projector", "gateway", "worker-0"}, banner
+    async with httpx.AsyncClient(timeout=10) as client:
+        for name, (healthz, readyz) in services.items():
+            assert (await client.get(healthz)).status_code == 200, name
+            ready = await client.get(readyz)
+            service = ready.json()["service"]  # `worker` for worker-0
+            assert ready.status_code == 200 and name.startswith(service), ready.text
+            metrics = await client.get(readyz.removesuffix("/readyz") + "/metrics")
+            assert any(line.startswith("tessera_build_info{") and f'service="{service}"' in line
+                       for line in metrics.text.splitlines()), metrics.text
+        assert (await client.get(services["scheduler"][1])).json()["role"] == "leader"
 
 
 async def wait_until(client: httpx.AsyncClient, job_id: str, timeout: float = 60) -> dict:
@@ -52,6 +80,7 @@ async def test_tessera_up_serves_speech_and_text_offline(tmp_path: Path) -> None
                     pass
                 assert up.poll() is None, (tmp_path / "up.log").read_text()
                 await asyncio.sleep(0.1)
+        await check_side_ports(tmp_path / "up.log", up)
         created = subprocess.run([sys.executable, "-m", "tessera.cli", "users", "create", "--platform", "web",
                                   "--user-id", "carol", "--plan", "pro"], env=env, cwd=REPO, capture_output=True,
                                  text=True, timeout=60, check=True)
