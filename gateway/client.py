@@ -110,7 +110,7 @@ class TesseraClient:
         self.user_ref = user_ref
         self._key = key
         self._owns_http = http is None
-        self._http = http or httpx.AsyncClient(base_url=self.base_url, transport=transport, timeout=timeout)
+        self._http = http or httpx.AsyncClient(transport=transport, timeout=timeout)
 
     def for_user(self, user_ref: str) -> TesseraClient:
         """The same key acting for another user (a bot serving many), sharing this client's connections."""
@@ -172,7 +172,7 @@ class TesseraClient:
             headers["Last-Event-ID"] = str(last_event_id)
         # The server sends something at least every 15 s; a read waits longer than that.
         timeout = httpx.Timeout(self._http.timeout.connect, read=60.0, write=None, pool=None)
-        async with self._http.stream("GET", f"/api/v1/jobs/{job_id}/stream", headers=headers,
+        async with self._http.stream("GET", self._url(f"/api/v1/jobs/{job_id}/stream"), headers=headers,
                                      timeout=timeout) as response:
             if response.status_code >= 400:
                 await response.aread()
@@ -245,12 +245,15 @@ class TesseraClient:
 
     async def ready(self) -> Readiness:
         """Whether the gateway reaches NATS and PostgreSQL; a gateway not ready answers too (503)."""
-        response = await self._http.request("GET", "/readyz")
+        response = await self._http.request("GET", self._url("/readyz"))
         if response.status_code not in (200, 503):
             raise ApiError.from_response(response)
         return Readiness.model_validate_json(response.content)
 
     # --- plumbing -------------------------------------------------------------------------------
+
+    def _url(self, path: str) -> str:
+        return f"{self.base_url}{path}"  # absolute: a client given as `http` may have no base_url
 
     def _auth(self) -> dict[str, str]:
         headers = {"Authorization": f"Bearer {self._key}"}
@@ -261,7 +264,7 @@ class TesseraClient:
     async def _request(self, method: str, path: str, *, content: bytes | str | None = None,
                        headers: Mapping[str, str] | None = None,
                        params: Mapping[str, str | int] | None = None) -> httpx.Response:
-        response = await self._http.request(method, path, content=content, params=params,
+        response = await self._http.request(method, self._url(path), content=content, params=params,
                                             headers={**self._auth(), **(headers or {})})
         if response.status_code >= 400:
             raise ApiError.from_response(response)

@@ -8,6 +8,7 @@ import io
 import uuid
 import wave
 
+import httpx
 import pytest
 
 from gateway.client import ApiError, TesseraClient
@@ -148,10 +149,13 @@ async def test_a_bots_key_acts_for_the_user_it_names(platform: Platform) -> None
             await bot.for_user("discord:42").me()
         assert platform_hop.value.code == "USER_REF_NOT_ALLOWED"
 
-    async with TesseraClient(platform.api_url, bot_key, user_ref="telegram:42") as same:
+    async with httpx.AsyncClient() as shared:  # the bot's own HTTP client, given to the API client
+        same = TesseraClient(platform.api_url, bot_key, user_ref="telegram:42", http=shared)
         for _ in range(100):  # the read model lists the job once the projector has folded it
             listed = (await same.jobs()).jobs
             if listed:
                 break
             await asyncio.sleep(0.05)
         assert [j.job_id for j in listed] == [accepted.job_id]
+        await same.aclose()
+        assert not shared.is_closed  # still the bot's
