@@ -92,7 +92,8 @@ def _concurrency_error(exc: asyncpg.UniqueViolationError, pending: Sequence[Pend
     if exc.constraint_name == "events_stream_version_key":
         first = pending[0]
         return ConcurrencyError(first.stream_id, first.version - 1)
-    return exc
+    other: Exception = exc  # asyncpg has no type information
+    return other
 
 
 # The append's own parameters are $1..$8; statements run alongside it number theirs from $9.

@@ -30,23 +30,23 @@ async def frontend_key(conn: asyncpg.Connection, key_hash: str) -> asyncpg.Recor
 
 
 async def uploads_of(conn: asyncpg.Connection, user_id: uuid.UUID) -> list[asyncpg.Record]:
-    return await conn.fetch("SELECT id, content_type, size_bytes, duration_seconds, created_at, expires_at"
+    return list(await conn.fetch("SELECT id, content_type, size_bytes, duration_seconds, created_at, expires_at"
                             " FROM uploads WHERE user_id = $1 AND deleted_at IS NULL AND expired_at IS NULL"
-                            " AND expires_at > now() ORDER BY created_at DESC LIMIT 500", user_id)
+                            " AND expires_at > now() ORDER BY created_at DESC LIMIT 500", user_id))
 
 
 async def keys_of(conn: asyncpg.Connection, user_id: uuid.UUID) -> list[asyncpg.Record]:
-    return await conn.fetch("SELECT key_id, prefix, label, created_at, revoked_at FROM api_keys WHERE user_id = $1"
-                            " ORDER BY created_at, key_id", user_id)
+    return list(await conn.fetch("SELECT key_id, prefix, label, created_at, revoked_at FROM api_keys WHERE user_id = $1"
+                            " ORDER BY created_at, key_id", user_id))
 
 
 async def jobs_of(conn: asyncpg.Connection, user_id: uuid.UUID, limit: int, before: datetime | None,
                   status: str | None) -> list[asyncpg.Record]:
-    return await conn.fetch(
+    return list(await conn.fetch(
         "SELECT id, status, capability, model, cost_tokens, frontend, bot_id, worker_id, created_at, ended_at, error"
         " FROM jobs WHERE user_id = $1 AND ($2::timestamptz IS NULL OR created_at < $2)"
         " AND ($3::text IS NULL OR status = $3) ORDER BY created_at DESC, id LIMIT $4",
-        user_id, before, status, limit)
+        user_id, before, status, limit))
 
 
 async def queue_position(conn: asyncpg.Connection, capability: str, priority: int, queued_seq: int) -> int:
@@ -67,11 +67,11 @@ async def user(conn: asyncpg.Connection, user_id: uuid.UUID) -> asyncpg.Record |
 
 
 async def plans(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-    return await conn.fetch(
+    return list(await conn.fetch(
         "SELECT tier, name, daily_token_limit, requests_per_minute, max_concurrent_jobs, max_queued_jobs, priority,"
         " max_resolution, allowed_models, price_cents, billing_period, description, uploads_per_day,"
         " upload_bytes_per_day, max_upload_bytes FROM plans WHERE active"
-        " ORDER BY priority")
+        " ORDER BY priority"))
 
 
 async def plan(conn: asyncpg.Connection, tier: str) -> asyncpg.Record | None:
@@ -124,11 +124,6 @@ async def wait_for_projection(pool: asyncpg.Pool, seq: int | None = None, timeou
             await asyncio.sleep(0.02)
 
 
-async def reachable(conn: asyncpg.Connection) -> bool:
-    """Whether PostgreSQL answers a query on this connection."""
-    return bool(await conn.fetchval("SELECT true"))
-
-
 async def expired_artifacts(conn: asyncpg.Connection,
                             limit: int = 500) -> list[tuple[uuid.UUID, uuid.UUID, str | None]]:
     """Artifacts past their expiry whose expiry is not recorded yet (the event log decides, not the
@@ -154,14 +149,14 @@ async def expired_uploads(conn: asyncpg.Connection, limit: int = 500) -> list[tu
 
 async def user_keys(conn: asyncpg.Connection, user_id: uuid.UUID) -> list[asyncpg.Record]:
     """A user's API keys (never the keys themselves), oldest first."""
-    return await conn.fetch("SELECT key_id, prefix, label, created_at, revoked_at FROM api_keys"
-                            " WHERE user_id = $1 ORDER BY created_at", user_id)
+    return list(await conn.fetch("SELECT key_id, prefix, label, created_at, revoked_at FROM api_keys"
+                            " WHERE user_id = $1 ORDER BY created_at", user_id))
 
 
 async def all_frontend_keys(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     """Every frontend key (never the keys themselves), by frontend and bot."""
-    return await conn.fetch("SELECT key_id, prefix, frontend, bot_id, created_at, revoked_at"
-                            " FROM frontend_keys ORDER BY frontend, bot_id NULLS FIRST, created_at")
+    return list(await conn.fetch("SELECT key_id, prefix, frontend, bot_id, created_at, revoked_at"
+                            " FROM frontend_keys ORDER BY frontend, bot_id NULLS FIRST, created_at"))
 
 
 async def api_key_owner(conn: asyncpg.Connection, key_id: uuid.UUID) -> asyncpg.Record | None:
@@ -176,6 +171,6 @@ async def frontend_key_owner(conn: asyncpg.Connection, key_id: uuid.UUID) -> asy
 
 async def all_plans(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     """Every plan, retired ones included, by priority."""
-    return await conn.fetch("SELECT tier, name, priority, daily_token_limit, requests_per_minute,"
+    return list(await conn.fetch("SELECT tier, name, priority, daily_token_limit, requests_per_minute,"
                             " max_concurrent_jobs, max_queued_jobs, max_resolution, allowed_models, price_cents"
-                            " FROM plans ORDER BY priority, tier")
+                            " FROM plans ORDER BY priority, tier"))

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from base import db
 from projector import queries
 from gateway.deps import ServicesDep
 from gateway.schemas import Health, ModelList, PlanList, Readiness
@@ -54,13 +55,8 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", response_model=Readiness, summary="Readiness: NATS and PostgreSQL reachable",
             responses={503: {"model": Readiness, "description": "Not ready"}})
 async def readyz(services: ServicesDep) -> JSONResponse:
-    checks = {"nats": services.nc.is_connected}
-    try:
-        async with services.pool.acquire(timeout=2) as conn:
-            checks["postgres"] = await queries.reachable(conn)
-    except Exception:
-        checks["postgres"] = False
-    checks["workers_online"] = len(services.fleet.online())  # type: ignore[assignment]
-    ready = checks["nats"] and checks["postgres"]
+    nats, postgres = services.nc.is_connected, await db.reachable(services.pool)
+    checks = {"nats": nats, "postgres": postgres, "workers_online": len(services.fleet.online())}
+    ready = nats and postgres
     return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
                         status_code=200 if ready else 503)
