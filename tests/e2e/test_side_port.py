@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,7 +23,7 @@ from worker_node.engines import build
 from worker_node.service import Worker
 
 
-async def statuses(client: httpx.AsyncClient, ports: dict[str, SidePort]) -> dict[str, tuple[int, dict]]:
+async def statuses(client: httpx.AsyncClient, ports: dict[str, SidePort]) -> dict[str, tuple[int, dict[str, Any]]]:
     answers = {}
     for name, side in ports.items():
         response = await client.get(f"{side.url}/readyz")
@@ -31,7 +32,7 @@ async def statuses(client: httpx.AsyncClient, ports: dict[str, SidePort]) -> dic
 
 
 async def until(client: httpx.AsyncClient, ports: dict[str, SidePort], status: int,
-                timeout: float = 30) -> dict[str, tuple[int, dict]]:
+                timeout: float = 30) -> dict[str, tuple[int, dict[str, Any]]]:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         answers = await statuses(client, ports)
