@@ -33,6 +33,7 @@ from events.types import (
     JobRequeued,
     PlanDefined,
     RecordedEvent,
+    StreamType,
     UploadDeleted,
     UploadExpired,
     UploadStored,
@@ -135,11 +136,11 @@ async def _fold_jobs(
 
 async def apply(conn: asyncpg.Connection, records: list[RecordedEvent]) -> None:
     """Apply events to every read model. The caller holds the transaction and the projector lock."""
-    job_records = [r for r in records if r.stream_type == "job"]
+    job_records = [r for r in records if r.stream_type == StreamType.JOB]
     if job_records:
         await _apply_jobs(conn, job_records)
     for rec in records:
-        if rec.stream_type != "job":
+        if rec.stream_type != StreamType.JOB:
             await _apply_other(conn, rec)
 
 

@@ -18,7 +18,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from events.job import TERMINAL, Job, JobStatus
-from events.types import JobCompleted, RecordedEvent, encode
+from events.types import JobCompleted, RecordedEvent, StreamType, encode
 from streams import subjects as s
 from streams.messages import Dispatch, Notification
 from streams.messages import encode as encode_msg
@@ -196,7 +196,7 @@ def terminal_notifications(records: list[RecordedEvent], jobs: dict) -> list[tup
     """The terminal events of a batch, paired with the job state they produced."""
     out = []
     for rec in records:
-        if rec.stream_type == "job":
+        if rec.stream_type == StreamType.JOB:
             job = jobs.get(rec.stream_id)
             if job is not None and job.status in TERMINAL and job.version == rec.version:
                 out.append((rec, job))

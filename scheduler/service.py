@@ -27,7 +27,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from events import store
 from events.errors import ConcurrencyError
 from events.job import JobStatus, fold
-from events.types import JobCancelled, JobCompleted, JobFailed, JobSubmitted, type_name, user_stream_id
+from events.types import JobCancelled, JobCompleted, JobFailed, JobSubmitted, StreamType, type_name, user_stream_id
 from projector import queries as read_models
 from scheduler import queries
 from scheduler.outbox import Outbox, Outgoing, terminal_notifications
@@ -184,7 +184,8 @@ class Scheduler:
                                catalog=self.catalog)
         active = await queries.load_active_jobs(conn)
         users = {r.data.user_id for r in active if isinstance(r.data, JobSubmitted)}
-        records = (await store.load_stream_type(conn, "plan") + await store.load_stream_type(conn, "frontend")
+        records = (await store.load_stream_type(conn, StreamType.PLAN)
+                   + await store.load_stream_type(conn, StreamType.FRONTEND)
                    + await store.load_streams(conn, users) + active)
         records.sort(key=lambda r: r.seq)
         since = state.quota_day() - timedelta(days=1)
