@@ -37,6 +37,7 @@ from streams.messages import (
 )
 from worker_node import gpu
 from worker_node.engines import Engine, EngineError, JobContext, JobInput, Output
+from worker_node.engines.base import Probed, Swapping
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +109,7 @@ class Worker:
         checkpoint ComfyUI used last), or all its models for engines that keep everything loaded."""
         loaded: set[str] = set()
         for engine in set(self.engines.values()) if engines is None else engines:
-            held = getattr(engine, "loaded", None)
-            loaded.update(engine.models if held is None else held)
+            loaded.update(engine.loaded if isinstance(engine, Swapping) else engine.models)
         return sorted(loaded)
 
     async def stop(self) -> None:
@@ -186,7 +186,7 @@ class Worker:
     async def _probe_engines(self) -> bool:
         """Ask every engine that can be probed whether its server answers; True when that changed
         what the worker offers."""
-        probed = [e for e in dict.fromkeys(self.engines.values()) if hasattr(e, "probe")]
+        probed = [e for e in dict.fromkeys(self.engines.values()) if isinstance(e, Probed)]
         if not probed:
             return False
         results = await asyncio.gather(*(self._probe(e) for e in probed))
@@ -204,9 +204,9 @@ class Worker:
         return changed
 
     @staticmethod
-    async def _probe(engine: Engine) -> bool:
+    async def _probe(engine: Probed) -> bool:
         try:
-            return bool(await asyncio.wait_for(engine.probe(), PROBE_TIMEOUT_S))  # type: ignore[attr-defined]
+            return await asyncio.wait_for(engine.probe(), PROBE_TIMEOUT_S)
         except Exception:  # a probe that cannot answer is a failed probe
             return False
 
@@ -318,7 +318,7 @@ class Worker:
                                  started_at)
                 return
             except EngineError as exc:
-                if exc.code in UNREACHABLE and engine is not None and hasattr(engine, "probe"):
+                if exc.code in UNREACHABLE and isinstance(engine, Probed):
                     if await self._probe_engines():
                         await self._announce()  # withdrawn before the scheduler reads the failure
                 await self._fail(job, exc.code, exc.message, started_at)
