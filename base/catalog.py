@@ -79,8 +79,10 @@ class Model(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
         """(width, height) asked for; (0, 0) for capabilities without a picture."""
         if self.capability not in ("image", "video"):
             return 0, 0
-        return (_int(params, "width", self.default_width, 64, 16384),
-                _int(params, "height", self.default_height, 64, 16384))
+        return (
+            _int(params, "width", self.default_width, 64, 16384),
+            _int(params, "height", self.default_height, 64, 16384),
+        )
 
     def max_units(self, params: Mapping[str, Any]) -> float:
         """The most units this request can use: what admission reserves."""
@@ -174,31 +176,94 @@ def _float(params: Mapping[str, Any], name: str, default: float, low: float, hig
 
 
 _BUILTIN = (
-    Model(name="echo", capability="echo", engine="echo", diagnostic=True, timeout_seconds=10, typical_seconds=0.001,
-          description="Diagnostic: returns the prompt as a text artifact. Free."),
-    Model(name="sdxl", capability="image", engine="comfyui", gated=True, timeout_seconds=300, typical_seconds=20,
-          pricing=Pricing(rate=1.0), description="Stable Diffusion XL through ComfyUI; 1 token per 1024x1024 image."),
-    Model(name="flux-schnell", capability="image", engine="comfyui", gated=True, timeout_seconds=300,
-          typical_seconds=8, pricing=Pricing(rate=1.0),
-          description="FLUX.1 [schnell] through ComfyUI (4 steps); 1 token per 1024x1024 image."),
-    Model(name="flux-dev", capability="image", engine="comfyui", gated=True, timeout_seconds=600, typical_seconds=45,
-          pricing=Pricing(rate=2.0), description="FLUX.1 [dev] through ComfyUI; 2 tokens per 1024x1024 image."),
-    Model(name="ltx-video", capability="video", engine="comfyui", gated=True, timeout_seconds=1800,
-          typical_seconds=120, default_width=768, default_height=512, pricing=Pricing(rate=2.0),
-          description="LTX-Video text-to-video through ComfyUI; 2 tokens per second at 1024x576."),
-    Model(name="gemma3-270m", capability="text", engine="llama-cpp", timeout_seconds=300, typical_seconds=6,
-          pricing=Pricing(base=0.01, rate=0.1),
-          description="Gemma 3 270M (offline, CPU, llama.cpp); 0.01 + 0.1 token per 1000 generated tokens."),
-    Model(name="espeak-ng", capability="tts", engine="espeak", timeout_seconds=60, typical_seconds=0.2,
-          pricing=Pricing(rate=1.0),
-          description="Offline text-to-speech with eSpeak NG (WAV, 22.05 kHz mono); 1 token per 1000 characters."),
-    Model(name="pocketsphinx-en", capability="stt", engine="pocketsphinx", timeout_seconds=600, typical_seconds=5,
-          pricing=Pricing(rate=0.1),
-          description="Offline English speech-to-text with PocketSphinx; 0.1 token per minute of audio."),
+    Model(
+        name="echo",
+        capability="echo",
+        engine="echo",
+        diagnostic=True,
+        timeout_seconds=10,
+        typical_seconds=0.001,
+        description="Diagnostic: returns the prompt as a text artifact. Free.",
+    ),
+    Model(
+        name="sdxl",
+        capability="image",
+        engine="comfyui",
+        gated=True,
+        timeout_seconds=300,
+        typical_seconds=20,
+        pricing=Pricing(rate=1.0),
+        description="Stable Diffusion XL through ComfyUI; 1 token per 1024x1024 image.",
+    ),
+    Model(
+        name="flux-schnell",
+        capability="image",
+        engine="comfyui",
+        gated=True,
+        timeout_seconds=300,
+        typical_seconds=8,
+        pricing=Pricing(rate=1.0),
+        description="FLUX.1 [schnell] through ComfyUI (4 steps); 1 token per 1024x1024 image.",
+    ),
+    Model(
+        name="flux-dev",
+        capability="image",
+        engine="comfyui",
+        gated=True,
+        timeout_seconds=600,
+        typical_seconds=45,
+        pricing=Pricing(rate=2.0),
+        description="FLUX.1 [dev] through ComfyUI; 2 tokens per 1024x1024 image.",
+    ),
+    Model(
+        name="ltx-video",
+        capability="video",
+        engine="comfyui",
+        gated=True,
+        timeout_seconds=1800,
+        typical_seconds=120,
+        default_width=768,
+        default_height=512,
+        pricing=Pricing(rate=2.0),
+        description="LTX-Video text-to-video through ComfyUI; 2 tokens per second at 1024x576.",
+    ),
+    Model(
+        name="gemma3-270m",
+        capability="text",
+        engine="llama-cpp",
+        timeout_seconds=300,
+        typical_seconds=6,
+        pricing=Pricing(base=0.01, rate=0.1),
+        description="Gemma 3 270M (offline, CPU, llama.cpp); 0.01 + 0.1 token per 1000 generated tokens.",
+    ),
+    Model(
+        name="espeak-ng",
+        capability="tts",
+        engine="espeak",
+        timeout_seconds=60,
+        typical_seconds=0.2,
+        pricing=Pricing(rate=1.0),
+        description="Offline text-to-speech with eSpeak NG (WAV, 22.05 kHz mono); 1 token per 1000 characters.",
+    ),
+    Model(
+        name="pocketsphinx-en",
+        capability="stt",
+        engine="pocketsphinx",
+        timeout_seconds=600,
+        typical_seconds=5,
+        pricing=Pricing(rate=0.1),
+        description="Offline English speech-to-text with PocketSphinx; 0.1 token per minute of audio.",
+    ),
 )
 
-_BUILTIN_DEFAULTS: dict[str, str] = {"echo": "echo", "image": "sdxl", "video": "ltx-video", "text": "gemma3-270m",
-                                     "tts": "espeak-ng", "stt": "pocketsphinx-en"}
+_BUILTIN_DEFAULTS: dict[str, str] = {
+    "echo": "echo",
+    "image": "sdxl",
+    "video": "ltx-video",
+    "text": "gemma3-270m",
+    "tts": "espeak-ng",
+    "stt": "pocketsphinx-en",
+}
 
 
 class CatalogOverride(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -212,7 +277,6 @@ class CatalogOverride(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     typical_seconds: float | None = None
     pricing: Pricing | None = None
     default: bool = False  # make it the capability's default model
-
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -299,8 +363,9 @@ class Catalog:
     def check_capability(self, capability: str) -> None:
         """Raise QuoteRefused (UNKNOWN_CAPABILITY) unless `capability` is one Tessera knows."""
         if capability not in CAPABILITIES:
-            raise QuoteRefused("UNKNOWN_CAPABILITY", f"unknown capability {capability!r}; "
-                               f"known: {', '.join(CAPABILITIES)}")
+            raise QuoteRefused(
+                "UNKNOWN_CAPABILITY", f"unknown capability {capability!r}; known: {', '.join(CAPABILITIES)}"
+            )
 
     def model_for(self, capability: str, model: str | None) -> Model:
         """The model that serves this request (the capability's default without a name), or raise
@@ -309,8 +374,12 @@ class Catalog:
         name = model or self.defaults.get(capability)
         found = self.models.get(name) if name else None
         if found is None or found.capability != capability:
-            raise QuoteRefused("UNKNOWN_MODEL", f"model {model!r} does not serve capability {capability!r}" if model
-                               else f"no model serves capability {capability!r}")
+            raise QuoteRefused(
+                "UNKNOWN_MODEL",
+                f"model {model!r} does not serve capability {capability!r}"
+                if model
+                else f"no model serves capability {capability!r}",
+            )
         return found
 
     def quote(self, capability: str, model: str | None, params: Mapping[str, Any]) -> Quote:

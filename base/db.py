@@ -30,13 +30,19 @@ SERVER_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
 
 async def init_connection(conn: asyncpg.Connection) -> None:
     """jsonb in and out as Python values (msgspec does the JSON)."""
-    await conn.set_type_codec("jsonb", schema="pg_catalog", format="text",
-                              encoder=lambda v: _encoder.encode(v).decode(), decoder=msgspec.json.decode)
+    await conn.set_type_codec(
+        "jsonb",
+        schema="pg_catalog",
+        format="text",
+        encoder=lambda v: _encoder.encode(v).decode(),
+        decoder=msgspec.json.decode,
+    )
 
 
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=init_connection,
-                                     server_settings=SERVER_SETTINGS)
+    pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=init_connection, server_settings=SERVER_SETTINGS
+    )
     assert pool is not None
     return pool
 
@@ -52,8 +58,9 @@ async def connect(dsn: str, *, json_codec: bool = True, application_name: str | 
 
 
 @contextlib.asynccontextmanager
-async def pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
-               close_timeout_s: float = 10.0) -> AsyncIterator[asyncpg.Pool]:
+async def pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 10, close_timeout_s: float = 10.0
+) -> AsyncIterator[asyncpg.Pool]:
     """A pool for the block: closed on exit once its connections are released, terminated when
     that takes longer than `close_timeout_s`."""
     opened = await create_pool(dsn, min_size=min_size, max_size=max_size)
@@ -68,8 +75,9 @@ async def pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
 
 
 @contextlib.asynccontextmanager
-async def connection(dsn: str, *, json_codec: bool = True, application_name: str | None = None,
-                     close_timeout_s: float = 5.0) -> AsyncIterator[asyncpg.Connection]:
+async def connection(
+    dsn: str, *, json_codec: bool = True, application_name: str | None = None, close_timeout_s: float = 5.0
+) -> AsyncIterator[asyncpg.Connection]:
     """One connection for the block (`connect`), closed on exit, or terminated when closing it fails
     or hangs (its server gone)."""
     conn = await connect(dsn, json_codec=json_codec, application_name=application_name)

@@ -25,8 +25,13 @@ class Readiness:
 
     def body(self, service: str) -> dict[str, object]:
         """The JSON body of `/readyz`."""
-        return {"service": service, "status": "ready" if self.ready else "not ready", "missing": self.missing,
-                "checks": dict(self.checks), **self.details}
+        return {
+            "service": service,
+            "status": "ready" if self.ready else "not ready",
+            "missing": self.missing,
+            "checks": dict(self.checks),
+            **self.details,
+        }
 
 
 NOT_STARTED = Readiness(checks={"started": False})

@@ -33,8 +33,9 @@ ReadinessCheck = Callable[[], Awaitable[Readiness]]
 
 CHECK_TIMEOUT_S = 2.0
 
-BUILD_INFO = Gauge("tessera_build_info", "Always 1: the Tessera version and the service this process runs",
-                   ["version", "service"])
+BUILD_INFO = Gauge(
+    "tessera_build_info", "Always 1: the Tessera version and the service this process runs", ["version", "service"]
+)
 
 
 def version() -> str:
@@ -65,8 +66,16 @@ class SidePort:
     Use it as `async with SidePort(...) as side:`; `side.port` is the port it got.
     """
 
-    def __init__(self, name: str, check: ReadinessCheck, *, host: str = "127.0.0.1", port: int = 0,
-                 registry: CollectorRegistry = REGISTRY, check_timeout_s: float = CHECK_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        name: str,
+        check: ReadinessCheck,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        registry: CollectorRegistry = REGISTRY,
+        check_timeout_s: float = CHECK_TIMEOUT_S,
+    ) -> None:
         self.name = name
         self.check = check
         self.host = host
@@ -85,15 +94,17 @@ class SidePort:
         return f"http://{host}:{self.port}"
 
     def app(self) -> Starlette:
-        return Starlette(routes=[Route("/healthz", self._healthz), Route("/readyz", self._readyz),
-                                 Route("/metrics", self._metrics)])
+        return Starlette(
+            routes=[Route("/healthz", self._healthz), Route("/readyz", self._readyz), Route("/metrics", self._metrics)]
+        )
 
     async def start(self) -> None:
         """Bind the port and serve it in a task of this event loop."""
         sock = bind(self.host, self.requested_port)
         self.port = int(sock.getsockname()[1])
-        config = uvicorn.Config(self.app(), log_level="warning", access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=1)
+        config = uvicorn.Config(
+            self.app(), log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=1
+        )
         self._server = QuietServer(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name=f"{self.name}-side-port")
         while not self._server.started:
@@ -102,8 +113,13 @@ class SidePort:
                 self._task.result()
                 raise RuntimeError(f"{self.name}: the side port stopped while starting")
             await asyncio.sleep(0.01)
-        log.info("%s: health at %s/healthz, readiness at %s/readyz, metrics at %s/metrics", self.name, self.url,
-                 self.url, self.url)
+        log.info(
+            "%s: health at %s/healthz, readiness at %s/readyz, metrics at %s/metrics",
+            self.name,
+            self.url,
+            self.url,
+            self.url,
+        )
 
     async def stop(self) -> None:
         if self._server is None or self._task is None:
@@ -122,8 +138,9 @@ class SidePort:
         await self.start()
         return self
 
-    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                        traceback: TracebackType | None) -> None:
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         await self.stop()
 
     async def _healthz(self, _request: Request) -> Response:
@@ -133,8 +150,9 @@ class SidePort:
         try:
             readiness = await asyncio.wait_for(self.check(), self.check_timeout_s)
         except TimeoutError:
-            readiness = Readiness(checks={"answered": False},
-                                  details={"error": f"the checks took over {self.check_timeout_s:.0f}s"})
+            readiness = Readiness(
+                checks={"answered": False}, details={"error": f"the checks took over {self.check_timeout_s:.0f}s"}
+            )
         except Exception as exc:  # a check that fails says so rather than taking the port down
             log.exception("%s: the readiness check failed", self.name)
             readiness = Readiness(checks={"answered": False}, details={"error": repr(exc)})

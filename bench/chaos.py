@@ -30,14 +30,22 @@ async def main(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else random.randrange(1_000_000)
     failed = 0
     for n in range(args.runs):
-        config = ChaosConfig(jobs=args.jobs, seed=seed + n, rate=args.rate, settle_s=args.settle,
-                             timing=Timing(heartbeat_interval_s=args.heartbeat, worker_timeout_s=args.worker_timeout))
+        config = ChaosConfig(
+            jobs=args.jobs,
+            seed=seed + n,
+            rate=args.rate,
+            settle_s=args.settle,
+            timing=Timing(heartbeat_interval_s=args.heartbeat, worker_timeout_s=args.worker_timeout),
+        )
         data_dir = Path(tempfile.mkdtemp(prefix=f"tessera-chaos-{config.seed}-"))
         try:
             report = await run_chaos(config, data_dir)
         except Exception:  # a run that could not go on: say why, keep its logs, run the next
-            print(f"\n=== run {n + 1}/{args.runs} (ABORTED) ===\n{traceback.format_exc()}"
-                  f"  logs and data kept in {data_dir}", flush=True)
+            print(
+                f"\n=== run {n + 1}/{args.runs} (ABORTED) ===\n{traceback.format_exc()}"
+                f"  logs and data kept in {data_dir}",
+                flush=True,
+            )
             failed += 1
             continue
         print(f"\n=== run {n + 1}/{args.runs} ({'ok' if report.ok else 'VIOLATIONS'}) ===", flush=True)
@@ -64,8 +72,10 @@ if __name__ == "__main__":
     parser.add_argument("--keep", action="store_true", help="keep each run's data and logs even when it passed")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each kill as it happens")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
     logging.getLogger("nats").setLevel(logging.CRITICAL)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     from base.lifecycle import run_loop

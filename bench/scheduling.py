@@ -89,13 +89,22 @@ def workload(hours: float, rate_per_hour: float, seed: int) -> list[Arrival]:
             return out
         tier = rng.choices(tiers, shares)[0]
         model = rng.choice(TIERS[tier][0])
-        out.append(Arrival(at=now, user=rng.choice(users[tier]), tier=tier, model=model,
-                           execution_s=EXECUTION_S[model] * rng.uniform(0.75, 1.25),
-                           same_model_s=rng.uniform(0, 5), switch_s=rng.uniform(30, 60)))
+        out.append(
+            Arrival(
+                at=now,
+                user=rng.choice(users[tier]),
+                tier=tier,
+                model=model,
+                execution_s=EXECUTION_S[model] * rng.uniform(0.75, 1.25),
+                same_model_s=rng.uniform(0, 5),
+                switch_s=rng.uniform(30, 60),
+            )
+        )
 
 
-def simulate(name: str, policy: QueuePolicy, arrivals: list[Arrival], workers: int, hours: float,
-             queue_timeout_s: float) -> Result:
+def simulate(
+    name: str, policy: QueuePolicy, arrivals: list[Arrival], workers: int, hours: float, queue_timeout_s: float
+) -> Result:
     horizon = hours * 3600
     limits = {a.user: TIERS[a.tier][3] for a in arrivals}
     details = {}
@@ -112,8 +121,11 @@ def simulate(name: str, policy: QueuePolicy, arrivals: list[Arrival], workers: i
         for worker in fleet:
             if worker.job is not None:
                 continue
-            slot = Slot(worker_id=worker.name, models=models,
-                        loaded=frozenset({worker.loaded}) if worker.loaded else frozenset())
+            slot = Slot(
+                worker_id=worker.name,
+                models=models,
+                loaded=frozenset({worker.loaded}) if worker.loaded else frozenset(),
+            )
             pick = policy.pick(slot, now, running, limits.__getitem__)
             if pick is None:
                 continue
@@ -147,8 +159,17 @@ def simulate(name: str, policy: QueuePolicy, arrivals: list[Arrival], workers: i
             arrival = arrivals[index]
             job_id = uuid.UUID(int=index)
             details[job_id] = arrival
-            policy.push(Waiting(job_id=job_id, user_id=arrival.user, model=arrival.model, priority=arrival.tier,
-                                order=index, enqueued_at=arrival.at, size=1024))
+            policy.push(
+                Waiting(
+                    job_id=job_id,
+                    user_id=arrival.user,
+                    model=arrival.model,
+                    priority=arrival.tier,
+                    order=index,
+                    enqueued_at=arrival.at,
+                    size=1024,
+                )
+            )
         else:
             worker = fleet[index]
             assert worker.job is not None
@@ -170,17 +191,24 @@ def percentile(values: list[float], q: float) -> float:
 
 def report(results: list[Result], hours: float, workers: int) -> None:
     base = results[1].completed
-    print("| policy | jobs/hour | vs FIFO | timed out | GPU busy | executing | model switches |"
-          + "".join(f" {TIER_NAMES[t]} wait p50 / p95 / max (s) |" for t in sorted(TIERS, reverse=True)))
+    print(
+        "| policy | jobs/hour | vs FIFO | timed out | GPU busy | executing | model switches |"
+        + "".join(f" {TIER_NAMES[t]} wait p50 / p95 / max (s) |" for t in sorted(TIERS, reverse=True))
+    )
     print("|---|---|---|---|---|---|---|" + "---|" * len(TIERS))
     for r in results:
         busy = sum(w.busy_s for w in r.workers) / (workers * hours * 3600)
         executing = sum(w.executing_s for w in r.workers) / (workers * hours * 3600)
-        waits = "".join(f" {percentile(r.waits[t], 0.5):.0f} / {percentile(r.waits[t], 0.95):.0f} / "
-                        f"{max(r.waits[t], default=float('nan')):.0f} |" for t in sorted(TIERS, reverse=True))
-        print(f"| {r.name} | {r.completed / hours:.0f} | {r.completed / base:.2f}x | {r.timed_out} | {busy:.0%} | "
-              f"{executing:.0%} | "
-              f"{sum(w.switches for w in r.workers)} |{waits}")
+        waits = "".join(
+            f" {percentile(r.waits[t], 0.5):.0f} / {percentile(r.waits[t], 0.95):.0f} / "
+            f"{max(r.waits[t], default=float('nan')):.0f} |"
+            for t in sorted(TIERS, reverse=True)
+        )
+        print(
+            f"| {r.name} | {r.completed / hours:.0f} | {r.completed / base:.2f}x | {r.timed_out} | {busy:.0%} | "
+            f"{executing:.0%} | "
+            f"{sum(w.switches for w in r.workers)} |{waits}"
+        )
 
 
 def main() -> None:
@@ -195,15 +223,23 @@ def main() -> None:
     parser.add_argument("--queue-timeout", type=float, default=1800.0, help="as TESSERA_QUEUE_TIMEOUT")
     args = parser.parse_args()
     arrivals = workload(args.hours, args.rate, args.seed)
-    print(f"{len(arrivals)} jobs over {args.hours:g} h ({args.rate:g}/h offered) on {args.workers} GPUs; "
-          f"tier shares {', '.join(f'{TIER_NAMES[t]} {s[1]:.0%}' for t, s in TIERS.items())}; "
-          f"aging step {args.aging_step:g} s, affinity hold {args.affinity_hold:g} s, starvation "
-          f"{args.starvation:g} s, queue timeout {args.queue_timeout:g} s; seed {args.seed}\n")
-    config = PolicyConfig(aging_step_s=args.aging_step, affinity_hold_s=args.affinity_hold,
-                          starvation_s=args.starvation)
-    results = [simulate(name, policy, arrivals, args.workers, args.hours, args.queue_timeout)
-               for name, policy in (("tessera", TesseraPolicy(config)), ("fifo", FifoPolicy()),
-                                    ("seeds §7.2", SeedsNaivePolicy()))]
+    print(
+        f"{len(arrivals)} jobs over {args.hours:g} h ({args.rate:g}/h offered) on {args.workers} GPUs; "
+        f"tier shares {', '.join(f'{TIER_NAMES[t]} {s[1]:.0%}' for t, s in TIERS.items())}; "
+        f"aging step {args.aging_step:g} s, affinity hold {args.affinity_hold:g} s, starvation "
+        f"{args.starvation:g} s, queue timeout {args.queue_timeout:g} s; seed {args.seed}\n"
+    )
+    config = PolicyConfig(
+        aging_step_s=args.aging_step, affinity_hold_s=args.affinity_hold, starvation_s=args.starvation
+    )
+    results = [
+        simulate(name, policy, arrivals, args.workers, args.hours, args.queue_timeout)
+        for name, policy in (
+            ("tessera", TesseraPolicy(config)),
+            ("fifo", FifoPolicy()),
+            ("seeds §7.2", SeedsNaivePolicy()),
+        )
+    ]
     report(results, args.hours, args.workers)
 
 

@@ -80,8 +80,7 @@ class CpuMeter:
         self.spent: dict[str, float] = {}
 
     def _read(self) -> dict[str, float]:
-        return {name: cpu_seconds(pid) if pid is not None else time.process_time()
-                for name, pid in self.roots.items()}
+        return {name: cpu_seconds(pid) if pid is not None else time.process_time() for name, pid in self.roots.items()}
 
     def start(self) -> None:
         self.before = self._read()
@@ -105,10 +104,13 @@ async def pg_ceiling(database_url: str, rows: int = 50_000, batch: int = 500) ->
         started = time.perf_counter()
         for offset in range(0, rows, batch):
             async with conn.transaction():
-                await conn.execute("INSERT INTO bench_rows SELECT u, n, d::jsonb FROM unnest($1::uuid[], $2::int[],"
-                                   " $3::text[]) AS t(u, n, d)", [uuid.uuid4() for _ in range(batch)],
-                                   list(range(offset, offset + batch)),
-                                   ['{"type":"JobQueued.v1","priority":3}'] * batch)
+                await conn.execute(
+                    "INSERT INTO bench_rows SELECT u, n, d::jsonb FROM unnest($1::uuid[], $2::int[],"
+                    " $3::text[]) AS t(u, n, d)",
+                    [uuid.uuid4() for _ in range(batch)],
+                    list(range(offset, offset + batch)),
+                    ['{"type":"JobQueued.v1","priority":3}'] * batch,
+                )
         elapsed = time.perf_counter() - started
     return rows / elapsed
 
@@ -160,9 +162,12 @@ class Tracker:
 def client_session(api: str, key: str, connections: int) -> aiohttp.ClientSession:
     """The load generator's HTTP client: aiohttp, whose C parser costs a fraction of httpx's CPU per
     request, which matters because the load generator shares the two cores with the platform."""
-    return aiohttp.ClientSession(base_url=api, headers={"Authorization": f"Bearer {key}"},
-                                 connector=aiohttp.TCPConnector(limit=connections),
-                                 timeout=aiohttp.ClientTimeout(total=60))
+    return aiohttp.ClientSession(
+        base_url=api,
+        headers={"Authorization": f"Bearer {key}"},
+        connector=aiohttp.TCPConnector(limit=connections),
+        timeout=aiohttp.ClientTimeout(total=60),
+    )
 
 
 async def submit(client: aiohttp.ClientSession, tracker: Tracker, n: int) -> None:
@@ -184,15 +189,19 @@ def latencies(tracker: Tracker, ids: list[str], source: dict[str, float]) -> lis
 def latency_summary(tracker: Tracker, ids: list[str]) -> dict[str, float]:
     """p50 and p99 of submit->accept, submit->dispatch and submit->complete, in milliseconds."""
     out = {}
-    for name, source in (("accept", tracker.accepted), ("dispatch", tracker.dispatched),
-                         ("complete", tracker.completed)):
+    for name, source in (
+        ("accept", tracker.accepted),
+        ("dispatch", tracker.dispatched),
+        ("complete", tracker.completed),
+    ):
         values = latencies(tracker, ids, source)
         out[f"{name}_p50"], out[f"{name}_p99"] = pct(values, 0.5), pct(values, 0.99)
     return out
 
 
-async def saturate(api: str, key: str, tracker: Tracker, jobs: int, clients: int,
-                   meter: CpuMeter | None = None) -> dict[str, float]:
+async def saturate(
+    api: str, key: str, tracker: Tracker, jobs: int, clients: int, meter: CpuMeter | None = None
+) -> dict[str, float]:
     tracker.expected = len(tracker.completed) + jobs
     tracker.done.clear()
     before = set(tracker.submitted)
@@ -216,8 +225,12 @@ async def saturate(api: str, key: str, tracker: Tracker, jobs: int, clients: int
         if meter:
             meter.stop()
     ids = [j for j in tracker.submitted if j not in before]
-    return {"jobs": jobs, "submit_per_s": jobs / submit_elapsed, "completed_per_s": jobs / total_elapsed,
-            **latency_summary(tracker, ids)}
+    return {
+        "jobs": jobs,
+        "submit_per_s": jobs / submit_elapsed,
+        "completed_per_s": jobs / total_elapsed,
+        **latency_summary(tracker, ids),
+    }
 
 
 async def offered(api: str, key: str, tracker: Tracker, rate: float, seconds: float) -> dict[str, float]:
@@ -236,25 +249,31 @@ async def offered(api: str, key: str, tracker: Tracker, rate: float, seconds: fl
         await asyncio.gather(*tasks)
         await asyncio.wait_for(tracker.done.wait(), 120)
     ids = [j for j in tracker.submitted if j not in before]
-    return {"jobs": jobs, "rate": rate,
-            **latency_summary(tracker, ids)}
+    return {"jobs": jobs, "rate": rate, **latency_summary(tracker, ids)}
 
 
 async def main(args: argparse.Namespace) -> None:
     data = Path(tempfile.mkdtemp(prefix="tessera-bench-"))
-    nats_server = EmbeddedNats(data / "nats", sync_interval=None if args.nats_sync == "default" else args.nats_sync
-                               ).start(preferred_port=None)
+    nats_server = EmbeddedNats(
+        data / "nats", sync_interval=None if args.nats_sync == "default" else args.nats_sync
+    ).start(preferred_port=None)
     pg = EmbeddedPostgres(data / "pg").start(preferred_port=None)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         await migrate(pg.url, nats_server.url)
         port = free_port(None)
-        env = {**os.environ, "TESSERA_NATS_URL": nats_server.url, "TESSERA_DATABASE_URL": pg.url,
-               "TESSERA_HTTP_PORT": str(port), "TESSERA_WORKER_ENGINES": "echo",
-               "TESSERA_WORKER_SLOTS": str(args.slots)}
+        env = {
+            **os.environ,
+            "TESSERA_NATS_URL": nats_server.url,
+            "TESSERA_DATABASE_URL": pg.url,
+            "TESSERA_HTTP_PORT": str(port),
+            "TESSERA_WORKER_ENGINES": "echo",
+            "TESSERA_WORKER_SLOTS": str(args.slots),
+        }
         for instance in (i for spec in SERVICES for i in spec.instances(workers=1, host="bench")):
-            procs[instance.name] = subprocess.Popen([sys.executable, "-m", "tessera.cli", *instance.args], env=env,
-                                                    cwd=REPO, stderr=subprocess.DEVNULL)
+            procs[instance.name] = subprocess.Popen(
+                [sys.executable, "-m", "tessera.cli", *instance.args], env=env, cwd=REPO, stderr=subprocess.DEVNULL
+            )
         api = f"http://127.0.0.1:{port}"
         for _ in range(200):
             try:
@@ -271,19 +290,25 @@ async def main(args: argparse.Namespace) -> None:
         async with connection.opened_once(nats_server.url, "bench-tracker") as nc:
             await tracker.follow(nc)
             await saturate(api, key, tracker, min(500, args.jobs), args.clients)  # warm-up
-            roots = {"gateway": procs["gateway"].pid, "scheduler": procs["scheduler"].pid,
-                     "worker": procs["worker-0"].pid, "projector": procs["projector"].pid,
-                     "nats-server": nats_server.process.pid,
-                     "PostgreSQL": int((pg.pgdata / "postmaster.pid").read_text().split()[0]),
-                     "load generator": None}
+            roots = {
+                "gateway": procs["gateway"].pid,
+                "scheduler": procs["scheduler"].pid,
+                "worker": procs["worker-0"].pid,
+                "projector": procs["projector"].pid,
+                "nats-server": nats_server.process.pid,
+                "PostgreSQL": int((pg.pgdata / "postmaster.pid").read_text().split()[0]),
+                "load generator": None,
+            }
             meter = CpuMeter(roots)
             sat = await saturate(api, key, tracker, args.jobs, args.clients, meter)
             await tracker.tap_dispatches(nc)
             load = await offered(api, key, tracker, args.rate, args.seconds)
 
-        print(f"\nTessera bench: {os.cpu_count()} CPU(s), JetStream sync_interval {args.nats_sync}, "
-              f"every component on this machine (nats-server, PostgreSQL 18, scheduler, projector, gateway, "
-              f"1 echo worker with {args.slots} slots)\n")
+        print(
+            f"\nTessera bench: {os.cpu_count()} CPU(s), JetStream sync_interval {args.nats_sync}, "
+            f"every component on this machine (nats-server, PostgreSQL 18, scheduler, projector, gateway, "
+            f"1 echo worker with {args.slots} slots)\n"
+        )
         print("| raw ceiling | rate |\n|---|---|")
         print(f"| PostgreSQL batched insert (500 rows/tx) | {ceilings['pg_rows_per_s']:,.0f} rows/s |")
         print(f"| JetStream publish + ack (async, 1 client) | {ceilings['js_pub_ack_per_s']:,.0f} msgs/s |\n")
@@ -319,7 +344,10 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--slots", type=int, default=256, help="the echo worker's slots (echo's own: 256)")
-    parser.add_argument("--nats-sync", default="always",
-                        help="JetStream's sync_interval for the embedded nats-server: 'always' (Tessera's "
-                             "default) or 'default' (nats-server's own, every 2 minutes)")
+    parser.add_argument(
+        "--nats-sync",
+        default="always",
+        help="JetStream's sync_interval for the embedded nats-server: 'always' (Tessera's "
+        "default) or 'default' (nats-server's own, every 2 minutes)",
+    )
     run_loop(main(parser.parse_args()))

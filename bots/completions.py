@@ -58,9 +58,16 @@ class CompletionFeed:
         decoder = msgspec.json.Decoder(Notification)
         try:
             sub = await nc.jetstream().pull_subscribe(
-                self.subject, durable=self.durable, stream=s.NOTIFY_STREAM,
-                config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait_s,
-                                      deliver_policy=DeliverPolicy.ALL, description=f"completions for {self.durable}"))
+                self.subject,
+                durable=self.durable,
+                stream=s.NOTIFY_STREAM,
+                config=ConsumerConfig(
+                    ack_policy=AckPolicy.EXPLICIT,
+                    ack_wait=self.ack_wait_s,
+                    deliver_policy=DeliverPolicy.ALL,
+                    description=f"completions for {self.durable}",
+                ),
+            )
             self._following = True
             while not self._stopping.is_set():
                 try:
@@ -81,8 +88,9 @@ class CompletionFeed:
                     try:
                         await handler(notification)
                     except Exception:  # the user was not told: let NATS deliver it again
-                        log.exception("%s: handling job %s failed; it will come again", self.durable,
-                                      notification.job_id)
+                        log.exception(
+                            "%s: handling job %s failed; it will come again", self.durable, notification.job_id
+                        )
                         await msg.nak(delay=1.0)
                         continue
                     await msg.ack()

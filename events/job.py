@@ -98,10 +98,21 @@ def evolve(job: Job | None, rec: RecordedEvent) -> Job:
         if not isinstance(event, JobSubmitted) or rec.version != 1:
             raise IllegalTransition(rec.stream_id, None, rec.type)
         return Job(
-            id=rec.stream_id, version=1, status=JobStatus.CREATED, user_id=event.user_id, user_ref=event.user_ref,
-            frontend=event.frontend, bot_id=event.bot_id, capability=event.capability, model=event.model,
-            params=event.params, priority=event.priority, cost_tokens=event.cost_tokens,
-            reply_context=event.reply_context, created_at=rec.recorded_at, last_seq=rec.seq,
+            id=rec.stream_id,
+            version=1,
+            status=JobStatus.CREATED,
+            user_id=event.user_id,
+            user_ref=event.user_ref,
+            frontend=event.frontend,
+            bot_id=event.bot_id,
+            capability=event.capability,
+            model=event.model,
+            params=event.params,
+            priority=event.priority,
+            cost_tokens=event.cost_tokens,
+            reply_context=event.reply_context,
+            created_at=rec.recorded_at,
+            last_seq=rec.seq,
         )
     if rec.version != job.version + 1:
         raise IllegalTransition(job.id, f"{job.status} at version {job.version}", f"{rec.type}@{rec.version}")

@@ -47,15 +47,26 @@ class PendingEvent(msgspec.Struct, frozen=True, kw_only=True):
 
     def recorded(self, seq: int) -> RecordedEvent:
         return RecordedEvent(
-            seq=seq, event_id=self.event_id, stream_type=self.stream_type, stream_id=self.stream_id,
-            version=self.version, recorded_at=self.recorded_at, causation_id=self.causation_id, data=self.data,
+            seq=seq,
+            event_id=self.event_id,
+            stream_type=self.stream_type,
+            stream_id=self.stream_id,
+            version=self.version,
+            recorded_at=self.recorded_at,
+            causation_id=self.causation_id,
+            data=self.data,
         )
 
 
 def _row_to_event(row: asyncpg.Record) -> RecordedEvent:
     return RecordedEvent(
-        seq=row["seq"], event_id=row["event_id"], stream_type=row["stream_type"], stream_id=row["stream_id"],
-        version=row["version"], recorded_at=row["recorded_at"], causation_id=row["causation_id"],
+        seq=row["seq"],
+        event_id=row["event_id"],
+        stream_type=row["stream_type"],
+        stream_id=row["stream_id"],
+        version=row["version"],
+        recorded_at=row["recorded_at"],
+        causation_id=row["causation_id"],
         data=decode_data(row["data"]),
     )
 
@@ -100,8 +111,13 @@ def _concurrency_error(exc: asyncpg.UniqueViolationError, pending: Sequence[Pend
 FIRST_ALONGSIDE_PARAM = 9
 
 
-async def append(conn: asyncpg.Connection, pending: Sequence[PendingEvent], *, alongside: str = "",
-                 alongside_args: Sequence[object] = ()) -> list[RecordedEvent]:
+async def append(
+    conn: asyncpg.Connection,
+    pending: Sequence[PendingEvent],
+    *,
+    alongside: str = "",
+    alongside_args: Sequence[object] = (),
+) -> list[RecordedEvent]:
     """Append events in one statement; the caller owns any wider transaction.
 
     A (stream_id, version) that exists already means another writer got there first: that is a
@@ -128,7 +144,8 @@ async def append(conn: asyncpg.Connection, pending: Sequence[PendingEvent], *, a
 async def load_stream(conn: asyncpg.Connection, stream_id: uuid.UUID, after_version: int = 0) -> list[RecordedEvent]:
     rows = await conn.fetch(
         f"SELECT {_COLUMNS} FROM events WHERE stream_id = $1 AND version > $2 ORDER BY version",
-        stream_id, after_version,
+        stream_id,
+        after_version,
     )
     return [_row_to_event(r) for r in rows]
 
@@ -159,7 +176,9 @@ async def tokens_charged(conn: asyncpg.Connection, since: date) -> dict[tuple[uu
         FROM events c JOIN events s ON s.stream_id = c.stream_id AND s.version = 1
         WHERE c.type = '{_COMPLETED}' AND c.data->>'quota_day' >= $1
         GROUP BY 1, 2
-        """, since.isoformat())
+        """,
+        since.isoformat(),
+    )
     return {(r["user_id"], r["day"]): r["tokens"] for r in rows}
 
 
@@ -171,7 +190,9 @@ async def recent_submits(conn: asyncpg.Connection, seconds: float = 60.0) -> lis
         SELECT (data->>'user_id')::uuid AS user_id, extract(epoch FROM recorded_at)::float8 AS at
         FROM events WHERE type = '{_SUBMITTED}' AND recorded_at > clock_timestamp() - make_interval(secs => $1)
         ORDER BY recorded_at
-        """, seconds)
+        """,
+        seconds,
+    )
     return [(r["user_id"], r["at"]) for r in rows]
 
 
@@ -183,7 +204,9 @@ async def execution_times(conn: asyncpg.Connection, recent: int = 2000) -> dict[
         FROM (SELECT stream_id, data FROM events WHERE type = '{_COMPLETED}' ORDER BY seq DESC LIMIT $1) c
         JOIN events s ON s.stream_id = c.stream_id AND s.version = 1
         GROUP BY 1
-        """, recent)
+        """,
+        recent,
+    )
     return {r["model"]: r["seconds"] for r in rows}
 
 
@@ -192,7 +215,9 @@ async def uploads_counted(conn: asyncpg.Connection, since: date) -> dict[tuple[u
     rows = await conn.fetch(
         "SELECT (data->>'user_id')::uuid AS user_id, (data->>'quota_day')::date AS day, count(*) AS n,"
         " sum((data->>'size_bytes')::bigint) AS bytes FROM events"
-        f" WHERE type = '{_UPLOADED}' AND data->>'quota_day' >= $1 GROUP BY 1, 2", since.isoformat())
+        f" WHERE type = '{_UPLOADED}' AND data->>'quota_day' >= $1 GROUP BY 1, 2",
+        since.isoformat(),
+    )
     return {(r["user_id"], r["day"]): (int(r["n"]), int(r["bytes"])) for r in rows}
 
 

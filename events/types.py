@@ -131,9 +131,7 @@ class JobRequeued(Event, frozen=True, kw_only=True, tag="JobRequeued.v1"):
     reason: str
 
 
-JobEvent = (
-    JobSubmitted | JobQueued | JobDispatched | JobStarted | JobCompleted | JobFailed | JobCancelled | JobRequeued
-)
+JobEvent = JobSubmitted | JobQueued | JobDispatched | JobStarted | JobCompleted | JobFailed | JobCancelled | JobRequeued
 
 # --- users, plans, frontends ----------------------------------------------------------------
 
@@ -233,8 +231,20 @@ class ArtifactExpired(Event, frozen=True, kw_only=True, tag="ArtifactExpired.v1"
     expired_at: datetime
 
 
-AnyEvent = (JobEvent | UserRegistered | ApiKeyIssued | ApiKeyRevoked | UserPlanChanged | PlanDefined
-            | FrontendKeyIssued | FrontendKeyRevoked | ArtifactExpired | UploadStored | UploadDeleted | UploadExpired)
+AnyEvent = (
+    JobEvent
+    | UserRegistered
+    | ApiKeyIssued
+    | ApiKeyRevoked
+    | UserPlanChanged
+    | PlanDefined
+    | FrontendKeyIssued
+    | FrontendKeyRevoked
+    | ArtifactExpired
+    | UploadStored
+    | UploadDeleted
+    | UploadExpired
+)
 
 
 class StreamType(StrEnum):

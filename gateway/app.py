@@ -53,8 +53,9 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-        response = errors.problem_response(413, "BODY_TOO_LARGE", f"the body is larger than {limit} bytes",
-                                           scope.get("path"))
+        response = errors.problem_response(
+            413, "BODY_TOO_LARGE", f"the body is larger than {limit} bytes", scope.get("path")
+        )
         await response(scope, receive, send)
 
 
@@ -66,8 +67,10 @@ def create_app(settings: Settings, *, nats_url: str, database_url: str) -> FastA
         async def reconnected() -> None:
             fleet.reconnected()
 
-        async with connection.opened(nats_url, "gateway", reconnected_cb=reconnected) as nc, \
-                db.pool(database_url, min_size=2, max_size=20) as pool:
+        async with (
+            connection.opened(nats_url, "gateway", reconnected_cb=reconnected) as nc,
+            db.pool(database_url, min_size=2, max_size=20) as pool,
+        ):
             bus = await CommandBus(nc, f"gw-{uuid.uuid4().hex[:8]}").start()
             await fleet.start(nc.jetstream())
             services = app.state.services = Services(settings=settings, pool=pool, nc=nc, bus=bus, fleet=fleet)
@@ -87,9 +90,11 @@ def create_app(settings: Settings, *, nats_url: str, database_url: str) -> FastA
                 await bus.close()
 
     app = FastAPI(
-        title="Tessera", version="0.1.0", lifespan=lifespan,
+        title="Tessera",
+        version="0.1.0",
+        lifespan=lifespan,
         description="Multi-modal AI inference: submit jobs, follow them, fetch their artifacts. "
-                    "Errors are application/problem+json with a stable `code`.",
+        "Errors are application/problem+json with a stable `code`.",
     )
     errors.install(app)
     for router in (jobs.router, uploads.router, artifacts.router, users.router, keys.router, meta.router):

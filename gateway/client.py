@@ -56,7 +56,10 @@ __all__ = ["ApiError", "TesseraClient"]
 _Model = TypeVar("_Model", bound=BaseModel)
 _EVENTS = TypeAdapter(list[EventView])
 _STREAMED: dict[str, type[TransitionEvent | ProgressEvent | StatusEvent]] = {
-    "transition": TransitionEvent, "progress": ProgressEvent, "status": StatusEvent}
+    "transition": TransitionEvent,
+    "progress": ProgressEvent,
+    "status": StatusEvent,
+}
 Id = uuid.UUID | str
 
 
@@ -65,8 +68,9 @@ class ApiError(Exception):
     `QUOTA_EXCEEDED`, ...), `extra` the problem's other fields, `retry_after` the seconds the
     server asks to wait (Retry-After), if it said."""
 
-    def __init__(self, status: int, code: str, detail: str, extra: dict[str, Any] | None = None,
-                 retry_after: float | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, detail: str, extra: dict[str, Any] | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(f"{status} {code}: {detail}")
         self.status = status
         self.code = code
@@ -83,8 +87,12 @@ class ApiError(Exception):
         except (ValueError, UnicodeDecodeError):
             body = None
         if not isinstance(body, dict) or not isinstance(body.get("code"), str):
-            return cls(response.status_code, "HTTP_ERROR", response.text[:500] or response.reason_phrase,
-                       retry_after=retry_after)
+            return cls(
+                response.status_code,
+                "HTTP_ERROR",
+                response.text[:500] or response.reason_phrase,
+                retry_after=retry_after,
+            )
         extra = {k: v for k, v in body.items() if k not in ("type", "title", "status", "code", "detail")}
         return cls(response.status_code, body["code"], str(body.get("detail", "")), extra, retry_after)
 
@@ -103,9 +111,16 @@ class TesseraClient:
     as `http` stays the caller's. `transport` replaces the network (an ASGI app, a mock).
     """
 
-    def __init__(self, base_url: str, key: str, *, user_ref: str | None = None,
-                 http: httpx.AsyncClient | None = None, transport: httpx.AsyncBaseTransport | None = None,
-                 timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        key: str,
+        *,
+        user_ref: str | None = None,
+        http: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = 30.0,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.user_ref = user_ref
         self._key = key
@@ -123,22 +138,35 @@ class TesseraClient:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.aclose()
 
     # --- jobs -----------------------------------------------------------------------------------
 
-    async def submit(self, capability: str, params: Mapping[str, Any], *, reply_context: dict[str, Any] | None = None,
-                     frontend: str | None = None, bot_id: str | None = None,
-                     idempotency_key: str | None = None) -> JobAccepted:
+    async def submit(
+        self,
+        capability: str,
+        params: Mapping[str, Any],
+        *,
+        reply_context: dict[str, Any] | None = None,
+        frontend: str | None = None,
+        bot_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> JobAccepted:
         """Submit a job; answered once the scheduler's acceptance is committed. With an
         `idempotency_key`, sending the same request again returns the same job."""
-        body = JobCreate(capability=capability, params=dict(params), reply_context=reply_context,
-                         frontend=frontend, bot_id=bot_id)
+        body = JobCreate(
+            capability=capability, params=dict(params), reply_context=reply_context, frontend=frontend, bot_id=bot_id
+        )
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
-        response = await self._request("POST", "/api/v1/jobs", content=body.model_dump_json(exclude_none=True),
-                                       headers={"Content-Type": "application/json", **headers})
+        response = await self._request(
+            "POST",
+            "/api/v1/jobs",
+            content=body.model_dump_json(exclude_none=True),
+            headers={"Content-Type": "application/json", **headers},
+        )
         return JobAccepted.model_validate_json(response.content)
 
     async def job(self, job_id: Id) -> JobView:
@@ -172,8 +200,9 @@ class TesseraClient:
             headers["Last-Event-ID"] = str(last_event_id)
         # The server sends something at least every 15 s; a read waits longer than that.
         timeout = httpx.Timeout(self._http.timeout.connect, read=60.0, write=None, pool=None)
-        async with self._http.stream("GET", self._url(f"/api/v1/jobs/{job_id}/stream"), headers=headers,
-                                     timeout=timeout) as response:
+        async with self._http.stream(
+            "GET", self._url(f"/api/v1/jobs/{job_id}/stream"), headers=headers, timeout=timeout
+        ) as response:
             if response.status_code >= 400:
                 await response.aread()
                 raise ApiError.from_response(response)
@@ -191,8 +220,7 @@ class TesseraClient:
 
     async def upload(self, data: bytes, content_type: str) -> UploadStored:
         """Store an input file (sent as the raw body); a job names it as `params.input_upload`."""
-        response = await self._request("POST", "/api/v1/uploads", content=data,
-                                       headers={"Content-Type": content_type})
+        response = await self._request("POST", "/api/v1/uploads", content=data, headers={"Content-Type": content_type})
         return UploadStored.model_validate_json(response.content)
 
     async def uploads(self) -> UploadList:
@@ -211,15 +239,22 @@ class TesseraClient:
 
     async def create_key(self, label: str | None = None) -> NewKey:
         """Another API key for the user; `key` is in this answer only."""
-        response = await self._request("POST", "/api/v1/keys", content=KeyCreate(label=label).model_dump_json(),
-                                       headers={"Content-Type": "application/json"})
+        response = await self._request(
+            "POST",
+            "/api/v1/keys",
+            content=KeyCreate(label=label).model_dump_json(),
+            headers={"Content-Type": "application/json"},
+        )
         return NewKey.model_validate_json(response.content)
 
     async def rotate_key(self, key_id: Id, label: str | None = None) -> NewKey:
         """A new key in place of `key_id`, which is revoked."""
-        response = await self._request("POST", f"/api/v1/keys/{key_id}/rotate",
-                                       content=KeyCreate(label=label).model_dump_json(),
-                                       headers={"Content-Type": "application/json"})
+        response = await self._request(
+            "POST",
+            f"/api/v1/keys/{key_id}/rotate",
+            content=KeyCreate(label=label).model_dump_json(),
+            headers={"Content-Type": "application/json"},
+        )
         return NewKey.model_validate_json(response.content)
 
     async def revoke_key(self, key_id: Id) -> KeyRevoked:
@@ -261,11 +296,18 @@ class TesseraClient:
             headers["Tessera-User-Ref"] = self.user_ref
         return headers
 
-    async def _request(self, method: str, path: str, *, content: bytes | str | None = None,
-                       headers: Mapping[str, str] | None = None,
-                       params: Mapping[str, str | int] | None = None) -> httpx.Response:
-        response = await self._http.request(method, self._url(path), content=content, params=params,
-                                            headers={**self._auth(), **(headers or {})})
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes | str | None = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str | int] | None = None,
+    ) -> httpx.Response:
+        response = await self._http.request(
+            method, self._url(path), content=content, params=params, headers={**self._auth(), **(headers or {})}
+        )
         if response.status_code >= 400:
             raise ApiError.from_response(response)
         return response

@@ -22,8 +22,11 @@ def rate_headers(decision: Decision) -> dict[str, str]:
     """RateLimit-* (IETF httpapi draft, as widely deployed) and Retry-After from a decision."""
     headers = {}
     if decision.rate is not None:
-        headers = {"RateLimit-Limit": str(decision.rate.limit), "RateLimit-Remaining": str(decision.rate.remaining),
-                   "RateLimit-Reset": str(math.ceil(decision.rate.reset_seconds))}
+        headers = {
+            "RateLimit-Limit": str(decision.rate.limit),
+            "RateLimit-Remaining": str(decision.rate.remaining),
+            "RateLimit-Reset": str(math.ceil(decision.rate.reset_seconds)),
+        }
     if decision.retry_after is not None:
         headers["Retry-After"] = str(decision.retry_after)
     return headers
@@ -67,8 +70,13 @@ def http_status(code: str | None) -> int:
 
 
 def refusal(decision: Decision, **extra: object) -> Problem:
-    return Problem(http_status(decision.code), decision.code or "REJECTED",
-                   decision.detail or "the scheduler refused it", headers=rate_headers(decision) or None, **extra)
+    return Problem(
+        http_status(decision.code),
+        decision.code or "REJECTED",
+        decision.detail or "the scheduler refused it",
+        headers=rate_headers(decision) or None,
+        **extra,
+    )
 
 
 def quote_refusal(exc: QuoteRefused) -> Problem:
@@ -76,8 +84,14 @@ def quote_refusal(exc: QuoteRefused) -> Problem:
     return Problem(http_status(exc.code), exc.code, exc.message)
 
 
-async def decide(services: Services, subject: str, command: object, *, msg_id: str,
-                 unconfirmed: str = "the scheduler did not confirm in time") -> Decision:
+async def decide(
+    services: Services,
+    subject: str,
+    command: object,
+    *,
+    msg_id: str,
+    unconfirmed: str = "the scheduler did not confirm in time",
+) -> Decision:
     """The scheduler's decision on `command`, refusals included; 503 when none comes in time."""
     try:
         return await services.bus.send(subject, command, msg_id=msg_id, timeout=services.settings.submit_timeout_s)

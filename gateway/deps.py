@@ -12,15 +12,15 @@ from cachetools import TTLCache
 from fastapi import Depends, Header, Request
 from nats.aio.client import Client as NATS
 
-from events.types import user_stream_id
-from projector import queries
 from base.catalog import Catalog
+from base.config import Settings
 from base.keys import FRONTEND_KEY_PREFIX, PLATFORMS, USER_KEY_PREFIX, hash_key
+from events.types import user_stream_id
 from gateway.auth import Principal
 from gateway.errors import Problem
 from gateway.fleet import Fleet
+from projector import queries
 from streams.commands import CommandBus
-from base.config import Settings
 
 
 @dataclass
@@ -61,14 +61,22 @@ def parse_user_ref(user_ref: str, frontend: str) -> tuple[str, str]:
     Discord ids are decimal integers without sign or leading zeros, web ids a plain token; anything
     else (spaces, other characters) is refused, so one person is never two users."""
     platform, sep, platform_user_id = user_ref.partition(":")
-    if platform in _NUMERIC_IDS and platform_user_id.isascii() and platform_user_id.isdigit() \
-            and len(platform_user_id) <= 20:
+    if (
+        platform in _NUMERIC_IDS
+        and platform_user_id.isascii()
+        and platform_user_id.isdigit()
+        and len(platform_user_id) <= 20
+    ):
         platform_user_id = str(int(platform_user_id))
     elif platform != "web" or not _WEB_ID.fullmatch(platform_user_id):
         platform_user_id = ""
     if not sep or platform not in PLATFORMS or not platform_user_id:
-        raise Problem(422, "INVALID_USER_REF", "user_ref must look like 'telegram:123456' "
-                      f"(platform one of {', '.join(PLATFORMS)}; Telegram and Discord ids are numbers)")
+        raise Problem(
+            422,
+            "INVALID_USER_REF",
+            "user_ref must look like 'telegram:123456' "
+            f"(platform one of {', '.join(PLATFORMS)}; Telegram and Discord ids are numbers)",
+        )
     if platform != frontend:
         raise Problem(403, "USER_REF_NOT_ALLOWED", f"a {frontend} frontend key cannot act for {platform} users")
     return platform, platform_user_id
@@ -87,28 +95,47 @@ class KeyHolder:
         if self.user_id is not None:
             return Principal(user_id=self.user_id, frontend="api", bot_id=None, user_ref=None)  # type: ignore[arg-type]
         if not user_ref:
-            raise Problem(422, "USER_REF_REQUIRED", "a frontend key must name the user it acts for "
-                          "(user_ref in the body, or the Tessera-User-Ref header)")
+            raise Problem(
+                422,
+                "USER_REF_REQUIRED",
+                "a frontend key must name the user it acts for (user_ref in the body, or the Tessera-User-Ref header)",
+            )
         platform, platform_user_id = parse_user_ref(user_ref, self.frontend)
-        return Principal(user_id=user_stream_id(platform, platform_user_id), frontend=self.frontend,
-                         bot_id=self.bot_id, user_ref=f"{platform}:{platform_user_id}")
+        return Principal(
+            user_id=user_stream_id(platform, platform_user_id),
+            frontend=self.frontend,
+            bot_id=self.bot_id,
+            user_ref=f"{platform}:{platform_user_id}",
+        )
 
-    def check_frontend_fields(self, frontend: str | None, bot_id: str | None, reply_context: object,
-                              user_ref: str | None) -> None:
+    def check_frontend_fields(
+        self, frontend: str | None, bot_id: str | None, reply_context: object, user_ref: str | None
+    ) -> None:
         """Where a job's completion goes is the frontend key's to say: a user key may not name a
         frontend, a bot, a reply context or a user; a frontend key names only its own bot."""
         if self.user_id is not None:
-            named = [name for name, value in (("frontend", frontend not in (None, "api")), ("bot_id", bot_id),
-                                              ("reply_context", reply_context), ("user_ref", user_ref)) if value]
+            named = [
+                name
+                for name, value in (
+                    ("frontend", frontend not in (None, "api")),
+                    ("bot_id", bot_id),
+                    ("reply_context", reply_context),
+                    ("user_ref", user_ref),
+                )
+                if value
+            ]
             if named:
-                raise Problem(403, "FRONTEND_FIELDS_FORBIDDEN", f"{', '.join(named)} may be sent only with a "
-                              "frontend key; a user's API key submits for its own user")
+                raise Problem(
+                    403,
+                    "FRONTEND_FIELDS_FORBIDDEN",
+                    f"{', '.join(named)} may be sent only with a "
+                    "frontend key; a user's API key submits for its own user",
+                )
             return
         if frontend is not None and frontend != self.frontend:
             raise Problem(403, "WRONG_FRONTEND", f"this key belongs to the {self.frontend} frontend")
         if bot_id is not None and bot_id != self.bot_id:
-            raise Problem(403, "WRONG_BOT", f"this key belongs to {self.bot_id or 'no particular bot'}, "
-                          f"not {bot_id}")
+            raise Problem(403, "WRONG_BOT", f"this key belongs to {self.bot_id or 'no particular bot'}, not {bot_id}")
 
 
 async def key_holder(services: Services, authorization: str | None) -> KeyHolder:
@@ -116,8 +143,9 @@ async def key_holder(services: Services, authorization: str | None) -> KeyHolder
     scheme, _, key = (authorization or "").partition(" ")
     key = key.strip()
     if scheme.lower() != "bearer" or not key:
-        raise Problem(401, "UNAUTHENTICATED", "send 'Authorization: Bearer <key>'",
-                      headers={"WWW-Authenticate": "Bearer"})
+        raise Problem(
+            401, "UNAUTHENTICATED", "send 'Authorization: Bearer <key>'", headers={"WWW-Authenticate": "Bearer"}
+        )
     digest = hash_key(key)
     holder = services.keys.get(digest)
     if holder is not None:

@@ -15,8 +15,9 @@ PROBLEM_JSON = "application/problem+json"
 class Problem(Exception):
     """An error answered as application/problem+json."""
 
-    def __init__(self, status: int, code: str, detail: str, *, headers: dict[str, str] | None = None,
-                 **extra: Any) -> None:
+    def __init__(
+        self, status: int, code: str, detail: str, *, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
@@ -25,16 +26,39 @@ class Problem(Exception):
         self.extra = extra
 
 
-_TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-           409: "Conflict", 410: "Gone", 413: "Content Too Large", 415: "Unsupported Media Type",
-           422: "Unprocessable Content",
-           429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
+_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    410: "Gone",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
-def problem_response(status: int, code: str, detail: str, instance: str | None = None,
-                     headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
-    body = {"type": f"https://tessera.dev/problems/{code.lower().replace('_', '-')}",
-            "title": _TITLES.get(status, "Error"), "status": status, "code": code, "detail": detail, **extra}
+def problem_response(
+    status: int,
+    code: str,
+    detail: str,
+    instance: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body = {
+        "type": f"https://tessera.dev/problems/{code.lower().replace('_', '-')}",
+        "title": _TITLES.get(status, "Error"),
+        "status": status,
+        "code": code,
+        "detail": detail,
+        **extra,
+    }
     if instance:
         body["instance"] = instance
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
@@ -50,8 +74,10 @@ def install(app: FastAPI) -> None:
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             return problem_response(400, "MALFORMED_JSON", "the request body is not valid JSON", request.url.path)
-        fields = [{"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "message": e.get("msg")}
-                  for e in errors]
+        fields = [
+            {"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "message": e.get("msg")}
+            for e in errors
+        ]
         missing_prompt = any(f["field"] == "params.prompt" for f in fields)
         code = "MISSING_PROMPT" if missing_prompt else "VALIDATION_ERROR"
         detail = "params.prompt is required" if missing_prompt else "the request does not match the schema"

@@ -17,12 +17,20 @@ from gateway.deps import Services
 
 
 class Gateway:
-    def __init__(self, settings: Settings, *, nats_url: str, database_url: str, host: str | None = None,
-                 port: int | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, nats_url: str, database_url: str, host: str | None = None, port: int | None = None
+    ) -> None:
         self.app = create_app(settings, nats_url=nats_url, database_url=database_url)
-        self.server = QuietServer(uvicorn.Config(
-            self.app, host=host or settings.http_host, port=port or settings.http_port, log_level="warning",
-            access_log=False, timeout_graceful_shutdown=10))
+        self.server = QuietServer(
+            uvicorn.Config(
+                self.app,
+                host=host or settings.http_host,
+                port=port or settings.http_port,
+                log_level="warning",
+                access_log=False,
+                timeout_graceful_shutdown=10,
+            )
+        )
 
     async def run(self) -> None:
         await self.server.serve()
@@ -35,5 +43,7 @@ class Gateway:
         services: Services | None = getattr(self.app.state, "services", None)
         if services is None or not self.server.started:
             return NOT_STARTED
-        return Readiness(checks={"nats": services.nc.is_connected, "database": await db.reachable(services.pool)},
-                         details={"workers_online": len(services.fleet.online())})
+        return Readiness(
+            checks={"nats": services.nc.is_connected, "database": await db.reachable(services.pool)},
+            details={"workers_online": len(services.fleet.online())},
+        )

@@ -41,20 +41,48 @@ from events.types import (
     UserRegistered,
 )
 
-READ_MODEL_TABLES = ("plans", "users", "api_keys", "frontend_keys", "jobs", "job_queue", "artifacts", "usage_daily",
-                     "model_stats", "uploads")
+READ_MODEL_TABLES = (
+    "plans",
+    "users",
+    "api_keys",
+    "frontend_keys",
+    "jobs",
+    "job_queue",
+    "artifacts",
+    "usage_daily",
+    "model_stats",
+    "uploads",
+)
 
 # The jobs read model's columns, each with the array type its values travel in. A batch of jobs
 # is written by one statement over unnest() of one array per column: PostgreSQL plans and runs
 # it once for the whole batch, where one statement per row costs a round of parsing, binding
 # and executing each.
 _JOB_COLUMN_TYPES = {
-    "id": "uuid", "version": "int4", "status": "text", "user_id": "uuid", "user_ref": "text",
-    "frontend": "text", "bot_id": "text", "capability": "text", "model": "text", "params": "jsonb",
-    "priority": "int4", "cost_tokens": "float8", "reserved_tokens": "float8", "quota_day": "date",
-    "reply_context": "jsonb", "worker_id": "text", "attempt": "int4", "created_at": "timestamptz",
-    "queued_at": "timestamptz", "started_at": "timestamptz", "ended_at": "timestamptz",
-    "execution_time_seconds": "float8", "error": "jsonb", "last_seq": "int8",
+    "id": "uuid",
+    "version": "int4",
+    "status": "text",
+    "user_id": "uuid",
+    "user_ref": "text",
+    "frontend": "text",
+    "bot_id": "text",
+    "capability": "text",
+    "model": "text",
+    "params": "jsonb",
+    "priority": "int4",
+    "cost_tokens": "float8",
+    "reserved_tokens": "float8",
+    "quota_day": "date",
+    "reply_context": "jsonb",
+    "worker_id": "text",
+    "attempt": "int4",
+    "created_at": "timestamptz",
+    "queued_at": "timestamptz",
+    "started_at": "timestamptz",
+    "ended_at": "timestamptz",
+    "execution_time_seconds": "float8",
+    "error": "jsonb",
+    "last_seq": "int8",
 }
 _JOB_COLUMNS = tuple(_JOB_COLUMN_TYPES)
 _JSON_COLUMNS = frozenset(c for c, t in _JOB_COLUMN_TYPES.items() if t == "jsonb")
@@ -71,13 +99,26 @@ def _unnest_insert(table: str, columns: dict[str, str]) -> str:
     return f"INSERT INTO {table} ({names}) SELECT {select} FROM unnest({arrays}) AS u({names})"
 
 
-_UPSERT_JOBS = (_unnest_insert("jobs", _JOB_COLUMN_TYPES)
-                + f" ON CONFLICT (id) DO UPDATE SET {', '.join(f'{c} = EXCLUDED.{c}' for c in _JOB_COLUMNS[1:])}")
+_UPSERT_JOBS = (
+    _unnest_insert("jobs", _JOB_COLUMN_TYPES)
+    + f" ON CONFLICT (id) DO UPDATE SET {', '.join(f'{c} = EXCLUDED.{c}' for c in _JOB_COLUMNS[1:])}"
+)
 
 _ARTIFACT_COLUMN_TYPES = {
-    "id": "uuid", "job_id": "uuid", "user_id": "uuid", "type": "text", "format": "text", "content_type": "text",
-    "object_name": "text", "inline_text": "text", "width": "int4", "height": "int4", "duration_seconds": "float8",
-    "file_size_bytes": "int8", "expires_at": "timestamptz", "created_at": "timestamptz",
+    "id": "uuid",
+    "job_id": "uuid",
+    "user_id": "uuid",
+    "type": "text",
+    "format": "text",
+    "content_type": "text",
+    "object_name": "text",
+    "inline_text": "text",
+    "width": "int4",
+    "height": "int4",
+    "duration_seconds": "float8",
+    "file_size_bytes": "int8",
+    "expires_at": "timestamptz",
+    "created_at": "timestamptz",
 }
 _INSERT_ARTIFACTS = _unnest_insert("artifacts", _ARTIFACT_COLUMN_TYPES) + " ON CONFLICT (id) DO NOTHING"
 
@@ -157,8 +198,9 @@ async def _apply_jobs(conn: asyncpg.Connection, records: list[RecordedEvent]) ->
         recs = applied[job_id]
         if job.status is JobStatus.QUEUED:
             last = next(r for r in reversed(recs) if isinstance(r.data, JobQueued | JobRequeued))
-            queue_rows.append((job_id, job.priority, job.capability, job.model, job.user_id, last.seq,
-                               last.recorded_at))
+            queue_rows.append(
+                (job_id, job.priority, job.capability, job.model, job.user_id, last.seq, last.recorded_at)
+            )
         else:
             dequeued.append(job_id)
         for rec in recs:
@@ -173,9 +215,24 @@ async def _apply_jobs(conn: asyncpg.Connection, records: list[RecordedEvent]) ->
                 row[1] += 1
                 row[3 + ("image", "video", "text", "audio").index(USAGE_GROUP[job.capability])] += rec.data.cost_tokens
                 artifacts.extend(
-                    (a.id, job_id, job.user_id, a.kind, a.format, a.content_type, a.object_name, a.text, a.width,
-                     a.height, a.duration_seconds, a.size_bytes, a.expires_at, rec.recorded_at)
-                    for a in rec.data.artifacts)
+                    (
+                        a.id,
+                        job_id,
+                        job.user_id,
+                        a.kind,
+                        a.format,
+                        a.content_type,
+                        a.object_name,
+                        a.text,
+                        a.width,
+                        a.height,
+                        a.duration_seconds,
+                        a.size_bytes,
+                        a.expires_at,
+                        rec.recorded_at,
+                    )
+                    for a in rec.data.artifacts
+                )
             elif isinstance(rec.data, JobFailed):
                 usage[(job.user_id, day)][2] += 1
     if queue_rows:
@@ -183,7 +240,8 @@ async def _apply_jobs(conn: asyncpg.Connection, records: list[RecordedEvent]) ->
             "INSERT INTO job_queue (job_id, priority, capability, model, user_id, enqueued_seq, enqueued_at)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (job_id) DO UPDATE SET"
             " priority = EXCLUDED.priority, enqueued_seq = EXCLUDED.enqueued_seq, enqueued_at = EXCLUDED.enqueued_at",
-            queue_rows)
+            queue_rows,
+        )
     if dequeued:
         await conn.execute("DELETE FROM job_queue WHERE job_id = ANY($1::uuid[])", dequeued)
     if artifacts:
@@ -199,7 +257,8 @@ async def _apply_jobs(conn: asyncpg.Connection, records: list[RecordedEvent]) ->
             " tokens_video = u.tokens_video + EXCLUDED.tokens_video,"
             " tokens_text = u.tokens_text + EXCLUDED.tokens_text,"
             " tokens_audio = u.tokens_audio + EXCLUDED.tokens_audio",
-            [(user_id, day, *values) for (user_id, day), values in usage.items()])
+            [(user_id, day, *values) for (user_id, day), values in usage.items()],
+        )
     await _apply_model_stats(conn, model_stats)
 
 
@@ -209,7 +268,8 @@ async def _apply_model_stats(conn: asyncpg.Connection, model_stats: dict[str, li
             "INSERT INTO model_stats AS m (model, jobs_completed, total_execution_seconds) VALUES ($1, $2, $3)"
             " ON CONFLICT (model) DO UPDATE SET jobs_completed = m.jobs_completed + EXCLUDED.jobs_completed,"
             " total_execution_seconds = m.total_execution_seconds + EXCLUDED.total_execution_seconds",
-            [(model, int(n), seconds) for model, (n, seconds) in model_stats.items()])
+            [(model, int(n), seconds) for model, (n, seconds) in model_stats.items()],
+        )
 
 
 async def _apply_other(conn: asyncpg.Connection, rec: RecordedEvent) -> None:
@@ -228,16 +288,35 @@ async def _apply_other(conn: asyncpg.Connection, rec: RecordedEvent) -> None:
             " price_cents = EXCLUDED.price_cents, description = EXCLUDED.description,"
             " uploads_per_day = EXCLUDED.uploads_per_day, upload_bytes_per_day = EXCLUDED.upload_bytes_per_day,"
             " max_upload_bytes = EXCLUDED.max_upload_bytes",
-            event.tier, event.name, event.daily_token_limit, event.requests_per_minute, event.max_concurrent_jobs,
-            event.max_queued_jobs, event.priority, event.max_resolution, event.allowed_models, event.price_cents,
-            event.description, rec.recorded_at, event.uploads_per_day, event.upload_bytes_per_day,
-            event.max_upload_bytes)
+            event.tier,
+            event.name,
+            event.daily_token_limit,
+            event.requests_per_minute,
+            event.max_concurrent_jobs,
+            event.max_queued_jobs,
+            event.priority,
+            event.max_resolution,
+            event.allowed_models,
+            event.price_cents,
+            event.description,
+            rec.recorded_at,
+            event.uploads_per_day,
+            event.upload_bytes_per_day,
+            event.max_upload_bytes,
+        )
     elif isinstance(event, UploadStored):
         await conn.execute(
             "INSERT INTO uploads (id, user_id, object_name, content_type, size_bytes, duration_seconds, created_at,"
             " expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
-            rec.stream_id, event.user_id, event.object_name, event.content_type, event.size_bytes,
-            event.duration_seconds, rec.recorded_at, event.expires_at)
+            rec.stream_id,
+            event.user_id,
+            event.object_name,
+            event.content_type,
+            event.size_bytes,
+            event.duration_seconds,
+            rec.recorded_at,
+            event.expires_at,
+        )
     elif isinstance(event, UploadDeleted):
         await conn.execute("UPDATE uploads SET deleted_at = $2 WHERE id = $1", rec.stream_id, rec.recorded_at)
     elif isinstance(event, UploadExpired):
@@ -246,7 +325,13 @@ async def _apply_other(conn: asyncpg.Connection, rec: RecordedEvent) -> None:
         await conn.execute(
             "INSERT INTO users (id, platform, platform_user_id, plan_tier, display_name, created_at)"
             " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
-            rec.stream_id, event.platform, event.platform_user_id, event.plan, event.display_name, rec.recorded_at)
+            rec.stream_id,
+            event.platform,
+            event.platform_user_id,
+            event.plan,
+            event.display_name,
+            rec.recorded_at,
+        )
     elif isinstance(event, ArtifactExpired):
         await conn.execute("UPDATE artifacts SET expired_at = $2 WHERE id = $1", rec.stream_id, event.expired_at)
     elif isinstance(event, UserPlanChanged):
@@ -255,18 +340,36 @@ async def _apply_other(conn: asyncpg.Connection, rec: RecordedEvent) -> None:
         await conn.execute(
             "INSERT INTO api_keys (key_hash, key_id, user_id, prefix, label, created_at)"
             " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (key_hash) DO NOTHING",
-            event.key_hash, event.key_id, rec.stream_id, event.prefix, event.label, rec.recorded_at)
+            event.key_hash,
+            event.key_id,
+            rec.stream_id,
+            event.prefix,
+            event.label,
+            rec.recorded_at,
+        )
     elif isinstance(event, ApiKeyRevoked):
-        await conn.execute("UPDATE api_keys SET revoked_at = $2 WHERE key_id = $1 AND revoked_at IS NULL",
-                           event.key_id, rec.recorded_at)
+        await conn.execute(
+            "UPDATE api_keys SET revoked_at = $2 WHERE key_id = $1 AND revoked_at IS NULL",
+            event.key_id,
+            rec.recorded_at,
+        )
     elif isinstance(event, FrontendKeyRevoked):
-        await conn.execute("UPDATE frontend_keys SET revoked_at = $2 WHERE key_id = $1 AND revoked_at IS NULL",
-                           event.key_id, rec.recorded_at)
+        await conn.execute(
+            "UPDATE frontend_keys SET revoked_at = $2 WHERE key_id = $1 AND revoked_at IS NULL",
+            event.key_id,
+            rec.recorded_at,
+        )
     elif isinstance(event, FrontendKeyIssued):
         await conn.execute(
             "INSERT INTO frontend_keys (key_hash, key_id, frontend, bot_id, prefix, created_at)"
             " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (key_hash) DO NOTHING",
-            event.key_hash, event.key_id, event.frontend, event.bot_id, event.prefix, rec.recorded_at)
+            event.key_hash,
+            event.key_id,
+            event.frontend,
+            event.bot_id,
+            event.prefix,
+            rec.recorded_at,
+        )
 
 
 # The transaction-scoped advisory lock that lets one projector write the read models at a time.

@@ -20,71 +20,107 @@ from events import store
 
 
 async def api_key(conn: asyncpg.Connection, key_hash: str) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT user_id, key_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
-                               key_hash)
+    return await conn.fetchrow(
+        "SELECT user_id, key_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", key_hash
+    )
 
 
 async def frontend_key(conn: asyncpg.Connection, key_hash: str) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT frontend, bot_id, key_id FROM frontend_keys"
-                               " WHERE key_hash = $1 AND revoked_at IS NULL", key_hash)
+    return await conn.fetchrow(
+        "SELECT frontend, bot_id, key_id FROM frontend_keys WHERE key_hash = $1 AND revoked_at IS NULL", key_hash
+    )
 
 
 async def uploads_of(conn: asyncpg.Connection, user_id: uuid.UUID) -> list[asyncpg.Record]:
-    return list(await conn.fetch("SELECT id, content_type, size_bytes, duration_seconds, created_at, expires_at"
-                            " FROM uploads WHERE user_id = $1 AND deleted_at IS NULL AND expired_at IS NULL"
-                            " AND expires_at > now() ORDER BY created_at DESC LIMIT 500", user_id))
+    return list(
+        await conn.fetch(
+            "SELECT id, content_type, size_bytes, duration_seconds, created_at, expires_at"
+            " FROM uploads WHERE user_id = $1 AND deleted_at IS NULL AND expired_at IS NULL"
+            " AND expires_at > now() ORDER BY created_at DESC LIMIT 500",
+            user_id,
+        )
+    )
 
 
 async def keys_of(conn: asyncpg.Connection, user_id: uuid.UUID) -> list[asyncpg.Record]:
-    return list(await conn.fetch("SELECT key_id, prefix, label, created_at, revoked_at FROM api_keys WHERE user_id = $1"
-                            " ORDER BY created_at, key_id", user_id))
+    return list(
+        await conn.fetch(
+            "SELECT key_id, prefix, label, created_at, revoked_at FROM api_keys WHERE user_id = $1"
+            " ORDER BY created_at, key_id",
+            user_id,
+        )
+    )
 
 
-async def jobs_of(conn: asyncpg.Connection, user_id: uuid.UUID, limit: int, before: datetime | None,
-                  status: str | None) -> list[asyncpg.Record]:
-    return list(await conn.fetch(
-        "SELECT id, status, capability, model, cost_tokens, frontend, bot_id, worker_id, created_at, ended_at, error"
-        " FROM jobs WHERE user_id = $1 AND ($2::timestamptz IS NULL OR created_at < $2)"
-        " AND ($3::text IS NULL OR status = $3) ORDER BY created_at DESC, id LIMIT $4",
-        user_id, before, status, limit))
+async def jobs_of(
+    conn: asyncpg.Connection, user_id: uuid.UUID, limit: int, before: datetime | None, status: str | None
+) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            "SELECT id, status, capability, model, cost_tokens, frontend, bot_id, worker_id, created_at, ended_at, error"
+            " FROM jobs WHERE user_id = $1 AND ($2::timestamptz IS NULL OR created_at < $2)"
+            " AND ($3::text IS NULL OR status = $3) ORDER BY created_at DESC, id LIMIT $4",
+            user_id,
+            before,
+            status,
+            limit,
+        )
+    )
 
 
 async def queue_position(conn: asyncpg.Connection, capability: str, priority: int, queued_seq: int) -> int:
-    return int(await conn.fetchval(
-        "SELECT count(*) FROM job_queue WHERE capability = $1"
-        " AND (priority > $2 OR (priority = $2 AND enqueued_seq < $3))", capability, priority, queued_seq))
+    return int(
+        await conn.fetchval(
+            "SELECT count(*) FROM job_queue WHERE capability = $1"
+            " AND (priority > $2 OR (priority = $2 AND enqueued_seq < $3))",
+            capability,
+            priority,
+            queued_seq,
+        )
+    )
 
 
 async def artifact(conn: asyncpg.Connection, artifact_id: uuid.UUID) -> asyncpg.Record | None:
     return await conn.fetchrow(
         "SELECT id, job_id, user_id, type, format, content_type, object_name, inline_text, file_size_bytes, expires_at,"
-        " expired_at FROM artifacts WHERE id = $1", artifact_id)
+        " expired_at FROM artifacts WHERE id = $1",
+        artifact_id,
+    )
 
 
 async def user(conn: asyncpg.Connection, user_id: uuid.UUID) -> asyncpg.Record | None:
     return await conn.fetchrow(
-        "SELECT id, platform, platform_user_id, plan_tier, display_name, created_at FROM users WHERE id = $1", user_id)
+        "SELECT id, platform, platform_user_id, plan_tier, display_name, created_at FROM users WHERE id = $1", user_id
+    )
 
 
 async def plans(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-    return list(await conn.fetch(
-        "SELECT tier, name, daily_token_limit, requests_per_minute, max_concurrent_jobs, max_queued_jobs, priority,"
-        " max_resolution, allowed_models, price_cents, billing_period, description, uploads_per_day,"
-        " upload_bytes_per_day, max_upload_bytes FROM plans WHERE active"
-        " ORDER BY priority"))
+    return list(
+        await conn.fetch(
+            "SELECT tier, name, daily_token_limit, requests_per_minute, max_concurrent_jobs, max_queued_jobs, priority,"
+            " max_resolution, allowed_models, price_cents, billing_period, description, uploads_per_day,"
+            " upload_bytes_per_day, max_upload_bytes FROM plans WHERE active"
+            " ORDER BY priority"
+        )
+    )
 
 
 async def plan(conn: asyncpg.Connection, tier: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
         "SELECT tier, name, daily_token_limit, requests_per_minute, max_concurrent_jobs, max_queued_jobs, priority,"
         " max_resolution, allowed_models, price_cents, uploads_per_day, upload_bytes_per_day, max_upload_bytes"
-        " FROM plans WHERE tier = $1", tier)
+        " FROM plans WHERE tier = $1",
+        tier,
+    )
 
 
 async def usage_on(conn: asyncpg.Connection, user_id: uuid.UUID, day: date) -> asyncpg.Record | None:
     return await conn.fetchrow(
         "SELECT tokens_used, jobs_completed, jobs_failed, tokens_image, tokens_video, tokens_text, tokens_audio"
-        " FROM usage_daily WHERE user_id = $1 AND date = $2", user_id, day)
+        " FROM usage_daily WHERE user_id = $1 AND date = $2",
+        user_id,
+        day,
+    )
 
 
 async def unfinished(conn: asyncpg.Connection, user_id: uuid.UUID, day: date) -> dict[str, Any]:
@@ -92,15 +128,17 @@ async def unfinished(conn: asyncpg.Connection, user_id: uuid.UUID, day: date) ->
     row = await conn.fetchrow(
         "SELECT count(*) FILTER (WHERE status = 'QUEUED') AS queued, count(*) FILTER (WHERE status = 'RUNNING')"
         " AS running, coalesce(sum(reserved_tokens) FILTER (WHERE quota_day = $2), 0) AS reserved"
-        " FROM jobs WHERE user_id = $1 AND status IN ('QUEUED', 'RUNNING')", user_id, day)
+        " FROM jobs WHERE user_id = $1 AND status IN ('QUEUED', 'RUNNING')",
+        user_id,
+        day,
+    )
     return {"queued": row["queued"], "running": row["running"], "reserved": float(row["reserved"])}
 
 
 async def measured_seconds(conn: asyncpg.Connection, model: str) -> float | None:
     """The model's mean measured execution time; None until one has completed (the catalog's
     `typical_seconds` then guesses)."""
-    row = await conn.fetchrow("SELECT jobs_completed, total_execution_seconds FROM model_stats WHERE model = $1",
-                              model)
+    row = await conn.fetchrow("SELECT jobs_completed, total_execution_seconds FROM model_stats WHERE model = $1", model)
     if row and row["jobs_completed"]:
         return round(float(row["total_execution_seconds"]) / int(row["jobs_completed"]), 3)
     return None
@@ -124,13 +162,16 @@ async def wait_for_projection(pool: asyncpg.Pool, seq: int | None = None, timeou
             await asyncio.sleep(0.02)
 
 
-async def expired_artifacts(conn: asyncpg.Connection,
-                            limit: int = 500) -> list[tuple[uuid.UUID, uuid.UUID, str | None]]:
+async def expired_artifacts(
+    conn: asyncpg.Connection, limit: int = 500
+) -> list[tuple[uuid.UUID, uuid.UUID, str | None]]:
     """Artifacts past their expiry whose expiry is not recorded yet (the event log decides, not the
     read model, so a lagging projector cannot cause a second event)."""
     rows = await conn.fetch(
         "SELECT a.id, a.job_id, a.object_name FROM artifacts a WHERE a.expires_at < now()"
-        " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.stream_id = a.id) ORDER BY a.expires_at LIMIT $1", limit)
+        " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.stream_id = a.id) ORDER BY a.expires_at LIMIT $1",
+        limit,
+    )
     return [(r["id"], r["job_id"], r["object_name"]) for r in rows]
 
 
@@ -140,7 +181,9 @@ async def expired_uploads(conn: asyncpg.Connection, limit: int = 500) -> list[tu
     rows = await conn.fetch(
         "SELECT u.id, u.object_name FROM uploads u WHERE u.expires_at < now() AND u.deleted_at IS NULL"
         " AND u.expired_at IS NULL AND NOT EXISTS (SELECT 1 FROM events e WHERE e.stream_id = u.id AND e.version > 1)"
-        " ORDER BY u.expires_at LIMIT $1", limit)
+        " ORDER BY u.expires_at LIMIT $1",
+        limit,
+    )
     return [(r["id"], r["object_name"], 1) for r in rows]
 
 
@@ -149,14 +192,22 @@ async def expired_uploads(conn: asyncpg.Connection, limit: int = 500) -> list[tu
 
 async def user_keys(conn: asyncpg.Connection, user_id: uuid.UUID) -> list[asyncpg.Record]:
     """A user's API keys (never the keys themselves), oldest first."""
-    return list(await conn.fetch("SELECT key_id, prefix, label, created_at, revoked_at FROM api_keys"
-                            " WHERE user_id = $1 ORDER BY created_at", user_id))
+    return list(
+        await conn.fetch(
+            "SELECT key_id, prefix, label, created_at, revoked_at FROM api_keys WHERE user_id = $1 ORDER BY created_at",
+            user_id,
+        )
+    )
 
 
 async def all_frontend_keys(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     """Every frontend key (never the keys themselves), by frontend and bot."""
-    return list(await conn.fetch("SELECT key_id, prefix, frontend, bot_id, created_at, revoked_at"
-                            " FROM frontend_keys ORDER BY frontend, bot_id NULLS FIRST, created_at"))
+    return list(
+        await conn.fetch(
+            "SELECT key_id, prefix, frontend, bot_id, created_at, revoked_at"
+            " FROM frontend_keys ORDER BY frontend, bot_id NULLS FIRST, created_at"
+        )
+    )
 
 
 async def api_key_owner(conn: asyncpg.Connection, key_id: uuid.UUID) -> asyncpg.Record | None:
@@ -171,6 +222,10 @@ async def frontend_key_owner(conn: asyncpg.Connection, key_id: uuid.UUID) -> asy
 
 async def all_plans(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     """Every plan, retired ones included, by priority."""
-    return list(await conn.fetch("SELECT tier, name, priority, daily_token_limit, requests_per_minute,"
-                            " max_concurrent_jobs, max_queued_jobs, max_resolution, allowed_models, price_cents"
-                            " FROM plans ORDER BY priority, tier"))
+    return list(
+        await conn.fetch(
+            "SELECT tier, name, priority, daily_token_limit, requests_per_minute,"
+            " max_concurrent_jobs, max_queued_jobs, max_resolution, allowed_models, price_cents"
+            " FROM plans ORDER BY priority, tier"
+        )
+    )

@@ -58,8 +58,9 @@ async def rebuild(conn: asyncpg.Connection, chunk: int = 5000) -> int:
 
 
 class Projector:
-    def __init__(self, *, nats_url: str, database_url: str, batch: int = 1000, poll_s: float = 1.0,
-                 gather_s: float = 0.05) -> None:
+    def __init__(
+        self, *, nats_url: str, database_url: str, batch: int = 1000, poll_s: float = 1.0, gather_s: float = 0.05
+    ) -> None:
         self.nats_url = nats_url
         self.database_url = database_url
         self.batch = batch
@@ -77,12 +78,13 @@ class Projector:
         """Ready while it hears NATS (the scheduler's wake-ups) and reaches PostgreSQL."""
         if self._nc is None or self._pool is None:
             return NOT_STARTED
-        return Readiness(checks={"nats": self._nc.is_connected, "database": await db.reachable(self._pool)},
-                         details={"position": self.position})
+        return Readiness(
+            checks={"nats": self._nc.is_connected, "database": await db.reachable(self._pool)},
+            details={"position": self.position},
+        )
 
     async def run(self) -> None:
-        async with connection.opened(self.nats_url, "projector") as nc, \
-                db.pool(self.database_url, max_size=2) as pool:
+        async with connection.opened(self.nats_url, "projector") as nc, db.pool(self.database_url, max_size=2) as pool:
             self._nc, self._pool = nc, pool
             while not self._stopping.is_set():
                 try:

@@ -108,8 +108,13 @@ class Accounts:
         platform, platform_user_id = cmd.user_ref.split(":", 1)
         if user_stream_id(platform, platform_user_id) != cmd.user_id:
             return None
-        self.out.emit(StreamType.USER, cmd.user_id, 1, UserRegistered(
-            platform=platform, platform_user_id=platform_user_id, plan="free"), cause)
+        self.out.emit(
+            StreamType.USER,
+            cmd.user_id,
+            1,
+            UserRegistered(platform=platform, platform_user_id=platform_user_id, plan="free"),
+            cause,
+        )
         return self.users[cmd.user_id]
 
     # --- commands ------------------------------------------------------------------------------
@@ -121,12 +126,26 @@ class Accounts:
         stream_id = user_stream_id(cmd.platform, cmd.platform_user_id)
         user = self.users.get(stream_id)
         if user is None:
-            self.out.emit(StreamType.USER, stream_id, 1, UserRegistered(
-                platform=cmd.platform, platform_user_id=cmd.platform_user_id, plan=cmd.plan,
-                display_name=cmd.display_name), cause)
+            self.out.emit(
+                StreamType.USER,
+                stream_id,
+                1,
+                UserRegistered(
+                    platform=cmd.platform,
+                    platform_user_id=cmd.platform_user_id,
+                    plan=cmd.plan,
+                    display_name=cmd.display_name,
+                ),
+                cause,
+            )
             user = self.users[stream_id]
-        self.out.emit(StreamType.USER, stream_id, user.version + 1,
-                      ApiKeyIssued(key_id=cmd.key_id, key_hash=cmd.key_hash, prefix=cmd.key_prefix), cause)
+        self.out.emit(
+            StreamType.USER,
+            stream_id,
+            user.version + 1,
+            ApiKeyIssued(key_id=cmd.key_id, key_hash=cmd.key_hash, prefix=cmd.key_prefix),
+            cause,
+        )
         self.out.reply(reply_to, Decision(ok=True, user_id=stream_id))
 
     def change_user_plan(self, cmd: ChangeUserPlan, reply_to: str | None, cause: str) -> None:
@@ -136,19 +155,29 @@ class Accounts:
         stream_id = user_stream_id(cmd.platform, cmd.platform_user_id)
         user = self.users.get(stream_id)
         if user is None:
-            self.out.refuse(reply_to, Refused(code=RefusalCode.USER_NOT_FOUND,
-                                              detail=f"no user {cmd.platform}:{cmd.platform_user_id}"))
+            self.out.refuse(
+                reply_to,
+                Refused(code=RefusalCode.USER_NOT_FOUND, detail=f"no user {cmd.platform}:{cmd.platform_user_id}"),
+            )
             return
         if user.plan != cmd.plan:
-            self.out.emit(StreamType.USER, stream_id, user.version + 1,
-                          UserPlanChanged(plan=cmd.plan, previous_plan=user.plan, changed_by=cmd.changed_by), cause)
+            self.out.emit(
+                StreamType.USER,
+                stream_id,
+                user.version + 1,
+                UserPlanChanged(plan=cmd.plan, previous_plan=user.plan, changed_by=cmd.changed_by),
+                cause,
+            )
         self.out.reply(reply_to, Decision(ok=True, user_id=stream_id))
 
     def define_plan(self, cmd: DefinePlan, reply_to: str | None, cause: str) -> None:
         """Create a plan, or change some of an existing plan's terms (the rest stay)."""
         current = self.plans.get(cmd.tier)
-        changes = {k: v for k, v in msgspec.structs.asdict(cmd).items()
-                   if k not in ("command_id", "tier", "unlimited_tokens") and v is not None}
+        changes = {
+            k: v
+            for k, v in msgspec.structs.asdict(cmd).items()
+            if k not in ("command_id", "tier", "unlimited_tokens") and v is not None
+        }
         if cmd.unlimited_tokens:
             changes["daily_token_limit"] = None
         try:
@@ -162,15 +191,20 @@ class Accounts:
             self.out.refuse(reply_to, Refused(code=RefusalCode.INVALID_PLAN, detail=f"plan {cmd.tier!r}: {exc}"))
             return
         if plan != current:
-            self.out.emit(StreamType.PLAN, plan_stream_id(cmd.tier), self.plan_versions.get(cmd.tier, 0) + 1, plan,
-                          cause)
+            self.out.emit(
+                StreamType.PLAN, plan_stream_id(cmd.tier), self.plan_versions.get(cmd.tier, 0) + 1, plan, cause
+            )
         self.out.reply(reply_to, Decision(ok=True))
 
     def _check_plan(self, plan: PlanDefined) -> None:
         if not 0 <= plan.priority <= 3:
             raise ValueError("priority must be 0 (free) to 3 (admin)")
-        numbers = {"requests_per_minute": plan.requests_per_minute, "max_concurrent_jobs": plan.max_concurrent_jobs,
-                   "max_queued_jobs": plan.max_queued_jobs, "max_resolution": plan.max_resolution}
+        numbers = {
+            "requests_per_minute": plan.requests_per_minute,
+            "max_concurrent_jobs": plan.max_concurrent_jobs,
+            "max_queued_jobs": plan.max_queued_jobs,
+            "max_resolution": plan.max_resolution,
+        }
         for name, value in numbers.items():
             if value < 1:
                 raise ValueError(f"{name} must be at least 1")
@@ -187,9 +221,19 @@ class Accounts:
         stream_id = frontend_stream_id(cmd.frontend, cmd.bot_id)
         frontend = self.frontends.get(stream_id) or FrontendView()
         if cmd.key_id not in frontend.keys:  # else the same command again: one key
-            self.out.emit(StreamType.FRONTEND, stream_id, frontend.version + 1, FrontendKeyIssued(
-                frontend=cmd.frontend, bot_id=cmd.bot_id, key_id=cmd.key_id, key_hash=cmd.key_hash,
-                prefix=cmd.key_prefix), cause)
+            self.out.emit(
+                StreamType.FRONTEND,
+                stream_id,
+                frontend.version + 1,
+                FrontendKeyIssued(
+                    frontend=cmd.frontend,
+                    bot_id=cmd.bot_id,
+                    key_id=cmd.key_id,
+                    key_hash=cmd.key_hash,
+                    prefix=cmd.key_prefix,
+                ),
+                cause,
+            )
         self.out.reply(reply_to, Decision(ok=True))
 
     def issue_api_key(self, cmd: IssueApiKey, reply_to: str | None, cause: str) -> None:
@@ -202,18 +246,34 @@ class Accounts:
             self.out.reply(reply_to, Decision(ok=True, user_id=user.id))
             return
         if cmd.replaces is not None and not user.keys.get(cmd.replaces):
-            self.out.refuse(reply_to, Refused(code=RefusalCode.KEY_NOT_FOUND,
-                                              detail=f"no valid key {cmd.replaces} to replace"))
+            self.out.refuse(
+                reply_to, Refused(code=RefusalCode.KEY_NOT_FOUND, detail=f"no valid key {cmd.replaces} to replace")
+            )
             return
         if cmd.replaces is None and sum(user.keys.values()) >= MAX_KEYS_PER_USER:
-            self.out.refuse(reply_to, Refused(code=RefusalCode.TOO_MANY_KEYS, detail=(
-                f"a user holds at most {MAX_KEYS_PER_USER} valid keys; revoke one first")))
+            self.out.refuse(
+                reply_to,
+                Refused(
+                    code=RefusalCode.TOO_MANY_KEYS,
+                    detail=(f"a user holds at most {MAX_KEYS_PER_USER} valid keys; revoke one first"),
+                ),
+            )
             return
-        self.out.emit(StreamType.USER, user.id, user.version + 1, ApiKeyIssued(
-            key_id=cmd.key_id, key_hash=cmd.key_hash, prefix=cmd.key_prefix, label=cmd.label), cause)
+        self.out.emit(
+            StreamType.USER,
+            user.id,
+            user.version + 1,
+            ApiKeyIssued(key_id=cmd.key_id, key_hash=cmd.key_hash, prefix=cmd.key_prefix, label=cmd.label),
+            cause,
+        )
         if cmd.replaces is not None:
-            self.out.emit(StreamType.USER, user.id, user.version + 1, ApiKeyRevoked(
-                key_id=cmd.replaces, revoked_by=cmd.by, reason=f"rotated to {cmd.key_id}"), cause)
+            self.out.emit(
+                StreamType.USER,
+                user.id,
+                user.version + 1,
+                ApiKeyRevoked(key_id=cmd.replaces, revoked_by=cmd.by, reason=f"rotated to {cmd.key_id}"),
+                cause,
+            )
         self.out.reply(reply_to, Decision(ok=True, user_id=user.id))
 
     def revoke_key(self, cmd: RevokeKey, reply_to: str | None, cause: str) -> None:

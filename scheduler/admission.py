@@ -74,8 +74,9 @@ class Refused:
 
     def decision(self) -> Decision:
         """The answer sent to the command's sender."""
-        return Decision(ok=False, code=self.code.value, detail=self.detail, rate=self.rate,
-                        retry_after=self.retry_after)
+        return Decision(
+            ok=False, code=self.code.value, detail=self.detail, rate=self.rate, retry_after=self.retry_after
+        )
 
 
 class FleetView(Protocol):
@@ -116,8 +117,9 @@ def quote(cmd: SubmitJob, catalog: Catalog, now: float) -> Quote | Refused:
     """The catalog's quote for the command, or why it cannot have one: it came after its deadline
     (its sender gave up on it), or the catalog cannot serve it as asked."""
     if datetime.fromtimestamp(now, UTC) > cmd.deadline:
-        return Refused(code=RefusalCode.SUBMIT_EXPIRED,
-                       detail="the submit arrived after its deadline; nothing was created")
+        return Refused(
+            code=RefusalCode.SUBMIT_EXPIRED, detail="the submit arrived after its deadline; nothing was created"
+        )
     try:
         return catalog.quote(cmd.capability, cmd.model, cmd.params)
     except QuoteRefused as exc:
@@ -131,12 +133,16 @@ def rate(plan: PlanDefined, requests: Sequence[float], now: float) -> RateLimit:
         start += 1
     count = len(requests) - start
     reset = RATE_WINDOW_S - (now - requests[start]) if count else RATE_WINDOW_S
-    return RateLimit(limit=plan.requests_per_minute, remaining=max(0, plan.requests_per_minute - count),
-                     reset_seconds=round(reset, 3))
+    return RateLimit(
+        limit=plan.requests_per_minute,
+        remaining=max(0, plan.requests_per_minute - count),
+        reset_seconds=round(reset, 3),
+    )
 
 
-def admit(quote: Quote, standing: Standing | None, fleet: FleetView, *, now: float, zone: ZoneInfo,
-          typical_seconds: float) -> Admitted | Refused:
+def admit(
+    quote: Quote, standing: Standing | None, fleet: FleetView, *, now: float, zone: ZoneInfo, typical_seconds: float
+) -> Admitted | Refused:
     """Admit a quoted job for a user, or refuse it with the first rule it breaks, in this order: the
     user must be registered, within the plan's rate, allowed the model and the size, below the plan's
     waiting jobs, servable by a worker online (once the workers are known) and within today's tokens.
@@ -149,36 +155,58 @@ def admit(quote: Quote, standing: Standing | None, fleet: FleetView, *, now: flo
     plan, model = standing.plan, quote.model
     window = rate(plan, standing.requests, now)
     if window.remaining <= 0:
-        return Refused(code=RefusalCode.RATE_LIMITED, rate=window, retry_after=math.ceil(window.reset_seconds),
-                       detail=f"more than {plan.requests_per_minute} requests in a minute on the {plan.name} plan; "
-                              f"retry in {math.ceil(window.reset_seconds)}s")
+        return Refused(
+            code=RefusalCode.RATE_LIMITED,
+            rate=window,
+            retry_after=math.ceil(window.reset_seconds),
+            detail=f"more than {plan.requests_per_minute} requests in a minute on the {plan.name} plan; "
+            f"retry in {math.ceil(window.reset_seconds)}s",
+        )
     window = RateLimit(limit=window.limit, remaining=window.remaining - 1, reset_seconds=window.reset_seconds)
     if not rules.plan_allows(plan.allowed_models, model):
         allowed = ", ".join(plan.allowed_models) or "none"
-        return Refused(code=RefusalCode.MODEL_NOT_ALLOWED, rate=window, counted=True,
-                       detail=f"the {plan.name} plan does not include {model.name} (it includes {allowed}); "
-                              "upgrade to use it")
+        return Refused(
+            code=RefusalCode.MODEL_NOT_ALLOWED,
+            rate=window,
+            counted=True,
+            detail=f"the {plan.name} plan does not include {model.name} (it includes {allowed}); upgrade to use it",
+        )
     if quote.side > plan.max_resolution:
-        return Refused(code=RefusalCode.RESOLUTION_TOO_HIGH, rate=window, counted=True,
-                       detail=f"{quote.width}x{quote.height} is above the {plan.name} plan's "
-                              f"{plan.max_resolution} px per side")
+        return Refused(
+            code=RefusalCode.RESOLUTION_TOO_HIGH,
+            rate=window,
+            counted=True,
+            detail=f"{quote.width}x{quote.height} is above the {plan.name} plan's {plan.max_resolution} px per side",
+        )
     if standing.queued >= plan.max_queued_jobs:
-        return Refused(code=RefusalCode.TOO_MANY_QUEUED_JOBS, rate=window, counted=True,
-                       retry_after=max(1, math.ceil(typical_seconds)),
-                       detail=f"{standing.queued} jobs already wait (the {plan.name} plan allows "
-                              f"{plan.max_queued_jobs} waiting and {plan.max_concurrent_jobs} running); "
-                              "retry when one has started")
+        return Refused(
+            code=RefusalCode.TOO_MANY_QUEUED_JOBS,
+            rate=window,
+            counted=True,
+            retry_after=max(1, math.ceil(typical_seconds)),
+            detail=f"{standing.queued} jobs already wait (the {plan.name} plan allows "
+            f"{plan.max_queued_jobs} waiting and {plan.max_concurrent_jobs} running); "
+            "retry when one has started",
+        )
     if fleet.known and not fleet.can_run(model.name, quote.side):
         size = f" at {quote.width}x{quote.height}" if quote.width else ""
-        return Refused(code=RefusalCode.NO_CAPABLE_WORKER, rate=window, counted=True,
-                       detail=f"no worker online can run {model.name}{size}")
+        return Refused(
+            code=RefusalCode.NO_CAPABLE_WORKER,
+            rate=window,
+            counted=True,
+            detail=f"no worker online can run {model.name}{size}",
+        )
     limit = plan.daily_token_limit
     if limit is not None and standing.used + standing.reserved + quote.cost > limit + 1e-9:
         resets = rules.quota_resets_at(rules.quota_day(now, zone), zone).astimezone(UTC)
         left = max(0.0, limit - standing.used - standing.reserved)
-        return Refused(code=RefusalCode.QUOTA_EXCEEDED, rate=window, counted=True,
-                       retry_after=max(1, math.ceil(resets.timestamp() - now)),
-                       detail=f"this job costs {quote.cost:g} tokens and {left:g} of today's {limit} are left "
-                              f"({standing.used:g} used, {standing.reserved:g} held by unfinished jobs); "
-                              f"the quota resets at {resets.isoformat()}")
+        return Refused(
+            code=RefusalCode.QUOTA_EXCEEDED,
+            rate=window,
+            counted=True,
+            retry_after=max(1, math.ceil(resets.timestamp() - now)),
+            detail=f"this job costs {quote.cost:g} tokens and {left:g} of today's {limit} are left "
+            f"({standing.used:g} used, {standing.reserved:g} held by unfinished jobs); "
+            f"the quota resets at {resets.isoformat()}",
+        )
     return Admitted(quote=quote, plan=plan, rate=window)

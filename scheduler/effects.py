@@ -40,11 +40,13 @@ class Emitter:
         self.fold = fold
         self.effects = Effects()
 
-    def emit(self, stream_type: StreamType, stream_id: uuid.UUID, version: int, event: AnyEvent,
-             cause: str | None) -> None:
+    def emit(
+        self, stream_type: StreamType, stream_id: uuid.UUID, version: int, event: AnyEvent, cause: str | None
+    ) -> None:
         """Record an event at `version` of its stream and fold it into the state."""
-        pending = PendingEvent(stream_type=stream_type, stream_id=stream_id, version=version, data=event,
-                               causation_id=cause)
+        pending = PendingEvent(
+            stream_type=stream_type, stream_id=stream_id, version=version, data=event, causation_id=cause
+        )
         self.effects.pending.append(pending)
         self.fold(pending.recorded(seq=0))
 

@@ -78,8 +78,9 @@ class WorkerView:
 
     def models_with_room(self) -> frozenset[str]:
         if self._room is None:
-            self._room = frozenset(model for model, pool in self._pool_of.items()
-                                   if self._busy[pool] < self._capacity[pool])
+            self._room = frozenset(
+                model for model, pool in self._pool_of.items() if self._busy[pool] < self._capacity[pool]
+            )
         return self._room
 
     def take(self, job_id: uuid.UUID, model: str, *, cancelled: bool = False) -> None:
@@ -110,8 +111,15 @@ class WorkerView:
 class Fleet:
     """The workers online, what each runs, and when one is lost."""
 
-    def __init__(self, out: Emitter, jobs: Mapping[uuid.UUID, Job], retry: Retry, *, worker_timeout_s: float,
-                 reconcile_grace_s: float) -> None:
+    def __init__(
+        self,
+        out: Emitter,
+        jobs: Mapping[uuid.UUID, Job],
+        retry: Retry,
+        *,
+        worker_timeout_s: float,
+        reconcile_grace_s: float,
+    ) -> None:
         self.out = out
         self.jobs = jobs
         self.retry = retry
@@ -132,9 +140,12 @@ class Fleet:
         return sum(w.status.slots_for(model_name) for w in self.workers.values() if not w.gone)
 
     def can_run(self, model: str, side: int) -> bool:
-        return any(not w.gone and model in w.status.models
-                   and (w.status.max_resolution is None or side <= w.status.max_resolution)
-                   for w in self.workers.values())
+        return any(
+            not w.gone
+            and model in w.status.models
+            and (w.status.max_resolution is None or side <= w.status.max_resolution)
+            for w in self.workers.values()
+        )
 
     # --- slots ---------------------------------------------------------------------------------
 
@@ -191,10 +202,19 @@ class Fleet:
             job = self.jobs.get(job_id)
             if job is None or job.status is not JobStatus.RUNNING or job.worker_id != view.status.worker_id:
                 continue
-            log.warning("worker %s does not hold job %s attempt %d (missing for %.1fs): requeued",
-                        view.status.worker_id, job_id, job.attempt, now - since)
-            self.retry(job, "ATTEMPT_LOST", f"worker {view.status.worker_id} never ran attempt {job.attempt} "
-                       f"(not held for {now - since:.0f}s)", "scheduler:reconcile")
+            log.warning(
+                "worker %s does not hold job %s attempt %d (missing for %.1fs): requeued",
+                view.status.worker_id,
+                job_id,
+                job.attempt,
+                now - since,
+            )
+            self.retry(
+                job,
+                "ATTEMPT_LOST",
+                f"worker {view.status.worker_id} never ran attempt {job.attempt} (not held for {now - since:.0f}s)",
+                "scheduler:reconcile",
+            )
 
     def connection_lost(self) -> None:
         """The scheduler's NATS connection dropped: heartbeats cannot reach it until it is back."""

@@ -61,8 +61,19 @@ RETRIED_CODES = frozenset({"ENGINE_UNAVAILABLE", "ENGINE_DISCONNECTED", "ARTIFAC
 class JobBook:
     """Every unfinished job (and finished ones a command of the batch refers to), and their handlers."""
 
-    def __init__(self, out: Emitter, catalog: Catalog, accounts: Accounts, quota: Quota, fleet: Fleet, queue: Queue,
-                 jobs: dict[uuid.UUID, Job], *, max_attempts: int, queue_timeout_s: float) -> None:
+    def __init__(
+        self,
+        out: Emitter,
+        catalog: Catalog,
+        accounts: Accounts,
+        quota: Quota,
+        fleet: Fleet,
+        queue: Queue,
+        jobs: dict[uuid.UUID, Job],
+        *,
+        max_attempts: int,
+        queue_timeout_s: float,
+    ) -> None:
         self.out = out
         self.catalog = catalog
         self.accounts = accounts
@@ -124,10 +135,16 @@ class JobBook:
         position = self.queue.position(job) if job.status is JobStatus.QUEUED else None
         estimate = None
         if not job.status.terminal:
-            estimate = rules.estimated_seconds(position, self.fleet.capable_slots(job.model),
-                                               self.typical_seconds(job.model))
-        return JobSummary(job_id=job.id, status=job.status.value, cost_tokens=job.cost_tokens,
-                          queue_position=position, estimated_time_seconds=estimate)
+            estimate = rules.estimated_seconds(
+                position, self.fleet.capable_slots(job.model), self.typical_seconds(job.model)
+            )
+        return JobSummary(
+            job_id=job.id,
+            status=job.status.value,
+            cost_tokens=job.cost_tokens,
+            queue_position=position,
+            estimated_time_seconds=estimate,
+        )
 
     # --- commands ------------------------------------------------------------------------------
 
@@ -150,11 +167,20 @@ class JobBook:
         if user is not None:
             ledger = self.quota.ledger.get((user.id, day))
             standing = admission.Standing(
-                plan=self.accounts.plans[user.plan], requests=self.quota.window(user.id, now),
-                queued=self.queue.user_queued[user.id], used=ledger.used if ledger else 0.0,
-                reserved=ledger.reserved if ledger else 0.0)
-        result = admission.admit(quote, standing, self.fleet, now=now, zone=self.quota.zone,
-                                 typical_seconds=self.typical_seconds(quote.model.name))
+                plan=self.accounts.plans[user.plan],
+                requests=self.quota.window(user.id, now),
+                queued=self.queue.user_queued[user.id],
+                used=ledger.used if ledger else 0.0,
+                reserved=ledger.reserved if ledger else 0.0,
+            )
+        result = admission.admit(
+            quote,
+            standing,
+            self.fleet,
+            now=now,
+            zone=self.quota.zone,
+            typical_seconds=self.typical_seconds(quote.model.name),
+        )
         if result.counted and user is not None:
             self.quota.count_request(user.id, now)
         if isinstance(result, Refused):
@@ -162,13 +188,32 @@ class JobBook:
             return
         assert user is not None  # admitted
         plan = result.plan
-        self.emit_job(cmd.job_id, JobSubmitted(
-            user_id=user.id, user_ref=cmd.user_ref, frontend=cmd.frontend, bot_id=cmd.bot_id,
-            capability=cmd.capability, model=quote.model.name, params=cmd.params, priority=plan.priority,
-            cost_tokens=quote.cost, reply_context=cmd.reply_context,
-        ), cause)
-        job = self.emit_job(cmd.job_id, JobQueued(priority=plan.priority, reserved_tokens=quote.cost, quota_day=day,
-                                                  reason=f"admitted on the {plan.name} plan"), cause)
+        self.emit_job(
+            cmd.job_id,
+            JobSubmitted(
+                user_id=user.id,
+                user_ref=cmd.user_ref,
+                frontend=cmd.frontend,
+                bot_id=cmd.bot_id,
+                capability=cmd.capability,
+                model=quote.model.name,
+                params=cmd.params,
+                priority=plan.priority,
+                cost_tokens=quote.cost,
+                reply_context=cmd.reply_context,
+            ),
+            cause,
+        )
+        job = self.emit_job(
+            cmd.job_id,
+            JobQueued(
+                priority=plan.priority,
+                reserved_tokens=quote.cost,
+                quota_day=day,
+                reason=f"admitted on the {plan.name} plan",
+            ),
+            cause,
+        )
         self.queue.enqueue(job)
         self.out.effects.activated.append(job.id)
         self.out.reply(reply_to, Decision(ok=True, user_id=user.id, rate=result.rate), job.id)
@@ -179,13 +224,19 @@ class JobBook:
             self.out.refuse(reply_to, Refused(code=RefusalCode.JOB_NOT_FOUND, detail="no such job"))
             return
         if job.status.terminal:
-            self.out.refuse(reply_to, Refused(code=RefusalCode.JOB_TERMINAL,
-                                              detail=f"job is already {job.status.value}"), job.id)
+            self.out.refuse(
+                reply_to, Refused(code=RefusalCode.JOB_TERMINAL, detail=f"job is already {job.status.value}"), job.id
+            )
             return
         was_running = job.status is JobStatus.RUNNING
         worker_id, attempt = job.worker_id, job.attempt
-        job = self.emit_job(job.id, JobCancelled(reason=cmd.reason, requested_by="user",
-                                                 released_tokens=job.reserved_tokens, quota_day=job.quota_day), cause)
+        job = self.emit_job(
+            job.id,
+            JobCancelled(
+                reason=cmd.reason, requested_by="user", released_tokens=job.reserved_tokens, quota_day=job.quota_day
+            ),
+            cause,
+        )
         if was_running and worker_id:
             worker = self.fleet.workers.get(worker_id)
             if worker:
@@ -219,12 +270,21 @@ class JobBook:
         charge = job.cost_tokens
         if model is not None and job.quota_day is not None:
             charge = min(job.reserved_tokens, model.actual_cost(job.params, cmd.usage))
-        self.emit_job(job.id, JobCompleted(
-            worker_id=cmd.worker_id, attempt=cmd.attempt, artifacts=cmd.artifacts,
-            execution_time_seconds=cmd.execution_time_seconds, cost_tokens=charge,
-            reserved_tokens=job.reserved_tokens, quota_day=job.quota_day, usage=cmd.usage,
-            started_at=cmd.started_at if job.started_at is None else None,
-        ), cause)
+        self.emit_job(
+            job.id,
+            JobCompleted(
+                worker_id=cmd.worker_id,
+                attempt=cmd.attempt,
+                artifacts=cmd.artifacts,
+                execution_time_seconds=cmd.execution_time_seconds,
+                cost_tokens=charge,
+                reserved_tokens=job.reserved_tokens,
+                quota_day=job.quota_day,
+                usage=cmd.usage,
+                started_at=cmd.started_at if job.started_at is None else None,
+            ),
+            cause,
+        )
         previous = self.execution_s.get(job.model)
         seconds = cmd.execution_time_seconds
         self.execution_s[job.model] = seconds if previous is None else previous + EWMA_WEIGHT * (seconds - previous)
@@ -237,8 +297,15 @@ class JobBook:
         if cmd.code in RETRIED_CODES:  # not the job's fault: another attempt, here or on another worker
             self.retry(job, cmd.code, f"{cmd.code}: {cmd.message}", cause)
             return
-        self.fail(job, cmd.code, cmd.message, cause, worker_id=cmd.worker_id, attempt=cmd.attempt,
-                  started_at=cmd.started_at if job.started_at is None else None)
+        self.fail(
+            job,
+            cmd.code,
+            cmd.message,
+            cause,
+            worker_id=cmd.worker_id,
+            attempt=cmd.attempt,
+            started_at=cmd.started_at if job.started_at is None else None,
+        )
 
     def retry(self, job: Job, code: str, reason: str, cause: str) -> None:
         """End a running attempt that was lost through no fault of the job's: requeue the job for a
@@ -249,14 +316,39 @@ class JobBook:
             job = self.emit_job(job.id, JobRequeued(worker_id=worker_id or "", attempt=attempt, reason=reason), cause)
             self.queue.enqueue(job)
         else:
-            self.fail(job, code, f"{reason} (attempt {attempt} of {self.max_attempts})", cause,
-                      worker_id=worker_id, attempt=attempt)
+            self.fail(
+                job,
+                code,
+                f"{reason} (attempt {attempt} of {self.max_attempts})",
+                cause,
+                worker_id=worker_id,
+                attempt=attempt,
+            )
 
-    def fail(self, job: Job, code: str, message: str, cause: str, *, worker_id: str | None = None,
-             attempt: int | None = None, started_at: datetime | None = None) -> Job:
-        return self.emit_job(job.id, JobFailed(code=code, message=message, worker_id=worker_id, attempt=attempt,
-                                               released_tokens=job.reserved_tokens, quota_day=job.quota_day,
-                                               started_at=started_at), cause)
+    def fail(
+        self,
+        job: Job,
+        code: str,
+        message: str,
+        cause: str,
+        *,
+        worker_id: str | None = None,
+        attempt: int | None = None,
+        started_at: datetime | None = None,
+    ) -> Job:
+        return self.emit_job(
+            job.id,
+            JobFailed(
+                code=code,
+                message=message,
+                worker_id=worker_id,
+                attempt=attempt,
+                released_tokens=job.reserved_tokens,
+                quota_day=job.quota_day,
+                started_at=started_at,
+            ),
+            cause,
+        )
 
     # --- time ----------------------------------------------------------------------------------
 
@@ -272,8 +364,13 @@ class JobBook:
             for waiting in list(self.queue.policy):
                 if wall - waiting.enqueued_at > timeout:
                     job = self.jobs[waiting.job_id]
-                    self.fail(job, "QUEUE_TIMEOUT", f"no worker took the job within {timeout:.0f}s; "
-                              f"its {job.reserved_tokens:g} reserved tokens are released", "scheduler:queue-timeout")
+                    self.fail(
+                        job,
+                        "QUEUE_TIMEOUT",
+                        f"no worker took the job within {timeout:.0f}s; "
+                        f"its {job.reserved_tokens:g} reserved tokens are released",
+                        "scheduler:queue-timeout",
+                    )
 
     def _requeue_orphans(self, now: float) -> None:
         """Requeue jobs running on a worker the scheduler does not know, for longer than a worker
@@ -294,8 +391,13 @@ class JobBook:
         removed from the object store once the events are committed."""
         now = datetime.fromtimestamp(self.out.clock(), UTC)
         for artifact_id, job_id, object_name in expired:
-            self.out.emit(StreamType.ARTIFACT, artifact_id, 1, ArtifactExpired(
-                job_id=job_id, object_name=object_name, expired_at=now), "scheduler:artifact-expiry")
+            self.out.emit(
+                StreamType.ARTIFACT,
+                artifact_id,
+                1,
+                ArtifactExpired(job_id=job_id, object_name=object_name, expired_at=now),
+                "scheduler:artifact-expiry",
+            )
             if object_name:
                 self.out.effects.discard_objects.append(object_name)
 
@@ -312,14 +414,21 @@ class JobBook:
                 models = view.models_with_room()
                 if not models:
                     break
-                slot = Slot(worker_id=view.status.worker_id, models=models,
-                            loaded=frozenset(view.loaded), max_resolution=view.status.max_resolution)
+                slot = Slot(
+                    worker_id=view.status.worker_id,
+                    models=models,
+                    loaded=frozenset(view.loaded),
+                    max_resolution=view.status.max_resolution,
+                )
                 pick = policy.pick(slot, now, self.queue.user_running, self.accounts.concurrency_limit)
                 if pick is None:
                     break
                 job = self.jobs[pick.job.job_id]
-                job = self.emit_job(job.id, JobDispatched(worker_id=view.status.worker_id, attempt=job.attempt + 1,
-                                                          reason=pick.reason), "scheduler:dispatch")
+                job = self.emit_job(
+                    job.id,
+                    JobDispatched(worker_id=view.status.worker_id, attempt=job.attempt + 1, reason=pick.reason),
+                    "scheduler:dispatch",
+                )
                 view.take(job.id, job.model)
                 view.loaded.add(job.model)  # until its next heartbeat says otherwise
                 self.out.effects.dispatches.append((view.status.worker_id, self.dispatch_message(job)))
@@ -329,6 +438,13 @@ class JobBook:
         when that instance is known (a restarted worker drops what was meant for its previous life)."""
         model = self.catalog[job.model]
         view = self.fleet.workers.get(job.worker_id or "")
-        return Dispatch(job_id=job.id, attempt=job.attempt, capability=job.capability, model=job.model,
-                        params=job.params, timeout_seconds=model.timeout_seconds, dispatched_at=datetime.now(UTC),
-                        instance_id=view.status.instance_id if view is not None and not view.gone else None)
+        return Dispatch(
+            job_id=job.id,
+            attempt=job.attempt,
+            capability=job.capability,
+            model=job.model,
+            params=job.params,
+            timeout_seconds=model.timeout_seconds,
+            dispatched_at=datetime.now(UTC),
+            instance_id=view.status.instance_id if view is not None and not view.gone else None,
+        )

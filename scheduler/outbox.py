@@ -39,10 +39,17 @@ class Outgoing:
 
 def notification_for(rec: RecordedEvent, job: Job) -> Notification:
     artifacts = rec.data.artifacts if isinstance(rec.data, JobCompleted) else []
-    return Notification(job_id=job.id, status=job.status.value, frontend=job.frontend, bot_id=job.bot_id,
-                        user_ref=job.user_ref, reply_context=job.reply_context,
-                        cost_tokens=job.cost_tokens if job.status is JobStatus.COMPLETED else 0,
-                        artifacts=artifacts, error=job.error)
+    return Notification(
+        job_id=job.id,
+        status=job.status.value,
+        frontend=job.frontend,
+        bot_id=job.bot_id,
+        user_ref=job.user_ref,
+        reply_context=job.reply_context,
+        cost_tokens=job.cost_tokens if job.status is JobStatus.COMPLETED else 0,
+        artifacts=artifacts,
+        error=job.error,
+    )
 
 
 class _Round:
@@ -151,19 +158,31 @@ class Outbox:
             # purging after them deleted the re-dispatches of a restarted worker's jobs.
             await self._purge(out)
             for worker_id, dispatch in out.dispatches:
-                await publish(s.dispatch(worker_id), encode_msg(dispatch), reply=acks.subject,
-                              headers={s.HDR_MSG_ID: f"{dispatch.job_id}:{dispatch.attempt}"})
+                await publish(
+                    s.dispatch(worker_id),
+                    encode_msg(dispatch),
+                    reply=acks.subject,
+                    headers={s.HDR_MSG_ID: f"{dispatch.job_id}:{dispatch.attempt}"},
+                )
                 acks.count += 1
         last_seq = 0
         for out in batch:
             for rec in out.events:
-                await publish(s.event(rec.stream_type, str(rec.stream_id), rec.type), encode(rec), reply=acks.subject,
-                              headers={s.HDR_MSG_ID: str(rec.event_id), s.HDR_SEQ: str(rec.seq)})
+                await publish(
+                    s.event(rec.stream_type, str(rec.stream_id), rec.type),
+                    encode(rec),
+                    reply=acks.subject,
+                    headers={s.HDR_MSG_ID: str(rec.event_id), s.HDR_SEQ: str(rec.seq)},
+                )
                 acks.count += 1
                 last_seq = max(last_seq, rec.seq)
             for rec, job in out.notifications:
-                await publish(s.done(job.frontend, job.bot_id, str(job.id)), encode_msg(notification_for(rec, job)),
-                              reply=acks.subject, headers={s.HDR_MSG_ID: f"done:{job.id}"})
+                await publish(
+                    s.done(job.frontend, job.bot_id, str(job.id)),
+                    encode_msg(notification_for(rec, job)),
+                    reply=acks.subject,
+                    headers={s.HDR_MSG_ID: f"done:{job.id}"},
+                )
                 acks.count += 1
         await acks.all_stored()
         self.relayed_seq = max(self.relayed_seq, last_seq)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -76,8 +76,9 @@ class QueuePolicy(Protocol):
 
     def remove(self, job_id: uuid.UUID) -> Waiting | None: ...
 
-    def pick(self, slot: Slot, now: float, running: Mapping[uuid.UUID, int],
-             limit: Callable[[uuid.UUID], int]) -> Pick | None: ...
+    def pick(
+        self, slot: Slot, now: float, running: Mapping[uuid.UUID, int], limit: Callable[[uuid.UUID], int]
+    ) -> Pick | None: ...
 
     def __len__(self) -> int: ...
 
@@ -169,15 +170,22 @@ class TesseraPolicy(_OnLanes):
             return 0
         return 1 + int((waited - self.config.starvation_s) // max(self.config.starvation_step_s, 1.0))
 
-    def pick(self, slot: Slot, now: float, running: Mapping[uuid.UUID, int],
-             limit: Callable[[uuid.UUID], int]) -> Pick | None:
+    def pick(
+        self, slot: Slot, now: float, running: Mapping[uuid.UUID, int], limit: Callable[[uuid.UUID], int]
+    ) -> Pick | None:
         best: tuple[tuple[int, int, int, int, int, int], Waiting] | None = None
         best_loaded: tuple[tuple[int, int, int, int, int, int], Waiting] | None = None
         for job in self._lanes.heads(slot.models):
             if not slot.fits(job) or running.get(job.user_id, 0) >= limit(job.user_id):
                 continue
-            key = (self.starving(job, now), self.effective_tier(job, now), job.priority, -running.get(job.user_id, 0),
-                   -self._served.get(job.user_id, -1), -job.order)
+            key = (
+                self.starving(job, now),
+                self.effective_tier(job, now),
+                job.priority,
+                -running.get(job.user_id, 0),
+                -self._served.get(job.user_id, -1),
+                -job.order,
+            )
             if best is None or key > best[0]:
                 best = (key, job)
             if job.model in slot.loaded and (best_loaded is None or key > best_loaded[0]):
@@ -185,16 +193,20 @@ class TesseraPolicy(_OnLanes):
         if best is None:
             return None
         job, tier = best[1], best[0][1]
-        reason = (f"tier {job.priority} (effective {tier}), user had {running.get(job.user_id, 0)} running, "
-                  f"waited {now - job.enqueued_at:.1f}s")
+        reason = (
+            f"tier {job.priority} (effective {tier}), user had {running.get(job.user_id, 0)} running, "
+            f"waited {now - job.enqueued_at:.1f}s"
+        )
         if slot.loaded and job.model not in slot.loaded and best_loaded is not None:
             held = now - job.enqueued_at
             if best_loaded[0][:2] >= best[0][:2] or (held < self.config.affinity_hold_s and not best[0][0]):
                 other = job
                 job = best_loaded[1]
-                reason = (f"model affinity: {job.model} is loaded on {slot.worker_id}; tier {job.priority} "
-                          f"(effective {best_loaded[0][1]}) taken before {other.model} tier {other.priority}, "
-                          f"which has waited {held:.1f}s (hold {self.config.affinity_hold_s:.0f}s)")
+                reason = (
+                    f"model affinity: {job.model} is loaded on {slot.worker_id}; tier {job.priority} "
+                    f"(effective {best_loaded[0][1]}) taken before {other.model} tier {other.priority}, "
+                    f"which has waited {held:.1f}s (hold {self.config.affinity_hold_s:.0f}s)"
+                )
         elif job.model in slot.loaded:
             reason += f"; {job.model} is loaded"
         self._lanes.remove(job.job_id)
@@ -209,10 +221,12 @@ class FifoPolicy(_OnLanes):
 
     _lanes: _Lanes = field(default_factory=_Lanes)
 
-    def pick(self, slot: Slot, now: float, running: Mapping[uuid.UUID, int],
-             limit: Callable[[uuid.UUID], int]) -> Pick | None:
-        candidates = [j for j in self._lanes.heads(slot.models)
-                      if slot.fits(j) and running.get(j.user_id, 0) < limit(j.user_id)]
+    def pick(
+        self, slot: Slot, now: float, running: Mapping[uuid.UUID, int], limit: Callable[[uuid.UUID], int]
+    ) -> Pick | None:
+        candidates = [
+            j for j in self._lanes.heads(slot.models) if slot.fits(j) and running.get(j.user_id, 0) < limit(j.user_id)
+        ]
         if not candidates:
             return None
         job = min(candidates, key=lambda j: j.order)
@@ -227,8 +241,9 @@ class SeedsNaivePolicy(_OnLanes):
 
     _lanes: _Lanes = field(default_factory=_Lanes)
 
-    def pick(self, slot: Slot, now: float, running: Mapping[uuid.UUID, int],
-             limit: Callable[[uuid.UUID], int]) -> Pick | None:
+    def pick(
+        self, slot: Slot, now: float, running: Mapping[uuid.UUID, int], limit: Callable[[uuid.UUID], int]
+    ) -> Pick | None:
         heads: dict[int, Waiting] = {}  # tier -> its first compatible job
         for job in self._lanes.heads(slot.models):
             if slot.fits(job) and running.get(job.user_id, 0) < limit(job.user_id):

@@ -35,9 +35,14 @@ async def try_lead(conn: asyncpg.Connection) -> bool:
     return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK))
 
 
-async def commit_batch(conn: asyncpg.Connection, pending: Sequence[PendingEvent], *,
-                       activated: Sequence[uuid.UUID], finished: Sequence[uuid.UUID],
-                       relayed_seq: int) -> list[RecordedEvent]:
+async def commit_batch(
+    conn: asyncpg.Connection,
+    pending: Sequence[PendingEvent],
+    *,
+    activated: Sequence[uuid.UUID],
+    finished: Sequence[uuid.UUID],
+    relayed_seq: int,
+) -> list[RecordedEvent]:
     """The scheduler's whole commit in one statement, so one round trip and one implicit transaction.
 
     Appends the events, keeps the active_jobs index (a job both activated and finished in this batch
@@ -45,8 +50,9 @@ async def commit_batch(conn: asyncpg.Connection, pending: Sequence[PendingEvent]
     """
     done = set(finished)
     started = [job_id for job_id in dict.fromkeys(activated) if job_id not in done]
-    return await store.append(conn, pending, alongside=_ALONGSIDE_COMMIT,
-                              alongside_args=(started, list(done), relayed_seq))
+    return await store.append(
+        conn, pending, alongside=_ALONGSIDE_COMMIT, alongside_args=(started, list(done), relayed_seq)
+    )
 
 
 async def load_active_jobs(conn: asyncpg.Connection) -> list[RecordedEvent]:

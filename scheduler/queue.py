@@ -41,8 +41,17 @@ class Queue:
         enqueued_at = job.queued_at.timestamp() if job.queued_at else self.out.clock()
         model = self.catalog.get(job.model)
         size = max(model.size(job.params)) if model else 0
-        self.policy.push(Waiting(job_id=job.id, user_id=job.user_id, model=job.model, priority=job.priority,
-                                 order=order, enqueued_at=enqueued_at, size=size))
+        self.policy.push(
+            Waiting(
+                job_id=job.id,
+                user_id=job.user_id,
+                model=job.model,
+                priority=job.priority,
+                order=order,
+                enqueued_at=enqueued_at,
+                size=size,
+            )
+        )
         key = (job.capability, job.priority)
         self.depth[key] = self.depth.get(key, 0) + 1
         self.user_queued[job.user_id] += 1
@@ -55,5 +64,8 @@ class Queue:
 
     def position(self, job: Job) -> int:
         """Jobs that wait for the same capability at this tier or above, other than this one."""
-        return max(0, sum(depth for (cap, prio), depth in self.depth.items()
-                          if cap == job.capability and prio >= job.priority) - 1)
+        return max(
+            0,
+            sum(depth for (cap, prio), depth in self.depth.items() if cap == job.capability and prio >= job.priority)
+            - 1,
+        )

@@ -54,8 +54,9 @@ class Quota:
         """Fold one event of an upload stream."""
         event = rec.data
         if isinstance(event, UploadStored):
-            self.uploads[rec.stream_id] = UploadView(user_id=event.user_id, object_name=event.object_name,
-                                                     version=rec.version, stored=True)
+            self.uploads[rec.stream_id] = UploadView(
+                user_id=event.user_id, object_name=event.object_name, version=rec.version, stored=True
+            )
         elif isinstance(event, UploadDeleted | UploadExpired):
             upload = self.uploads.get(rec.stream_id)
             if upload is not None:
@@ -113,24 +114,50 @@ class Quota:
         retry = max(1, math.ceil(resets.timestamp() - self.out.clock()))
         refused = None
         if plan.max_upload_bytes is not None and cmd.size_bytes > plan.max_upload_bytes:
-            refused = Refused(code=RefusalCode.UPLOAD_TOO_LARGE, detail=(
-                f"the {plan.name} plan takes uploads of up to {plan.max_upload_bytes} bytes; "
-                f"this one has {cmd.size_bytes}"))
+            refused = Refused(
+                code=RefusalCode.UPLOAD_TOO_LARGE,
+                detail=(
+                    f"the {plan.name} plan takes uploads of up to {plan.max_upload_bytes} bytes; "
+                    f"this one has {cmd.size_bytes}"
+                ),
+            )
         elif plan.uploads_per_day is not None and count >= plan.uploads_per_day:
-            refused = Refused(code=RefusalCode.UPLOAD_QUOTA_EXCEEDED, retry_after=retry, detail=(
-                f"the {plan.name} plan takes {plan.uploads_per_day} uploads a day; the quota resets at "
-                f"{resets.isoformat()}"))
+            refused = Refused(
+                code=RefusalCode.UPLOAD_QUOTA_EXCEEDED,
+                retry_after=retry,
+                detail=(
+                    f"the {plan.name} plan takes {plan.uploads_per_day} uploads a day; the quota resets at "
+                    f"{resets.isoformat()}"
+                ),
+            )
         elif plan.upload_bytes_per_day is not None and size + cmd.size_bytes > plan.upload_bytes_per_day:
-            refused = Refused(code=RefusalCode.UPLOAD_QUOTA_EXCEEDED, retry_after=retry, detail=(
-                f"the {plan.name} plan takes {plan.upload_bytes_per_day} bytes of uploads a day and {size} are "
-                f"used; the quota resets at {resets.isoformat()}"))
+            refused = Refused(
+                code=RefusalCode.UPLOAD_QUOTA_EXCEEDED,
+                retry_after=retry,
+                detail=(
+                    f"the {plan.name} plan takes {plan.upload_bytes_per_day} bytes of uploads a day and {size} are "
+                    f"used; the quota resets at {resets.isoformat()}"
+                ),
+            )
         if refused is not None:
             self.out.refuse(reply_to, refused)
             return
-        self.out.emit(StreamType.UPLOAD, cmd.upload_id, 1, UploadStored(
-            user_id=cmd.user_id, object_name=cmd.object_name, content_type=cmd.content_type,
-            size_bytes=cmd.size_bytes, duration_seconds=cmd.duration_seconds, bits_per_sample=cmd.bits_per_sample,
-            quota_day=day, expires_at=cmd.expires_at), cause)
+        self.out.emit(
+            StreamType.UPLOAD,
+            cmd.upload_id,
+            1,
+            UploadStored(
+                user_id=cmd.user_id,
+                object_name=cmd.object_name,
+                content_type=cmd.content_type,
+                size_bytes=cmd.size_bytes,
+                duration_seconds=cmd.duration_seconds,
+                bits_per_sample=cmd.bits_per_sample,
+                quota_day=day,
+                expires_at=cmd.expires_at,
+            ),
+            cause,
+        )
         self.upload_ledger[(cmd.user_id, day)] = [count + 1, size + cmd.size_bytes]
         self.out.reply(reply_to, Decision(ok=True))
 
@@ -140,8 +167,13 @@ class Quota:
             self.out.refuse(reply_to, Refused(code=RefusalCode.UPLOAD_NOT_FOUND, detail=f"no upload {cmd.upload_id}"))
             return
         if upload.stored:
-            self.out.emit(StreamType.UPLOAD, cmd.upload_id, upload.version + 1,
-                          UploadDeleted(user_id=cmd.user_id, object_name=upload.object_name), cause)
+            self.out.emit(
+                StreamType.UPLOAD,
+                cmd.upload_id,
+                upload.version + 1,
+                UploadDeleted(user_id=cmd.user_id, object_name=upload.object_name),
+                cause,
+            )
             self.out.effects.discard_objects.append(upload.object_name)
         self.out.reply(reply_to, Decision(ok=True))
 
@@ -149,6 +181,11 @@ class Quota:
         """Record the expiry of uploads past their time (id, object name, stream version)."""
         now = datetime.fromtimestamp(self.out.clock(), UTC)
         for upload_id, object_name, version in expired:
-            self.out.emit(StreamType.UPLOAD, upload_id, version + 1,
-                          UploadExpired(object_name=object_name, expired_at=now), "scheduler:upload-expiry")
+            self.out.emit(
+                StreamType.UPLOAD,
+                upload_id,
+                version + 1,
+                UploadExpired(object_name=object_name, expired_at=now),
+                "scheduler:upload-expiry",
+            )
             self.out.effects.discard_objects.append(object_name)

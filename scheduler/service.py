@@ -24,15 +24,19 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from base import db
+from base.catalog import Catalog
+from base.config import Settings
+from base.health import Readiness
 from events import store
 from events.errors import ConcurrencyError
 from events.job import JobStatus, fold
 from events.types import JobCancelled, JobCompleted, JobFailed, JobSubmitted, StreamType, type_name, user_stream_id
 from projector import queries as read_models
 from scheduler import queries
+from scheduler.admission import RefusalCode
 from scheduler.outbox import Outbox, Outgoing, terminal_notifications
 from scheduler.policy import PolicyConfig
-from scheduler.admission import RefusalCode
 from scheduler.state import Limits, SchedulerState
 from streams import connection, topology
 from streams import subjects as s
@@ -52,12 +56,9 @@ from streams.messages import (
     subject_of,
 )
 from streams.workers_feed import WorkersFeed
-from base import db
-from base.catalog import Catalog
-from base.config import Settings
-from base.health import Readiness
 
 log = logging.getLogger(__name__)
+
 
 class _Poisoned(Exception):
     def __init__(self, index: int, error: Exception) -> None:
@@ -109,20 +110,28 @@ class Scheduler:
         """Ready as a leader once its state is loaded, or as a standby, while NATS and its session
         are up. The session is not queried here: a leader's is busy with its commits."""
         nc, session, role = self._nc, self._session, self.role
-        return Readiness(checks={"nats": nc is not None and nc.is_connected,
-                                 "database": session is not None and not session.is_closed(),
-                                 "state": role in (Role.LEADER, Role.STANDBY)},
-                         details={"role": role.value, "name": self.name})
+        return Readiness(
+            checks={
+                "nats": nc is not None and nc.is_connected,
+                "database": session is not None and not session.is_closed(),
+                "state": role in (Role.LEADER, Role.STANDBY),
+            },
+            details={"role": role.value, "name": self.name},
+        )
 
     async def run(self) -> None:
-        async with connection.opened(self.nats_url, self.name, disconnected_cb=self._disconnected,
-                                     reconnected_cb=self._reconnected) as nc:
+        async with connection.opened(
+            self.nats_url, self.name, disconnected_cb=self._disconnected, reconnected_cb=self._reconnected
+        ) as nc:
             self._nc = nc
             while not self._stopping.is_set():
                 async with contextlib.AsyncExitStack() as session:
                     try:
-                        conn = await session.enter_async_context(db.connection(
-                            self.database_url, json_codec=False, application_name=self.name, close_timeout_s=2))
+                        conn = await session.enter_async_context(
+                            db.connection(
+                                self.database_url, json_codec=False, application_name=self.name, close_timeout_s=2
+                            )
+                        )
                     except (OSError, asyncpg.PostgresError) as exc:
                         log.warning("%s: cannot reach PostgreSQL (%s); retrying", self.name, exc)
                         await self._sleep(1.0)
@@ -173,25 +182,40 @@ class Scheduler:
 
     async def _load(self, conn: asyncpg.Connection) -> SchedulerState:
         settings = self.settings
-        state = SchedulerState(Limits(max_attempts=settings.max_attempts, worker_timeout_s=settings.worker_timeout_s,
-                                      reconcile_grace_s=settings.reconcile_grace_s,
-                                      queue_timeout_s=settings.queue_timeout_s,
-                                      quota_timezone=settings.quota_timezone,
-                                      policy=PolicyConfig(aging_step_s=settings.aging_step_s,
-                                                          affinity_hold_s=settings.affinity_hold_s,
-                                                          starvation_s=settings.starvation_s,
-                                                          starvation_step_s=settings.starvation_step_s)),
-                               catalog=self.catalog)
+        state = SchedulerState(
+            Limits(
+                max_attempts=settings.max_attempts,
+                worker_timeout_s=settings.worker_timeout_s,
+                reconcile_grace_s=settings.reconcile_grace_s,
+                queue_timeout_s=settings.queue_timeout_s,
+                quota_timezone=settings.quota_timezone,
+                policy=PolicyConfig(
+                    aging_step_s=settings.aging_step_s,
+                    affinity_hold_s=settings.affinity_hold_s,
+                    starvation_s=settings.starvation_s,
+                    starvation_step_s=settings.starvation_step_s,
+                ),
+            ),
+            catalog=self.catalog,
+        )
         active = await queries.load_active_jobs(conn)
         users = {r.data.user_id for r in active if isinstance(r.data, JobSubmitted)}
-        records = (await store.load_stream_type(conn, StreamType.PLAN)
-                   + await store.load_stream_type(conn, StreamType.FRONTEND)
-                   + await store.load_streams(conn, users) + active)
+        records = (
+            await store.load_stream_type(conn, StreamType.PLAN)
+            + await store.load_stream_type(conn, StreamType.FRONTEND)
+            + await store.load_streams(conn, users)
+            + active
+        )
         records.sort(key=lambda r: r.seq)
         since = state.quota_day() - timedelta(days=1)
-        state.load(records, await store.head(conn), used=await store.tokens_charged(conn, since),
-                   execution_s=await store.execution_times(conn), recent_requests=await store.recent_submits(conn),
-                   uploads=await store.uploads_counted(conn, since))
+        state.load(
+            records,
+            await store.head(conn),
+            used=await store.tokens_charged(conn, since),
+            execution_s=await store.execution_times(conn),
+            recent_requests=await store.recent_submits(conn),
+            uploads=await store.uploads_counted(conn, since),
+        )
         if not self._connected:
             state.connection_lost()
         return state
@@ -201,18 +225,27 @@ class Scheduler:
         js = self._nc.jetstream()
         self.state = await self._load(conn)
         outbox = Outbox(self._nc, js)
-        tasks = [asyncio.create_task(outbox.run(), name="scheduler-outbox"),
-                 asyncio.create_task(self._watch_workers(js), name="scheduler-workers")]
+        tasks = [
+            asyncio.create_task(outbox.run(), name="scheduler-outbox"),
+            asyncio.create_task(self._watch_workers(js), name="scheduler-workers"),
+        ]
         try:
             await self._catch_up(conn, outbox)
             self._redispatch_unstarted(outbox)
             # Explicit acks, never AckPolicy.ALL: a new leader's first ack would otherwise also
             # acknowledge the commands the dead leader had fetched and not committed.
             sub = await topology.durable_pull(
-                js, subject=s.COMMANDS_ALL, durable=s.SCHEDULER_CONSUMER, stream=s.COMMANDS_STREAM,
-                config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=5, max_ack_pending=100_000,
-                                      deliver_policy=DeliverPolicy.ALL,
-                                      description="The scheduler (leader only) consumes every command"),
+                js,
+                subject=s.COMMANDS_ALL,
+                durable=s.SCHEDULER_CONSUMER,
+                stream=s.COMMANDS_STREAM,
+                config=ConsumerConfig(
+                    ack_policy=AckPolicy.EXPLICIT,
+                    ack_wait=5,
+                    max_ack_pending=100_000,
+                    deliver_policy=DeliverPolicy.ALL,
+                    description="The scheduler (leader only) consumes every command",
+                ),
             )
             # Every command up to the consumer's acknowledged floor was handled by a leader before.
             info = await sub.consumer_info()
@@ -298,8 +331,11 @@ class Scheduler:
     def _redispatch_unstarted(self, outbox: Outbox) -> None:
         """A dispatch committed just before a crash may never have been published: send it again."""
         assert self.state is not None
-        pending = [(job.worker_id, self.state.dispatch_message(job)) for job in self.state.jobs.values()
-                   if job.status is JobStatus.RUNNING and job.started_at is None and job.worker_id]
+        pending = [
+            (job.worker_id, self.state.dispatch_message(job))
+            for job in self.state.jobs.values()
+            if job.status is JobStatus.RUNNING and job.started_at is None and job.worker_id
+        ]
         if pending:
             outbox.put(Outgoing(dispatches=pending))
 
@@ -344,8 +380,7 @@ class Scheduler:
             except _Poisoned as poisoned:
                 index = poisoned.index
                 msg = next(m for i, _, m in commands if i == index)
-                log.exception("%s: command on %s could not be handled", self.name, msg.subject,
-                              exc_info=poisoned.error)
+                log.exception("%s: command on %s could not be handled", self.name, msg.subject, exc_info=poisoned.error)
                 await self._set_aside(js, msg, f"handler failed: {poisoned.error!r}", _HANDLER_FAILED)
                 commands = [c for c in commands if c[0] != index]
                 await self._reload(conn)  # the failed handler may have left half a decision
@@ -353,8 +388,12 @@ class Scheduler:
         try:
             await self._commit(conn, outbox)
         except asyncpg.DataError as exc:  # a value PostgreSQL cannot store: find its command
-            log.warning("%s: a batch of %d command(s) could not be stored (%s); committing them one by one",
-                        self.name, len(commands), exc)
+            log.warning(
+                "%s: a batch of %d command(s) could not be stored (%s); committing them one by one",
+                self.name,
+                len(commands),
+                exc,
+            )
             loaded += await self._commit_singly(conn, js, outbox, commands)
         self.state.forget_terminal(loaded)  # finished jobs loaded only to answer a duplicate command
         self.state.uploads.clear()  # loaded for this batch's commands only
@@ -363,8 +402,13 @@ class Scheduler:
         if msgs:
             self.state.commands_seq = max(self.state.commands_seq, *(m.metadata.sequence.stream for m in msgs))
 
-    async def _commit_singly(self, conn: asyncpg.Connection, js: JetStreamContext, outbox: Outbox,
-                             commands: list[tuple[int, AnyCommand, Msg]]) -> list[uuid.UUID]:
+    async def _commit_singly(
+        self,
+        conn: asyncpg.Connection,
+        js: JetStreamContext,
+        outbox: Outbox,
+        commands: list[tuple[int, AnyCommand, Msg]],
+    ) -> list[uuid.UUID]:
         """Decide and commit each command of a batch that could not be stored on its own, so the
         one that cannot be stored is refused and set aside and every other one is committed."""
         await self._reload(conn)  # nothing of the failed batch was stored
@@ -378,9 +422,16 @@ class Scheduler:
                 await self._set_aside(js, command[2], f"handler failed: {poisoned.error!r}", _HANDLER_FAILED)
                 await self._reload(conn)
             except asyncpg.DataError as exc:
-                await self._set_aside(js, command[2], f"cannot be stored: {exc}",
-                                      Decision(ok=False, code=RefusalCode.UNSTORABLE_INPUT,
-                                               detail=f"the request holds a value that cannot be stored: {exc}"))
+                await self._set_aside(
+                    js,
+                    command[2],
+                    f"cannot be stored: {exc}",
+                    Decision(
+                        ok=False,
+                        code=RefusalCode.UNSTORABLE_INPUT,
+                        detail=f"the request holds a value that cannot be stored: {exc}",
+                    ),
+                )
                 await self._reload(conn)
         return loaded
 
@@ -462,8 +513,13 @@ class Scheduler:
         effects = state.take_effects()
         if not (effects.pending or effects.replies or effects.purge_workers):
             return
-        records = await queries.commit_batch(conn, effects.pending, activated=effects.activated,
-                                             finished=effects.finished, relayed_seq=outbox.relayed_seq)
+        records = await queries.commit_batch(
+            conn,
+            effects.pending,
+            activated=effects.activated,
+            finished=effects.finished,
+            relayed_seq=outbox.relayed_seq,
+        )
         last_seq = records[-1].seq if records else 0
         if last_seq:
             await self._nc.publish(s.COMMITTED, str(last_seq).encode())  # wakes the projector
@@ -473,9 +529,15 @@ class Scheduler:
             else:
                 decision = msgspec.structs.replace(decision, seq=last_seq)
             await self._nc.publish(reply_to, encode(decision))
-        outbox.put(Outgoing(dispatches=effects.dispatches, events=records,
-                            notifications=terminal_notifications(records, state.jobs),
-                            purge_workers=effects.purge_workers, discard_objects=effects.discard_objects))
+        outbox.put(
+            Outgoing(
+                dispatches=effects.dispatches,
+                events=records,
+                notifications=terminal_notifications(records, state.jobs),
+                purge_workers=effects.purge_workers,
+                discard_objects=effects.discard_objects,
+            )
+        )
         for worker_id, control in effects.controls:
             await self._nc.publish(s.control(worker_id), encode(control))
         state.forget_terminal(effects.finished)
@@ -487,8 +549,9 @@ class Scheduler:
 
 
 # The answer to a command whose handler raised (a bug): it is set aside, the sender told at once.
-_HANDLER_FAILED = Decision(ok=False, code=RefusalCode.COMMAND_FAILED,
-                           detail="the scheduler could not handle this request; it was set aside")
+_HANDLER_FAILED = Decision(
+    ok=False, code=RefusalCode.COMMAND_FAILED, detail="the scheduler could not handle this request; it was set aside"
+)
 
 _TERMINAL_TYPES = {type_name(JobCompleted), type_name(JobFailed), type_name(JobCancelled)}
 

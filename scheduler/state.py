@@ -48,8 +48,17 @@ from streams.messages import (
     SubmitJob,
 )
 
-__all__ = ["Effects", "FrontendView", "Handler", "Ledger", "Limits", "SchedulerState", "UploadView", "UserView",
-           "WorkerView"]
+__all__ = [
+    "Effects",
+    "FrontendView",
+    "Handler",
+    "Ledger",
+    "Limits",
+    "SchedulerState",
+    "UploadView",
+    "UserView",
+    "WorkerView",
+]
 
 # A command's handler: (command, reply subject or None, cause).
 Handler = Callable[[Any, str | None, str], None]
@@ -72,19 +81,39 @@ class Limits:
 class SchedulerState:
     """The aggregates of one scheduler term, built empty and then `load`ed from the store."""
 
-    def __init__(self, limits: Limits | None = None, *, catalog: Catalog | None = None,
-                 wall_clock: Callable[[], float] = time.time, policy: QueuePolicy | None = None) -> None:
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        *,
+        catalog: Catalog | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        policy: QueuePolicy | None = None,
+    ) -> None:
         self.limits = limits or Limits()
         self.catalog = catalog or Catalog.load()
         self.out = Emitter(wall_clock, self.apply)
         self.jobs: dict[uuid.UUID, Job] = {}
         self.accounts = Accounts(self.out, self.catalog)
         self.quota = Quota(self.out, self.accounts, ZoneInfo(self.limits.quota_timezone))
-        self.fleet = Fleet(self.out, self.jobs, self._retry, worker_timeout_s=self.limits.worker_timeout_s,
-                           reconcile_grace_s=self.limits.reconcile_grace_s)
+        self.fleet = Fleet(
+            self.out,
+            self.jobs,
+            self._retry,
+            worker_timeout_s=self.limits.worker_timeout_s,
+            reconcile_grace_s=self.limits.reconcile_grace_s,
+        )
         self.queue = Queue(self.out, self.catalog, policy or TesseraPolicy(self.limits.policy))
-        self.book = JobBook(self.out, self.catalog, self.accounts, self.quota, self.fleet, self.queue, self.jobs,
-                            max_attempts=self.limits.max_attempts, queue_timeout_s=self.limits.queue_timeout_s)
+        self.book = JobBook(
+            self.out,
+            self.catalog,
+            self.accounts,
+            self.quota,
+            self.fleet,
+            self.queue,
+            self.jobs,
+            max_attempts=self.limits.max_attempts,
+            queue_timeout_s=self.limits.queue_timeout_s,
+        )
         # Every command, and the aggregate's handler that decides it (reports get no reply).
         self.handlers: dict[type[AnyCommand], Handler] = {
             SubmitJob: self.book.submit,
@@ -138,11 +167,15 @@ class SchedulerState:
 
     # --- loading -----------------------------------------------------------------------------
 
-    def load(self, records: list[RecordedEvent], head_seq: int,
-             used: dict[tuple[uuid.UUID, date], float] | None = None,
-             execution_s: dict[str, float] | None = None,
-             recent_requests: list[tuple[uuid.UUID, float]] | None = None,
-             uploads: dict[tuple[uuid.UUID, date], tuple[int, int]] | None = None) -> None:
+    def load(
+        self,
+        records: list[RecordedEvent],
+        head_seq: int,
+        used: dict[tuple[uuid.UUID, date], float] | None = None,
+        execution_s: dict[str, float] | None = None,
+        recent_requests: list[tuple[uuid.UUID, float]] | None = None,
+        uploads: dict[tuple[uuid.UUID, date], tuple[int, int]] | None = None,
+    ) -> None:
         """Rebuild from the events of plans, frontends, the users of active jobs and active jobs
         (in log order), the tokens charged on recent quota days, measured execution times and the
         submits of the last minute (each user's rate window)."""
@@ -159,8 +192,11 @@ class SchedulerState:
             self.quota.count_request(user_id, at)
         for key, (count, size) in (uploads or {}).items():
             self.quota.upload_ledger[key] = [count, size]
-        queue.admitted = {job_id: order for job_id, order in queue.admitted.items()
-                          if job_id in self.jobs and not self.jobs[job_id].status.terminal}
+        queue.admitted = {
+            job_id: order
+            for job_id, order in queue.admitted.items()
+            if job_id in self.jobs and not self.jobs[job_id].status.terminal
+        }
         for job in self.jobs.values():
             if job.status is JobStatus.QUEUED:
                 queue.enqueue(job)

@@ -57,8 +57,12 @@ class CommandBus:
         future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
         self._waiting[token] = future
         try:
-            await self._js.publish(subject, encode(command), timeout=timeout,
-                                   headers={s.HDR_MSG_ID: msg_id, s.HDR_REPLY_TO: f"{self._prefix}.{token}"})
+            await self._js.publish(
+                subject,
+                encode(command),
+                timeout=timeout,
+                headers={s.HDR_MSG_ID: msg_id, s.HDR_REPLY_TO: f"{self._prefix}.{token}"},
+            )
             return await asyncio.wait_for(future, timeout)
         except TimeoutError as exc:
             raise NoDecision(f"no decision on {subject} within {timeout:.1f}s") from exc

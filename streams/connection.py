@@ -72,8 +72,9 @@ def _options(url: str) -> dict[str, Any]:
 async def connect(url: str, name: str, **callbacks: Any) -> NATS:
     """A connection that reconnects forever, every RECONNECT_WAIT_S; `callbacks` are nats-py's
     (`disconnected_cb`, `reconnected_cb`, ...)."""
-    return await nats.connect(url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=RECONNECT_WAIT_S,
-                              **_options(url), **callbacks)
+    return await nats.connect(
+        url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=RECONNECT_WAIT_S, **_options(url), **callbacks
+    )
 
 
 async def connect_once(url: str, name: str, **callbacks: Any) -> NATS:
@@ -110,8 +111,9 @@ async def _drop_unread(nc: NATS) -> None:
 
 
 @contextlib.asynccontextmanager
-async def opened(url: str, name: str, *, drain_timeout_s: float = DRAIN_TIMEOUT_S,
-                 **callbacks: Any) -> AsyncIterator[NATS]:
+async def opened(
+    url: str, name: str, *, drain_timeout_s: float = DRAIN_TIMEOUT_S, **callbacks: Any
+) -> AsyncIterator[NATS]:
     """A connection as `connect` makes it (reconnecting forever), drained on exit."""
     nc = await connect(url, name, drain_timeout=max(1, round(drain_timeout_s)), **callbacks)
     try:
@@ -121,8 +123,9 @@ async def opened(url: str, name: str, *, drain_timeout_s: float = DRAIN_TIMEOUT_
 
 
 @contextlib.asynccontextmanager
-async def opened_once(url: str, name: str, *, drain_timeout_s: float = DRAIN_TIMEOUT_S,
-                      **callbacks: Any) -> AsyncIterator[NATS]:
+async def opened_once(
+    url: str, name: str, *, drain_timeout_s: float = DRAIN_TIMEOUT_S, **callbacks: Any
+) -> AsyncIterator[NATS]:
     """A connection as `connect_once` makes it (failing rather than waiting), drained on exit."""
     nc = await connect_once(url, name, drain_timeout=max(1, round(drain_timeout_s)), **callbacks)
     try:

@@ -163,16 +163,35 @@ class DefinePlan(Command, frozen=True, kw_only=True, tag="plan.define"):
     max_upload_bytes: int | None = None
 
 
-AnyCommand = (SubmitJob | CancelJob | ReportStarted | ReportCompleted | ReportFailed | CreateUser | CreateFrontendKey
-              | IssueApiKey | RevokeKey | StoreUpload | DeleteUpload | ChangeUserPlan | DefinePlan)
+AnyCommand = (
+    SubmitJob
+    | CancelJob
+    | ReportStarted
+    | ReportCompleted
+    | ReportFailed
+    | CreateUser
+    | CreateFrontendKey
+    | IssueApiKey
+    | RevokeKey
+    | StoreUpload
+    | DeleteUpload
+    | ChangeUserPlan
+    | DefinePlan
+)
 
 # The subject each kind of command must arrive on. NATS permissions say who may publish on a
 # subject; the scheduler refuses a command that came on another kind's subject, so a worker that
 # may publish only its own reports cannot slip a submit or an admin action into one.
 _SUBJECTS: dict[type[Command], str] = {
-    SubmitJob: s.CMD_SUBMIT, CancelJob: s.CMD_CANCEL, CreateUser: s.admin("user-create"),
-    CreateFrontendKey: s.admin("frontend-create"), IssueApiKey: s.CMD_KEY_ISSUE, RevokeKey: s.CMD_KEY_REVOKE,
-    StoreUpload: s.CMD_UPLOAD_STORE, DeleteUpload: s.CMD_UPLOAD_DELETE, ChangeUserPlan: s.admin("user-plan"),
+    SubmitJob: s.CMD_SUBMIT,
+    CancelJob: s.CMD_CANCEL,
+    CreateUser: s.admin("user-create"),
+    CreateFrontendKey: s.admin("frontend-create"),
+    IssueApiKey: s.CMD_KEY_ISSUE,
+    RevokeKey: s.CMD_KEY_REVOKE,
+    StoreUpload: s.CMD_UPLOAD_STORE,
+    DeleteUpload: s.CMD_UPLOAD_DELETE,
+    ChangeUserPlan: s.admin("user-plan"),
     DefinePlan: s.admin("plan-define"),
 }
 

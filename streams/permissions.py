@@ -44,8 +44,10 @@ class Role:
         if self.publish is None and self.subscribe is None:
             return None
         result: dict[str, dict[str, list[str]]] = {}
-        for key, allow, deny in (("publish", self.publish, self.publish_deny),
-                                 ("subscribe", self.subscribe, self.subscribe_deny)):
+        for key, allow, deny in (
+            ("publish", self.publish, self.publish_deny),
+            ("subscribe", self.subscribe, self.subscribe_deny),
+        ):
             entry: dict[str, list[str]] = {}
             if allow is not None:
                 entry["allow"] = list(allow)
@@ -57,25 +59,37 @@ class Role:
 
 def _pull_consumer(stream: str, consumer: str, filter_subject: str) -> tuple[str, ...]:
     """Look up, create (on `filter_subject` only), fetch from and acknowledge one durable pull consumer."""
-    return (f"{_JS}.CONSUMER.INFO.{stream}.{consumer}",
-            f"{_JS}.CONSUMER.CREATE.{stream}.{consumer}.{filter_subject}",
-            f"{_JS}.CONSUMER.MSG.NEXT.{stream}.{consumer}",
-            f"$JS.ACK.{stream}.{consumer}.>")
+    return (
+        f"{_JS}.CONSUMER.INFO.{stream}.{consumer}",
+        f"{_JS}.CONSUMER.CREATE.{stream}.{consumer}.{filter_subject}",
+        f"{_JS}.CONSUMER.MSG.NEXT.{stream}.{consumer}",
+        f"$JS.ACK.{stream}.{consumer}.>",
+    )
 
 
 def _read_objects() -> tuple[str, ...]:
     """Get objects from the artifacts bucket: its info, an object's metadata, an ordered consumer on its chunks."""
-    return (f"{_JS}.STREAM.INFO.{_OBJ_STREAM}", f"{_JS}.STREAM.NAMES", f"{_JS}.DIRECT.GET.{_OBJ_STREAM}.>",
-            f"{_JS}.STREAM.MSG.GET.{_OBJ_STREAM}", f"{_JS}.CONSUMER.CREATE.{_OBJ_STREAM}",
-            f"{_JS}.CONSUMER.CREATE.{_OBJ_STREAM}.>", f"{_JS}.CONSUMER.INFO.{_OBJ_STREAM}.>",
-            f"{_JS}.CONSUMER.DELETE.{_OBJ_STREAM}.>")
+    return (
+        f"{_JS}.STREAM.INFO.{_OBJ_STREAM}",
+        f"{_JS}.STREAM.NAMES",
+        f"{_JS}.DIRECT.GET.{_OBJ_STREAM}.>",
+        f"{_JS}.STREAM.MSG.GET.{_OBJ_STREAM}",
+        f"{_JS}.CONSUMER.CREATE.{_OBJ_STREAM}",
+        f"{_JS}.CONSUMER.CREATE.{_OBJ_STREAM}.>",
+        f"{_JS}.CONSUMER.INFO.{_OBJ_STREAM}.>",
+        f"{_JS}.CONSUMER.DELETE.{_OBJ_STREAM}.>",
+    )
 
 
 def _watch_workers() -> tuple[str, ...]:
     """Follow the workers bucket (an ordered consumer replaying every key, then each change)."""
-    return (f"{_JS}.STREAM.INFO.{_KV_STREAM}", f"{_JS}.CONSUMER.CREATE.{_KV_STREAM}",
-            f"{_JS}.CONSUMER.CREATE.{_KV_STREAM}.>", f"{_JS}.CONSUMER.INFO.{_KV_STREAM}.>",
-            f"{_JS}.CONSUMER.DELETE.{_KV_STREAM}.>")
+    return (
+        f"{_JS}.STREAM.INFO.{_KV_STREAM}",
+        f"{_JS}.CONSUMER.CREATE.{_KV_STREAM}",
+        f"{_JS}.CONSUMER.CREATE.{_KV_STREAM}.>",
+        f"{_JS}.CONSUMER.INFO.{_KV_STREAM}.>",
+        f"{_JS}.CONSUMER.DELETE.{_KV_STREAM}.>",
+    )
 
 
 def admin() -> Role:
@@ -89,11 +103,23 @@ def scheduler() -> Role:
     It manages the streams (creates and updates them at start, purges a gone worker's dispatches,
     deletes expired objects), so it may use the whole JetStream API.
     """
-    return Role("scheduler", "scheduler",
-                publish=(f"{_JS}.>", f"$JS.ACK.{s.COMMANDS_STREAM}.{s.SCHEDULER_CONSUMER}.>", s.DISPATCH_ALL,
-                         s.EVENTS_ALL, s.NOTIFY_ALL, s.DEAD_LETTER_ALL, s.CONTROL_ALL, s.COMMITTED, s.REPLY_ALL,
-                         _OBJECTS),
-                subscribe=(f"{inbox_prefix('scheduler')}.>",))
+    return Role(
+        "scheduler",
+        "scheduler",
+        publish=(
+            f"{_JS}.>",
+            f"$JS.ACK.{s.COMMANDS_STREAM}.{s.SCHEDULER_CONSUMER}.>",
+            s.DISPATCH_ALL,
+            s.EVENTS_ALL,
+            s.NOTIFY_ALL,
+            s.DEAD_LETTER_ALL,
+            s.CONTROL_ALL,
+            s.COMMITTED,
+            s.REPLY_ALL,
+            _OBJECTS,
+        ),
+        subscribe=(f"{inbox_prefix('scheduler')}.>",),
+    )
 
 
 def gateway() -> Role:
@@ -102,19 +128,34 @@ def gateway() -> Role:
     It never consumes dispatches, never writes events and never sends a worker's report or an
     operator's command.
     """
-    return Role("gateway", "gateway",
-                publish=(s.CMD_SUBMIT, s.CMD_CANCEL, s.CMD_KEY_ISSUE, s.CMD_KEY_REVOKE, s.CMD_UPLOAD_STORE,
-                         s.CMD_UPLOAD_DELETE, _OBJECTS, f"{_JS}.STREAM.PURGE.{_OBJ_STREAM}",
-                         *_read_objects(), *_watch_workers()),
-                subscribe=(f"{inbox_prefix('gateway')}.>", s.REPLY_ALL, s.EVENTS_ALL, s.PROGRESS_ALL),
-                subscribe_deny=(s.DISPATCH_ALL,))
+    return Role(
+        "gateway",
+        "gateway",
+        publish=(
+            s.CMD_SUBMIT,
+            s.CMD_CANCEL,
+            s.CMD_KEY_ISSUE,
+            s.CMD_KEY_REVOKE,
+            s.CMD_UPLOAD_STORE,
+            s.CMD_UPLOAD_DELETE,
+            _OBJECTS,
+            f"{_JS}.STREAM.PURGE.{_OBJ_STREAM}",
+            *_read_objects(),
+            *_watch_workers(),
+        ),
+        subscribe=(f"{inbox_prefix('gateway')}.>", s.REPLY_ALL, s.EVENTS_ALL, s.PROGRESS_ALL),
+        subscribe_deny=(s.DISPATCH_ALL,),
+    )
 
 
 def projector() -> Role:
     """Folds the log from PostgreSQL; on NATS it only hears that the log has grown."""
-    return Role("projector", "projector",
-                publish=(f"{_JS}.CONSUMER.DELETE.{s.EVENTS_STREAM}.projector",),  # an old projector's consumer
-                subscribe=(f"{inbox_prefix('projector')}.>", s.COMMITTED))
+    return Role(
+        "projector",
+        "projector",
+        publish=(f"{_JS}.CONSUMER.DELETE.{s.EVENTS_STREAM}.projector",),  # an old projector's consumer
+        subscribe=(f"{inbox_prefix('projector')}.>", s.COMMITTED),
+    )
 
 
 def worker_user(worker_id: str) -> str:
@@ -126,13 +167,23 @@ def worker(worker_id: str) -> Role:
     own status key, its own reports, progress, and the artifacts bucket (it stores results and
     reads uploaded inputs)."""
     user = worker_user(worker_id)
-    return Role(f"worker:{worker_id}", user,
-                publish=(*_pull_consumer(s.DISPATCH_STREAM, user, s.dispatch(worker_id)),
-                         f"{_JS}.STREAM.INFO.{_KV_STREAM}", f"$KV.{s.WORKERS_BUCKET}.{s.token(worker_id)}",
-                         s.report(s.CMD_STARTED, worker_id), s.report(s.CMD_COMPLETED, worker_id),
-                         s.report(s.CMD_FAILED, worker_id), s.PROGRESS_ALL, f"$O.{s.ARTIFACTS_BUCKET}.C.>",
-                         f"$O.{s.ARTIFACTS_BUCKET}.M.>", *_read_objects()),
-                subscribe=(f"{inbox_prefix(user)}.>", s.control(worker_id)))
+    return Role(
+        f"worker:{worker_id}",
+        user,
+        publish=(
+            *_pull_consumer(s.DISPATCH_STREAM, user, s.dispatch(worker_id)),
+            f"{_JS}.STREAM.INFO.{_KV_STREAM}",
+            f"$KV.{s.WORKERS_BUCKET}.{s.token(worker_id)}",
+            s.report(s.CMD_STARTED, worker_id),
+            s.report(s.CMD_COMPLETED, worker_id),
+            s.report(s.CMD_FAILED, worker_id),
+            s.PROGRESS_ALL,
+            f"$O.{s.ARTIFACTS_BUCKET}.C.>",
+            f"$O.{s.ARTIFACTS_BUCKET}.M.>",
+            *_read_objects(),
+        ),
+        subscribe=(f"{inbox_prefix(user)}.>", s.control(worker_id)),
+    )
 
 
 def bot_user(frontend: str, bot_id: str | None) -> str:
@@ -143,9 +194,12 @@ def bot_user(frontend: str, bot_id: str | None) -> str:
 def bot(frontend: str, bot_id: str | None) -> Role:
     """A bot: its own completion notifications and nothing else (it reaches the rest over HTTP)."""
     user = bot_user(frontend, bot_id)
-    return Role(f"bot:{frontend}:{bot_id or ''}", user,
-                publish=_pull_consumer(s.NOTIFY_STREAM, user, s.done_for(frontend, bot_id)),
-                subscribe=(f"{inbox_prefix(user)}.>",))
+    return Role(
+        f"bot:{frontend}:{bot_id or ''}",
+        user,
+        publish=_pull_consumer(s.NOTIFY_STREAM, user, s.done_for(frontend, bot_id)),
+        subscribe=(f"{inbox_prefix(user)}.>",),
+    )
 
 
 def role(name: str) -> Role:
@@ -160,5 +214,6 @@ def role(name: str) -> Role:
         case "bot" if rest:
             frontend, _, bot_id = rest.partition(":")
             return bot(frontend, bot_id or None)
-    raise ValueError(f"{name!r} is not a role: scheduler, gateway, projector, admin, worker:<id>, "
-                     "bot:<frontend>:<bot id>")
+    raise ValueError(
+        f"{name!r} is not a role: scheduler, gateway, projector, admin, worker:<id>, bot:<frontend>:<bot id>"
+    )

@@ -28,9 +28,15 @@ class WorkersFeed:
     """Calls `on_status` for each status a worker puts, `on_gone` for a goodbye, and `on_known`
     each time a new watcher has replayed the bucket's current contents."""
 
-    def __init__(self, js: JetStreamContext, *, on_status: Callable[[WorkerStatus], None],
-                 on_gone: Callable[[str], None], on_known: Callable[[], None] = lambda: None,
-                 silent_restart_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        *,
+        on_status: Callable[[WorkerStatus], None],
+        on_gone: Callable[[str], None],
+        on_known: Callable[[], None] = lambda: None,
+        silent_restart_s: float = 30.0,
+    ) -> None:
         self._js = js
         self._on_status = on_status
         self._on_gone = on_gone

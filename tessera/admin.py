@@ -44,15 +44,25 @@ async def _send_and_wait(nats_url: str, database_url: str, subject: str, command
     return decision
 
 
-async def create_user(nats_url: str, database_url: str, *, platform: str, user_id: str, plan: str,
-                      display_name: str | None = None) -> tuple[uuid.UUID, str]:
+async def create_user(
+    nats_url: str, database_url: str, *, platform: str, user_id: str, plan: str, display_name: str | None = None
+) -> tuple[uuid.UUID, str]:
     if platform not in PLATFORMS:
         raise SystemExit(f"tessera: platform must be one of {', '.join(PLATFORMS)}")
     key, key_hash, prefix = new_key(USER_KEY_PREFIX)
-    command = CreateUser(command_id=uuid.uuid4(), platform=platform, platform_user_id=user_id, plan=plan,
-                         display_name=display_name, key_id=uuid.uuid4(), key_hash=key_hash, key_prefix=prefix)
-    decision = await _send_and_wait(nats_url, database_url, s.admin("user-create"), command,
-                                    f"user-create:{command.command_id}")
+    command = CreateUser(
+        command_id=uuid.uuid4(),
+        platform=platform,
+        platform_user_id=user_id,
+        plan=plan,
+        display_name=display_name,
+        key_id=uuid.uuid4(),
+        key_hash=key_hash,
+        key_prefix=prefix,
+    )
+    decision = await _send_and_wait(
+        nats_url, database_url, s.admin("user-create"), command, f"user-create:{command.command_id}"
+    )
     return decision.user_id, key  # type: ignore[attr-defined]
 
 
@@ -62,10 +72,17 @@ async def create_frontend_key(nats_url: str, database_url: str, *, frontend: str
     if bot_id is not None and not s.is_token(bot_id):
         raise SystemExit("tessera: bot id may hold only letters, digits, '_' and '-'")
     key, key_hash, prefix = new_key(FRONTEND_KEY_PREFIX)
-    command = CreateFrontendKey(command_id=uuid.uuid4(), frontend=frontend, bot_id=bot_id, key_id=uuid.uuid4(),
-                                key_hash=key_hash, key_prefix=prefix)
-    await _send_and_wait(nats_url, database_url, s.admin("frontend-create"), command,
-                         f"frontend-create:{command.command_id}")
+    command = CreateFrontendKey(
+        command_id=uuid.uuid4(),
+        frontend=frontend,
+        bot_id=bot_id,
+        key_id=uuid.uuid4(),
+        key_hash=key_hash,
+        key_prefix=prefix,
+    )
+    await _send_and_wait(
+        nats_url, database_url, s.admin("frontend-create"), command, f"frontend-create:{command.command_id}"
+    )
     return key
 
 
@@ -91,12 +108,18 @@ async def _key_owner(database_url: str, key_id: uuid.UUID) -> tuple[str, asyncpg
     raise SystemExit(f"tessera: no key {key_id}")
 
 
-async def issue_key(nats_url: str, database_url: str, *, platform: str, user_id: str,
-                    label: str | None = None) -> str:
+async def issue_key(nats_url: str, database_url: str, *, platform: str, user_id: str, label: str | None = None) -> str:
     """Another API key for an existing user."""
     key, key_hash, prefix = new_key(USER_KEY_PREFIX)
-    command = IssueApiKey(command_id=uuid.uuid4(), user_id=user_stream_id(platform, user_id), key_id=uuid.uuid4(),
-                          key_hash=key_hash, key_prefix=prefix, label=label, by="operator")
+    command = IssueApiKey(
+        command_id=uuid.uuid4(),
+        user_id=user_stream_id(platform, user_id),
+        key_id=uuid.uuid4(),
+        key_hash=key_hash,
+        key_prefix=prefix,
+        label=label,
+        by="operator",
+    )
     await _send_and_wait(nats_url, database_url, s.CMD_KEY_ISSUE, command, f"key-issue:{command.command_id}")
     return key
 
@@ -105,12 +128,19 @@ async def revoke_key(nats_url: str, database_url: str, key_id: uuid.UUID, reason
     """Revoke a user's or a frontend's key by its id; says whose it was."""
     kind, row = await _key_owner(database_url, key_id)
     if kind == "user":
-        command = RevokeKey(command_id=uuid.uuid4(), key_id=key_id, user_id=row["user_id"], by="operator",
-                            reason=reason)
+        command = RevokeKey(
+            command_id=uuid.uuid4(), key_id=key_id, user_id=row["user_id"], by="operator", reason=reason
+        )
         owner = f"user {row['user_id']}"
     else:
-        command = RevokeKey(command_id=uuid.uuid4(), key_id=key_id, frontend=row["frontend"], bot_id=row["bot_id"],
-                            by="operator", reason=reason)
+        command = RevokeKey(
+            command_id=uuid.uuid4(),
+            key_id=key_id,
+            frontend=row["frontend"],
+            bot_id=row["bot_id"],
+            by="operator",
+            reason=reason,
+        )
         owner = f"frontend {row['frontend']}/{row['bot_id'] or '-'}"
     await _send_and_wait(nats_url, database_url, s.CMD_KEY_REVOKE, command, f"key-revoke:{command.command_id}")
     return owner
@@ -125,8 +155,15 @@ async def rotate_key(nats_url: str, database_url: str, key_id: uuid.UUID) -> str
         await revoke_key(nats_url, database_url, key_id, reason="rotated")
         return key
     key, key_hash, prefix = new_key(USER_KEY_PREFIX)
-    command = IssueApiKey(command_id=uuid.uuid4(), user_id=row["user_id"], key_id=uuid.uuid4(), key_hash=key_hash,
-                          key_prefix=prefix, replaces=key_id, by="operator")
+    command = IssueApiKey(
+        command_id=uuid.uuid4(),
+        user_id=row["user_id"],
+        key_id=uuid.uuid4(),
+        key_hash=key_hash,
+        key_prefix=prefix,
+        replaces=key_id,
+        by="operator",
+    )
     await _send_and_wait(nats_url, database_url, s.CMD_KEY_ISSUE, command, f"key-issue:{command.command_id}")
     return key
 
@@ -134,8 +171,9 @@ async def rotate_key(nats_url: str, database_url: str, key_id: uuid.UUID) -> str
 async def change_user_plan(nats_url: str, database_url: str, *, platform: str, user_id: str, plan: str) -> uuid.UUID:
     """Move a user to another plan: a UserPlanChanged event, in force from their next submit."""
     command = ChangeUserPlan(command_id=uuid.uuid4(), platform=platform, platform_user_id=user_id, plan=plan)
-    decision = await _send_and_wait(nats_url, database_url, s.admin("user-plan"), command,
-                                    f"user-plan:{command.command_id}")
+    decision = await _send_and_wait(
+        nats_url, database_url, s.admin("user-plan"), command, f"user-plan:{command.command_id}"
+    )
     return decision.user_id  # type: ignore[attr-defined]
 
 
@@ -154,8 +192,7 @@ async def plan_history(database_url: str, tier: str) -> list[str]:
     """Every definition the plan has had, oldest first: what explains a past bill."""
     async with db.connection(database_url, json_codec=False) as conn:
         records = await store.load_stream(conn, plan_stream_id(tier))
-    return [f"{_when(r.recorded_at)}  v{r.version}  {_kv(_fields(r.data))}  ({r.causation_id or '-'})"
-            for r in records]
+    return [f"{_when(r.recorded_at)}  v{r.version}  {_kv(_fields(r.data))}  ({r.causation_id or '-'})" for r in records]
 
 
 async def job_history(database_url: str, job_id: uuid.UUID) -> list[str]:
@@ -171,8 +208,10 @@ async def job_history(database_url: str, job_id: uuid.UUID) -> list[str]:
         details = {k: v for k, v in _fields(rec.data).items() if k not in ("params", "reply_context", "artifacts")}
         if hasattr(rec.data, "artifacts"):
             details["artifacts"] = [f"{a.kind}/{a.format} {a.size_bytes}B" for a in rec.data.artifacts]
-        lines.append(f"v{rec.version:<3} {_when(rec.recorded_at)} +{offset:8.3f}s  {rec.type:<18} -> "
-                     f"{job.status.value:<9} {_kv(details)}")
+        lines.append(
+            f"v{rec.version:<3} {_when(rec.recorded_at)} +{offset:8.3f}s  {rec.type:<18} -> "
+            f"{job.status.value:<9} {_kv(details)}"
+        )
     return lines
 
 

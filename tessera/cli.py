@@ -59,13 +59,18 @@ def cmd_workers_credentials(args: argparse.Namespace) -> None:
     if embedded and running.exists():
         server = nats_auth.without_user(json.loads(running.read_text())["nats_url"])
     if not embedded:
-        print("# Add this user to the `authorization { users = [...] }` block of your nats-server, then reload it:\n"
-              f"{nats_auth.user_entry(role, credentials.passwords[role]).strip()}\n", file=sys.stderr)
+        print(
+            "# Add this user to the `authorization { users = [...] }` block of your nats-server, then reload it:\n"
+            f"{nats_auth.user_entry(role, credentials.passwords[role]).strip()}\n",
+            file=sys.stderr,
+        )
     elif added and not nats_auth.embedded_server(settings, credentials).reload():
         print("# The embedded nats-server is not running: it knows this worker from its next start.", file=sys.stderr)
-    print(f"# Worker {args.worker_id}, NATS user {permissions.worker_user(args.worker_id)}. On its machine, with the "
-          "host this server is\n# reachable at (`tessera up` listens on TESSERA_NATS_HOST; TLS: docs/security.md):",
-          file=sys.stderr)
+    print(
+        f"# Worker {args.worker_id}, NATS user {permissions.worker_user(args.worker_id)}. On its machine, with the "
+        "host this server is\n# reachable at (`tessera up` listens on TESSERA_NATS_HOST; TLS: docs/security.md):",
+        file=sys.stderr,
+    )
     print(f"TESSERA_NATS_URL={credentials.url(server, role)}")
     print(f"# then run: tessera worker --worker-id {args.worker_id}", file=sys.stderr)
 
@@ -79,8 +84,11 @@ def cmd_workers_revoke(args: argparse.Namespace) -> None:
     if not credentials.remove(f"worker:{args.worker_id}"):
         raise SystemExit(f"tessera: worker {args.worker_id!r} has no NATS user in {credentials.path}")
     if settings.nats_url:
-        print(f"removed; delete the user {permissions.worker_user(args.worker_id)} from your nats-server's "
-              "configuration and reload it", file=sys.stderr)
+        print(
+            f"removed; delete the user {permissions.worker_user(args.worker_id)} from your nats-server's "
+            "configuration and reload it",
+            file=sys.stderr,
+        )
     elif nats_auth.embedded_server(settings, credentials).reload():
         print(f"worker {args.worker_id} can no longer connect; its connections were closed", file=sys.stderr)
     else:
@@ -104,8 +112,16 @@ def cmd_users_create(args: argparse.Namespace) -> None:
     from tessera.admin import create_user
 
     nats_url, database_url = _urls()
-    user_id, key = asyncio.run(create_user(nats_url, database_url, platform=args.platform, user_id=args.user_id,
-                                           plan=args.plan, display_name=args.display_name))
+    user_id, key = asyncio.run(
+        create_user(
+            nats_url,
+            database_url,
+            platform=args.platform,
+            user_id=args.user_id,
+            plan=args.plan,
+            display_name=args.display_name,
+        )
+    )
     print(f"user {args.platform}:{args.user_id} ({user_id}) on plan {args.plan}", file=sys.stderr)
     print("API key (shown once; store it now):", file=sys.stderr)
     print(key)
@@ -115,8 +131,9 @@ def cmd_users_set_plan(args: argparse.Namespace) -> None:
     from tessera.admin import change_user_plan
 
     nats_url, database_url = _urls()
-    user_id = asyncio.run(change_user_plan(nats_url, database_url, platform=args.platform, user_id=args.user_id,
-                                           plan=args.plan))
+    user_id = asyncio.run(
+        change_user_plan(nats_url, database_url, platform=args.platform, user_id=args.user_id, plan=args.plan)
+    )
     print(f"user {args.platform}:{args.user_id} ({user_id}) is on plan {args.plan}")
 
 
@@ -127,9 +144,11 @@ def cmd_plans_list(args: argparse.Namespace) -> None:
     print(f"{'tier':<10} {'prio':>4} {'tokens/day':>10} {'rpm':>7} {'running':>7} {'queued':>7} {'max px':>6}  models")
     for r in rows:
         daily = "unlimited" if r["daily_token_limit"] is None else str(r["daily_token_limit"])
-        print(f"{r['tier']:<10} {r['priority']:>4} {daily:>10} {r['requests_per_minute']:>7} "
-              f"{r['max_concurrent_jobs']:>7} {r['max_queued_jobs']:>7} {r['max_resolution']:>6}  "
-              f"{','.join(r['allowed_models'])}")
+        print(
+            f"{r['tier']:<10} {r['priority']:>4} {daily:>10} {r['requests_per_minute']:>7} "
+            f"{r['max_concurrent_jobs']:>7} {r['max_queued_jobs']:>7} {r['max_resolution']:>6}  "
+            f"{','.join(r['allowed_models'])}"
+        )
 
 
 def cmd_plans_set(args: argparse.Namespace) -> None:
@@ -143,12 +162,24 @@ def cmd_plans_set(args: argparse.Namespace) -> None:
     except ValueError:
         raise SystemExit("tessera: --daily-tokens takes a number or 'unlimited'") from None
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models is not None else None
-    command = DefinePlan(command_id=uuid.uuid4(), tier=args.tier, name=args.name, daily_token_limit=daily,
-                         unlimited_tokens=unlimited, requests_per_minute=args.rpm, max_concurrent_jobs=args.max_running,
-                         max_queued_jobs=args.max_queued, priority=args.priority, max_resolution=args.max_resolution,
-                         allowed_models=models, price_cents=args.price_cents, description=args.description,
-                         uploads_per_day=args.uploads_per_day, upload_bytes_per_day=args.upload_bytes_per_day,
-                         max_upload_bytes=args.max_upload_bytes)
+    command = DefinePlan(
+        command_id=uuid.uuid4(),
+        tier=args.tier,
+        name=args.name,
+        daily_token_limit=daily,
+        unlimited_tokens=unlimited,
+        requests_per_minute=args.rpm,
+        max_concurrent_jobs=args.max_running,
+        max_queued_jobs=args.max_queued,
+        priority=args.priority,
+        max_resolution=args.max_resolution,
+        allowed_models=models,
+        price_cents=args.price_cents,
+        description=args.description,
+        uploads_per_day=args.uploads_per_day,
+        upload_bytes_per_day=args.upload_bytes_per_day,
+        max_upload_bytes=args.max_upload_bytes,
+    )
     asyncio.run(define_plan(nats_url, database_url, command))
     print(f"plan {args.tier} defined")
 
@@ -191,8 +222,7 @@ def cmd_keys_create(args: argparse.Namespace) -> None:
     from tessera.admin import issue_key
 
     nats_url, database_url = _urls()
-    key = asyncio.run(issue_key(nats_url, database_url, platform=args.platform, user_id=args.user_id,
-                                label=args.label))
+    key = asyncio.run(issue_key(nats_url, database_url, platform=args.platform, user_id=args.user_id, label=args.label))
     print("API key (shown once; store it now):", file=sys.stderr)
     print(key)
 
@@ -260,8 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-id", required=True)
     p.set_defaults(func=cmd_workers_revoke)
 
-    nats_cmd = sub.add_parser("nats", help="NATS users for an external server").add_subparsers(dest="action",
-                                                                                                required=True)
+    nats_cmd = sub.add_parser("nats", help="NATS users for an external server").add_subparsers(
+        dest="action", required=True
+    )
     p = nats_cmd.add_parser("authorization", help="print the nats-server `authorization` block: one user per role")
     p.add_argument("--worker", action="append", default=[], help="a worker id to add a user for (repeatable)")
     p.add_argument("--bot", action="append", default=[], help="FRONTEND:BOT_ID of a bot to add (repeatable)")
@@ -309,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_frontends_create)
 
     keys = sub.add_parser("keys", help="API keys and frontend keys: list, create, revoke, rotate").add_subparsers(
-        dest="action", required=True)
+        dest="action", required=True
+    )
     p = keys.add_parser("list", help="a user's keys (--platform and --user-id), or every frontend key")
     p.add_argument("--platform", choices=["web", "telegram", "discord"])
     p.add_argument("--user-id")
@@ -334,14 +366,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     projections = sub.add_parser("projections", help="read models").add_subparsers(dest="action", required=True)
     projections.add_parser("rebuild", help="drop and re-fold every read model from the events").set_defaults(
-        func=cmd_projections_rebuild)
+        func=cmd_projections_rebuild
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
     logging.getLogger("nats").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # `up` polls every child's /readyz
     args.func(args)

@@ -106,8 +106,10 @@ class EmbeddedNats:
         text = f"pid_file: {json.dumps(str(self.pid_file))}\n"
         text += "jetstream {\n" + "".join(f"  {line}\n" for line in lines) + "}\n"
         if self.tls_cert and self.tls_key:
-            text += (f"tls {{\n  cert_file: {json.dumps(str(self.tls_cert))}\n"
-                     f"  key_file: {json.dumps(str(self.tls_key))}\n}}\n")
+            text += (
+                f"tls {{\n  cert_file: {json.dumps(str(self.tls_cert))}\n"
+                f"  key_file: {json.dumps(str(self.tls_key))}\n}}\n"
+            )
         if self.authorization:
             text += self.authorization
         return text
@@ -191,8 +193,14 @@ class EmbeddedPostgres:
         user = None
         if os.geteuid() == 0:  # PostgreSQL refuses to run as root
             user = _PG_SYSTEM_USER
-        return subprocess.run([str(POSTGRES_BIN_PATH / args[0]), *args[1:]], check=True, capture_output=True,
-                              text=True, user=user, timeout=60)
+        return subprocess.run(
+            [str(POSTGRES_BIN_PATH / args[0]), *args[1:]],
+            check=True,
+            capture_output=True,
+            text=True,
+            user=user,
+            timeout=60,
+        )
 
     def _prepare_root(self) -> None:
         if os.geteuid() != 0:
@@ -222,10 +230,25 @@ class EmbeddedPostgres:
             self._run(["initdb", "-D", str(self.pgdata), "--auth=trust", "--encoding=UTF8", "-U", "postgres"])
         self.stop()  # a server left running by a killed `tessera up` would hold the data dir
         self.port = free_port(preferred_port)
-        options = (f"-h 127.0.0.1 -p {self.port} -k {self.pgdata} -c max_connections=200 "
-                   "-c shared_buffers=256MB -c synchronous_commit=on")
-        self._run(["pg_ctl", "-D", str(self.pgdata), "-w", "-t", "60", "-l", str(self.pgdata / "server.log"),
-                   "-o", options, "start"])
+        options = (
+            f"-h 127.0.0.1 -p {self.port} -k {self.pgdata} -c max_connections=200 "
+            "-c shared_buffers=256MB -c synchronous_commit=on"
+        )
+        self._run(
+            [
+                "pg_ctl",
+                "-D",
+                str(self.pgdata),
+                "-w",
+                "-t",
+                "60",
+                "-l",
+                str(self.pgdata / "server.log"),
+                "-o",
+                options,
+                "start",
+            ]
+        )
         log.info("PostgreSQL listening on %s (data %s)", self.url, self.pgdata)
         return self
 

@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from streams import permissions
 from base.config import Settings
+from streams import permissions
 from tessera.embedded import EmbeddedNats
 
 CORE_ROLES = ("admin", "scheduler", "gateway", "projector")
@@ -97,7 +97,11 @@ def authorization_block(passwords: dict[str, str]) -> str:
 
 def embedded_server(settings: Settings, credentials: Credentials | None) -> EmbeddedNats:
     """The embedded nats-server as `tessera up` configures it: its store, users, TLS and address."""
-    return EmbeddedNats(settings.data_dir / "nats",
-                        authorization=credentials.authorization() if credentials else None,
-                        tls_cert=settings.nats_tls_cert, tls_key=settings.nats_tls_key, host=settings.nats_host,
-                        sync_interval=settings.nats_sync)
+    return EmbeddedNats(
+        settings.data_dir / "nats",
+        authorization=credentials.authorization() if credentials else None,
+        tls_cert=settings.nats_tls_cert,
+        tls_key=settings.nats_tls_key,
+        host=settings.nats_host,
+        sync_interval=settings.nats_sync,
+    )

@@ -58,8 +58,14 @@ class ServiceSpec:
             case Scale.ONE:
                 return [Instance(name=self.name, args=(self.name,), role=self.name)]
             case Scale.PER_WORKER:
-                return [Instance(name=f"{self.name}-{i}", args=(self.name, "--worker-id", f"{host}-{i}"),
-                                 role=f"worker:{host}-{i}") for i in range(workers)]
+                return [
+                    Instance(
+                        name=f"{self.name}-{i}",
+                        args=(self.name, "--worker-id", f"{host}-{i}"),
+                        role=f"worker:{host}-{i}",
+                    )
+                    for i in range(workers)
+                ]
             case Scale.NONE:
                 return []
 
@@ -82,6 +88,7 @@ def urls(settings: Settings) -> tuple[str, str]:
 
 
 # --- the services -------------------------------------------------------------------------------
+
 
 async def _ensure_streams(settings: Settings) -> None:
     """The streams, made before the scheduler starts (a worker's NATS user may not make them)."""
@@ -119,12 +126,23 @@ def _gateway(args: argparse.Namespace, settings: Settings) -> Service:
 def _worker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--worker-id", default=None, help="letters, digits, '_' and '-' (default <host>-0)")
     parser.add_argument("--gpu", type=int, default=None, help="GPU index: sets CUDA_VISIBLE_DEVICES and the id suffix")
-    parser.add_argument("--engines", default=None, help="comma-separated engines (default echo,espeak,pocketsphinx, "
-                                                          "and llama-cpp with the llm extra)")
-    parser.add_argument("--slots", type=int, default=0,
-                        help="jobs at once across its engines, each also held to its own (default: their sum)")
-    parser.add_argument("--max-resolution", type=int, default=None,
-                        help="the largest image side it takes (default: judged from its GPU's memory)")
+    parser.add_argument(
+        "--engines",
+        default=None,
+        help="comma-separated engines (default echo,espeak,pocketsphinx, and llama-cpp with the llm extra)",
+    )
+    parser.add_argument(
+        "--slots",
+        type=int,
+        default=0,
+        help="jobs at once across its engines, each also held to its own (default: their sum)",
+    )
+    parser.add_argument(
+        "--max-resolution",
+        type=int,
+        default=None,
+        help="the largest image side it takes (default: judged from its GPU's memory)",
+    )
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> Service:
@@ -132,24 +150,39 @@ def _worker(args: argparse.Namespace, settings: Settings) -> Service:
     from worker_node.service import Worker
 
     nats_url = os.environ.get("TESSERA_NATS_URL") or urls(settings)[0]  # a remote worker has no database
-    worker_id = args.worker_id or (f"{settings.worker_id.rsplit('-', 1)[0]}-gpu{args.gpu}" if args.gpu is not None
-                                   else settings.worker_id)
+    worker_id = args.worker_id or (
+        f"{settings.worker_id.rsplit('-', 1)[0]}-gpu{args.gpu}" if args.gpu is not None else settings.worker_id
+    )
     if args.gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
     engines = [build(name) for name in (args.engines.split(",") if args.engines else settings.worker_engines)]
     # The streams are the scheduler's to make: a worker's NATS user may not.
-    return Worker(nats_url=nats_url, worker_id=worker_id, engines=engines, slots=args.slots or settings.worker_slots,
-                  heartbeat_interval_s=settings.heartbeat_interval_s, artifact_ttl_s=settings.artifact_ttl_s,
-                  gpu_index=args.gpu, max_resolution=args.max_resolution)
+    return Worker(
+        nats_url=nats_url,
+        worker_id=worker_id,
+        engines=engines,
+        slots=args.slots or settings.worker_slots,
+        heartbeat_interval_s=settings.heartbeat_interval_s,
+        artifact_ttl_s=settings.artifact_ttl_s,
+        gpu_index=args.gpu,
+        max_resolution=args.max_resolution,
+    )
 
 
 SERVICES: tuple[ServiceSpec, ...] = (
-    ServiceSpec(name="scheduler", help="run the scheduler (leader or standby)", build=_scheduler,
-                before=_ensure_streams),
+    ServiceSpec(
+        name="scheduler", help="run the scheduler (leader or standby)", build=_scheduler, before=_ensure_streams
+    ),
     ServiceSpec(name="projector", help="run the projector", build=_projector),
     ServiceSpec(name="gateway", help="run the HTTP API", build=_gateway, options=_gateway_options),
-    ServiceSpec(name="worker", help="run a worker node", build=_worker, options=_worker_options,
-                scale=Scale.PER_WORKER, grace_s=600),
+    ServiceSpec(
+        name="worker",
+        help="run a worker node",
+        build=_worker,
+        options=_worker_options,
+        scale=Scale.PER_WORKER,
+        grace_s=600,
+    ),
 )
 
 

@@ -36,8 +36,10 @@ def urls(settings: Settings) -> tuple[str, str]:
             nats_url = nats_url or found.get("nats_url")
             database_url = database_url or found.get("database_url")
     if not (nats_url and database_url):
-        raise SystemExit("tessera: set TESSERA_NATS_URL and TESSERA_DATABASE_URL, or start the platform "
-                         f"with `tessera up` (looked for {runtime_file(settings)})")
+        raise SystemExit(
+            "tessera: set TESSERA_NATS_URL and TESSERA_DATABASE_URL, or start the platform "
+            f"with `tessera up` (looked for {runtime_file(settings)})"
+        )
     os.environ.setdefault("TESSERA_NATS_URL", nats_url)
     os.environ.setdefault("TESSERA_DATABASE_URL", database_url)
     return nats_url, database_url

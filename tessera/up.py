@@ -60,9 +60,16 @@ def _children(settings: Settings, workers: int) -> list[Child]:
     host = socket.gethostname().split(".")[0] or "local"
     side_host = settings.side_host
     url_host = f"[{side_host}]" if ":" in side_host else side_host
-    return [Child(instance.name, [*me, *instance.args], instance.role,
-                  side_url=f"http://{url_host}:{free_port(None, side_host)}")
-            for spec in SERVICES for instance in spec.instances(workers=workers, host=host)]
+    return [
+        Child(
+            instance.name,
+            [*me, *instance.args],
+            instance.role,
+            side_url=f"http://{url_host}:{free_port(None, side_host)}",
+        )
+        for spec in SERVICES
+        for instance in spec.instances(workers=workers, host=host)
+    ]
 
 
 def _wait_ready(children: list[Child], stopping: Callable[[], bool], timeout: float = 120.0) -> list[str]:
@@ -76,16 +83,18 @@ def _wait_ready(children: list[Child], stopping: Callable[[], bool], timeout: fl
     return [child.name for child in waiting]
 
 
-def _banner(title: str, api_url: str, nats: str, database_url: str, settings: Settings,
-            children: list[Child]) -> str:
+def _banner(title: str, api_url: str, nats: str, database_url: str, settings: Settings, children: list[Child]) -> str:
     width = max(len(child.name) for child in children)
-    health = "".join(f"    {child.name:<{width}}  {child.side_url}/healthz  {child.side_url}/readyz\n"
-                     for child in children)
-    return (f"\n{title}\n  API      {api_url}  (docs: {api_url}/docs)\n  NATS     {nats}\n"
-            f"  Postgres {database_url}\n  Data     {settings.data_dir}\n"
-            f"  Health and readiness of each service (metrics at /metrics):\n{health}"
-            "Create a user:  tessera users create --platform web --user-id alice --plan pro\n"
-            "Stop with Ctrl-C.\n")
+    health = "".join(
+        f"    {child.name:<{width}}  {child.side_url}/healthz  {child.side_url}/readyz\n" for child in children
+    )
+    return (
+        f"\n{title}\n  API      {api_url}  (docs: {api_url}/docs)\n  NATS     {nats}\n"
+        f"  Postgres {database_url}\n  Data     {settings.data_dir}\n"
+        f"  Health and readiness of each service (metrics at /metrics):\n{health}"
+        "Create a user:  tessera users create --platform web --user-id alice --plan pro\n"
+        "Stop with Ctrl-C.\n"
+    )
 
 
 def _supervise(children: list[Child], env: dict[str, str], stopping: Callable[[], bool]) -> None:
@@ -97,7 +106,7 @@ def _supervise(children: list[Child], env: dict[str, str], stopping: Callable[[]
             if child.process.poll() is not None and not stopping():
                 log.error("%s exited with %s; restarting", child.name, child.process.returncode)
                 if time.monotonic() - child.started_at < 5:
-                    time.sleep(min(2 ** child.restarts, 30))
+                    time.sleep(min(2**child.restarts, 30))
                     child.restarts += 1
                 child.start(env)
 
@@ -135,9 +144,15 @@ def up(settings: Settings, *, http_port: int | None = None, workers: int = 1) ->
 
     port = free_port(http_port or settings.http_port, settings.http_host)
     api_url = f"http://{settings.http_host}:{port}"
-    env = {**os.environ, "TESSERA_NATS_URL": nats_url, "TESSERA_DATABASE_URL": database_url,
-           "TESSERA_HTTP_PORT": str(port), "TESSERA_DATA_DIR": str(settings.data_dir),
-           "TESSERA_SIDE_HOST": settings.side_host, "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "TESSERA_NATS_URL": nats_url,
+        "TESSERA_DATABASE_URL": database_url,
+        "TESSERA_HTTP_PORT": str(port),
+        "TESSERA_DATA_DIR": str(settings.data_dir),
+        "TESSERA_SIDE_HOST": settings.side_host,
+        "PYTHONUNBUFFERED": "1",
+    }
     for child in children:
         child.start(env)
     runtime.write(settings, nats_url=nats_url, database_url=database_url, api_url=api_url)
@@ -157,8 +172,10 @@ def up(settings: Settings, *, http_port: int | None = None, workers: int = 1) ->
                 log.error("not ready: %s; see the logs above", ", ".join(not_ready))
             users = f" (users and passwords: {credentials.path})" if credentials else ""
             title = f"Tessera is running, but not ready: {', '.join(not_ready)}." if not_ready else "Tessera is up."
-            print(_banner(title, api_url, f"{connection.redacted(nats_url)}{users}", database_url, settings,
-                          children), flush=True)
+            print(
+                _banner(title, api_url, f"{connection.redacted(nats_url)}{users}", database_url, settings, children),
+                flush=True,
+            )
         _supervise(children, env, lambda: stopping)
     finally:
         _stop(children)

@@ -20,6 +20,7 @@ import nats
 import pytest
 import uvicorn
 
+from base.config import Settings
 from gateway.app import create_app
 from migrations import apply as apply_migrations
 from projector.service import Projector
@@ -27,7 +28,6 @@ from scheduler.service import Scheduler
 from streams import subjects as s
 from streams import topology
 from tessera.admin import create_frontend_key, create_user
-from base.config import Settings
 from tessera.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from worker_node.engines import build
 from worker_node.service import Worker
@@ -90,8 +90,13 @@ async def nats_url(servers: tuple[str, EmbeddedPostgres]) -> str:
 
 
 def test_settings(**overrides: object) -> Settings:
-    values: dict[str, object] = {"heartbeat_interval_s": 0.3, "worker_timeout_s": 2.0, "submit_timeout_s": 5.0,
-                                 "max_attempts": 3, "reconcile_grace_s": 3.0}
+    values: dict[str, object] = {
+        "heartbeat_interval_s": 0.3,
+        "worker_timeout_s": 2.0,
+        "submit_timeout_s": 5.0,
+        "max_attempts": 3,
+        "reconcile_grace_s": 3.0,
+    }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
 
@@ -119,20 +124,32 @@ class Platform:
         except TimeoutError:
             task.cancel()
 
-    async def start_worker(self, worker_id: str = "w1", engines: tuple[str, ...] = ("echo", "espeak"),
-                           slots: int = 0, started_grace_s: float = 0.0,
-                           artifact_ttl_s: float = 7 * 24 * 3600) -> Worker:
+    async def start_worker(
+        self,
+        worker_id: str = "w1",
+        engines: tuple[str, ...] = ("echo", "espeak"),
+        slots: int = 0,
+        started_grace_s: float = 0.0,
+        artifact_ttl_s: float = 7 * 24 * 3600,
+    ) -> Worker:
         """A worker in this process. With no grace it reports every start (a JobStarted event per job)."""
-        worker = Worker(nats_url=self.nats_url, worker_id=worker_id, engines=[build(e) for e in engines],
-                        slots=slots, heartbeat_interval_s=self.settings.heartbeat_interval_s,
-                        started_grace_s=started_grace_s, artifact_ttl_s=artifact_ttl_s)
+        worker = Worker(
+            nats_url=self.nats_url,
+            worker_id=worker_id,
+            engines=[build(e) for e in engines],
+            slots=slots,
+            heartbeat_interval_s=self.settings.heartbeat_interval_s,
+            started_grace_s=started_grace_s,
+            artifact_ttl_s=artifact_ttl_s,
+        )
         await self.start(f"worker:{worker_id}", worker)
         await asyncio.wait_for(worker.ready.wait(), 10)
         return worker
 
     async def user_key(self, user_id: str | None = None, plan: str = "pro") -> str:
-        _, key = await create_user(self.nats_url, self.database_url, platform="web",
-                                   user_id=user_id or f"u{uuid.uuid4().hex[:8]}", plan=plan)
+        _, key = await create_user(
+            self.nats_url, self.database_url, platform="web", user_id=user_id or f"u{uuid.uuid4().hex[:8]}", plan=plan
+        )
         return key
 
     async def frontend_key(self, frontend: str = "telegram", bot_id: str | None = "tg-1") -> str:
@@ -143,8 +160,9 @@ class Platform:
             headers["Authorization"] = f"Bearer {key}"
         return httpx.AsyncClient(base_url=self.api_url, headers=headers, timeout=30)
 
-    async def wait_status(self, client: httpx.AsyncClient, job_id: str, statuses: set[str],
-                          timeout: float = 20) -> dict:
+    async def wait_status(
+        self, client: httpx.AsyncClient, job_id: str, statuses: set[str], timeout: float = 20
+    ) -> dict:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             body = (await client.get(f"/api/v1/jobs/{job_id}")).json()
@@ -155,9 +173,14 @@ class Platform:
             await asyncio.sleep(0.05)
 
     def subprocess(self, *args: str) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "TESSERA_NATS_URL": self.nats_url, "TESSERA_DATABASE_URL": self.database_url,
-               "TESSERA_HEARTBEAT_INTERVAL": str(self.settings.heartbeat_interval_s),
-               "TESSERA_WORKER_TIMEOUT": str(self.settings.worker_timeout_s), "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "TESSERA_NATS_URL": self.nats_url,
+            "TESSERA_DATABASE_URL": self.database_url,
+            "TESSERA_HEARTBEAT_INTERVAL": str(self.settings.heartbeat_interval_s),
+            "TESSERA_WORKER_TIMEOUT": str(self.settings.worker_timeout_s),
+            "PYTHONUNBUFFERED": "1",
+        }
         return subprocess.Popen([sys.executable, "-m", "tessera.cli", *args], env=env, cwd=REPO)
 
 
@@ -169,8 +192,9 @@ async def platform_parts(nats_url: str, database_url: str) -> AsyncIterator[Plat
 
 
 @contextlib.asynccontextmanager
-async def gateway_and_projector(nats_url: str, database_url: str, *, gateway_nats_url: str | None = None,
-                                projector_nats_url: str | None = None) -> AsyncIterator[Platform]:
+async def gateway_and_projector(
+    nats_url: str, database_url: str, *, gateway_nats_url: str | None = None, projector_nats_url: str | None = None
+) -> AsyncIterator[Platform]:
     """A Platform with its gateway and projector running on the given servers; each of the two may
     log in to NATS with a URL of its own (its role's user), the platform's helpers use `nats_url`."""
     settings = test_settings()
@@ -196,8 +220,12 @@ async def gateway_and_projector(nats_url: str, database_url: str, *, gateway_nat
 @pytest.fixture
 async def platform(platform_parts: Platform) -> Platform:
     """The whole platform: gateway, projector, scheduler and one worker (echo + espeak)."""
-    scheduler = Scheduler(platform_parts.settings, nats_url=platform_parts.nats_url,
-                          database_url=platform_parts.database_url, name="scheduler-a")
+    scheduler = Scheduler(
+        platform_parts.settings,
+        nats_url=platform_parts.nats_url,
+        database_url=platform_parts.database_url,
+        name="scheduler-a",
+    )
     await platform_parts.start("scheduler", scheduler)
     await asyncio.wait_for(scheduler.is_leader.wait(), 10)
     await platform_parts.start_worker(engines=("echo", "espeak", "pocketsphinx"))

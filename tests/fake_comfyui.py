@@ -44,29 +44,62 @@ from fastapi.responses import JSONResponse, Response
 
 from tessera.embedded import free_port
 
-CHECKPOINTS = ["sd_xl_base_1.0.safetensors", "flux1-schnell-fp8.safetensors", "flux1-dev-fp8.safetensors",
-               "ltx-video-2b-v0.9.5.safetensors"]
+CHECKPOINTS = [
+    "sd_xl_base_1.0.safetensors",
+    "flux1-schnell-fp8.safetensors",
+    "flux1-dev-fp8.safetensors",
+    "ltx-video-2b-v0.9.5.safetensors",
+]
 # Nodes that report progress through comfy.utils.ProgressBar, as samplers do.
 SAMPLERS = {"KSampler", "KSamplerAdvanced", "SamplerCustomAdvanced", "TesseraSlowProgress"}
 KNOWN_NODES = SAMPLERS | {
-    "CheckpointLoaderSimple", "CLIPTextEncode", "EmptyLatentImage", "EmptySD3LatentImage", "VAEDecode",
-    "SaveImage", "PreviewImage", "FluxGuidance", "EmptyImage", "ImageInvert", "EmptyLTXVLatentVideo",
-    "LTXVConditioning", "LTXVScheduler", "KSamplerSelect", "RandomNoise", "CFGGuider", "BasicGuider",
-    "BasicScheduler", "SaveAnimatedWEBP", "ModelSamplingLTXV", "LTXVImgToVideo", "CLIPLoader",
-    "ConditioningZeroOut"}
+    "CheckpointLoaderSimple",
+    "CLIPTextEncode",
+    "EmptyLatentImage",
+    "EmptySD3LatentImage",
+    "VAEDecode",
+    "SaveImage",
+    "PreviewImage",
+    "FluxGuidance",
+    "EmptyImage",
+    "ImageInvert",
+    "EmptyLTXVLatentVideo",
+    "LTXVConditioning",
+    "LTXVScheduler",
+    "KSamplerSelect",
+    "RandomNoise",
+    "CFGGuider",
+    "BasicGuider",
+    "BasicScheduler",
+    "SaveAnimatedWEBP",
+    "ModelSamplingLTXV",
+    "LTXVImgToVideo",
+    "CLIPLoader",
+    "ConditioningZeroOut",
+}
 # Lower bounds ComfyUI's node schemas put on sizes, checked as validate_inputs does.
-MINIMUMS = {("EmptyImage", "width"): 1, ("EmptyImage", "height"): 1, ("EmptyLatentImage", "width"): 16,
-            ("EmptyLatentImage", "height"): 16, ("EmptySD3LatentImage", "width"): 16,
-            ("EmptySD3LatentImage", "height"): 16}
+MINIMUMS = {
+    ("EmptyImage", "width"): 1,
+    ("EmptyImage", "height"): 1,
+    ("EmptyLatentImage", "width"): 16,
+    ("EmptyLatentImage", "height"): 16,
+    ("EmptySD3LatentImage", "width"): 16,
+    ("EmptySD3LatentImage", "height"): 16,
+}
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00\xff\xd9"  # a stand-in preview
 
 
 def png(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     raw = b"".join(b"\x00" + b"\x80" * width for _ in range(height))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 class Interrupted(Exception):
@@ -108,8 +141,14 @@ class ServerMemory:
 class FakeComfyUI:
     """`async with FakeComfyUI() as fake:` serves at `fake.url` until the block ends."""
 
-    def __init__(self, *, step_s: float = 0.005, history_delay_s: float = 0.01, previews: bool = True,
-                 send_final_executing: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        step_s: float = 0.005,
+        history_delay_s: float = 0.01,
+        previews: bool = True,
+        send_final_executing: bool = True,
+    ) -> None:
         self.port = free_port(None)
         self.url = f"http://127.0.0.1:{self.port}"
         self.step_s = step_s
@@ -221,8 +260,12 @@ class FakeComfyUI:
                         if first and message.get("type") == "feature_flags":
                             if (message.get("data") or {}).get("supports_preview_metadata"):
                                 memory.previews_with_metadata.add(sid)
-                            await socket.send_json({"type": "feature_flags", "data": {
-                                "supports_preview_metadata": True, "max_upload_size": 104857600}})
+                            await socket.send_json(
+                                {
+                                    "type": "feature_flags",
+                                    "data": {"supports_preview_metadata": True, "max_upload_size": 104857600},
+                                }
+                            )
                     first = False
             except WebSocketDisconnect:
                 pass
@@ -295,20 +338,43 @@ class FakeComfyUI:
 
         @app.get("/object_info/CheckpointLoaderSimple")
         async def object_info() -> dict[str, Any]:
-            return {"CheckpointLoaderSimple": {
-                "input": {"required": {"ckpt_name": [CHECKPOINTS, {"tooltip": "The name of the checkpoint."}]}},
-                "input_order": {"required": ["ckpt_name"]}, "output": ["MODEL", "CLIP", "VAE"],
-                "output_is_list": [False, False, False], "output_name": ["MODEL", "CLIP", "VAE"],
-                "name": "CheckpointLoaderSimple", "output_node": False}}
+            return {
+                "CheckpointLoaderSimple": {
+                    "input": {"required": {"ckpt_name": [CHECKPOINTS, {"tooltip": "The name of the checkpoint."}]}},
+                    "input_order": {"required": ["ckpt_name"]},
+                    "output": ["MODEL", "CLIP", "VAE"],
+                    "output_is_list": [False, False, False],
+                    "output_name": ["MODEL", "CLIP", "VAE"],
+                    "name": "CheckpointLoaderSimple",
+                    "output_node": False,
+                }
+            }
 
         @app.get("/system_stats")
         async def system_stats() -> dict[str, Any]:
-            return {"system": {"os": "linux", "ram_total": 68_000_000_000, "ram_free": 60_000_000_000,
-                               "comfyui_version": "0.8.0", "python_version": "3.11.7", "pytorch_version": "2.13.0",
-                               "embedded_python": False, "argv": ["main.py"]},
-                    "devices": [{"name": "cuda:0 NVIDIA H100 : cudaMallocAsync", "type": "cuda", "index": 0,
-                                 "vram_total": 85_000_000_000, "vram_free": 60_000_000_000,
-                                 "torch_vram_total": 0, "torch_vram_free": 0}]}
+            return {
+                "system": {
+                    "os": "linux",
+                    "ram_total": 68_000_000_000,
+                    "ram_free": 60_000_000_000,
+                    "comfyui_version": "0.8.0",
+                    "python_version": "3.11.7",
+                    "pytorch_version": "2.13.0",
+                    "embedded_python": False,
+                    "argv": ["main.py"],
+                },
+                "devices": [
+                    {
+                        "name": "cuda:0 NVIDIA H100 : cudaMallocAsync",
+                        "type": "cuda",
+                        "index": 0,
+                        "vram_total": 85_000_000_000,
+                        "vram_free": 60_000_000_000,
+                        "torch_vram_total": 0,
+                        "torch_vram_free": 0,
+                    }
+                ],
+            }
 
         return app
 
@@ -373,43 +439,70 @@ class FakeComfyUI:
                     shown = memory.cache[signatures[node_id]]
                     if shown is not None:
                         outputs[node_id] = shown
-                        await self._send(client, "executed", {"node": node_id, "display_node": node_id,
-                                                              "output": outputs[node_id], "prompt_id": prompt_id})
+                        await self._send(
+                            client,
+                            "executed",
+                            {
+                                "node": node_id,
+                                "display_node": node_id,
+                                "output": outputs[node_id],
+                                "prompt_id": prompt_id,
+                            },
+                        )
                     continue
                 if memory.interrupt:  # ComfyUI checks before each node, and between a sampler's steps
                     raise Interrupted
                 await self._progress_state(client, prompt_id, executed, node_id)
-                await self._send(client, "executing", {"node": node_id, "display_node": node_id,
-                                                       "prompt_id": prompt_id})
+                await self._send(
+                    client, "executing", {"node": node_id, "display_node": node_id, "prompt_id": prompt_id}
+                )
                 if node["class_type"] in SAMPLERS:
                     await self._sample(item, node_id)
                 if _is_output(node):
                     outputs[node_id] = self._saved(prompt_id, item.workflow, node_id)
-                    await self._send(client, "executed", {"node": node_id, "display_node": node_id,
-                                                          "output": outputs[node_id], "prompt_id": prompt_id})
+                    await self._send(
+                        client,
+                        "executed",
+                        {"node": node_id, "display_node": node_id, "output": outputs[node_id], "prompt_id": prompt_id},
+                    )
                 executed.append(node_id)
                 await self._progress_state(client, prompt_id, executed, None)
             await message("execution_success", {})
             memory.cache = {signatures[n]: outputs.get(n) for n in order}
         except Interrupted:
             status = "interrupted"
-            await message("execution_interrupted", {"node_id": node_id, "node_type": node["class_type"],
-                                                    "executed": list(executed)})
+            await message(
+                "execution_interrupted",
+                {"node_id": node_id, "node_type": node["class_type"], "executed": list(executed)},
+            )
         except Explosion:
             status = "error"
-            await message("execution_error", {
-                "node_id": node_id, "node_type": node["class_type"], "executed": list(executed),
-                "exception_message": "CUDA out of memory. Tried to allocate 2.00 GiB\n",
-                "exception_type": "torch.OutOfMemoryError", "traceback": ["  File \"execution.py\", line 518\n"],
-                "current_inputs": {}, "current_outputs": [n for n in item.workflow if signatures[n] in memory.cache]})
+            await message(
+                "execution_error",
+                {
+                    "node_id": node_id,
+                    "node_type": node["class_type"],
+                    "executed": list(executed),
+                    "exception_message": "CUDA out of memory. Tried to allocate 2.00 GiB\n",
+                    "exception_type": "torch.OutOfMemoryError",
+                    "traceback": ['  File "execution.py", line 518\n'],
+                    "current_inputs": {},
+                    "current_outputs": [n for n in item.workflow if signatures[n] in memory.cache],
+                },
+            )
         # ComfyUI writes the history after the last execution message, and only then says the
         # prompt is over.
         await asyncio.sleep(self.history_delay_s)
         memory.history[prompt_id] = {
-            "prompt": item.row(), "outputs": outputs if status == "success" else {},
-            "status": {"status_str": "success" if status == "success" else "error",
-                       "completed": status == "success", "messages": messages},
-            "meta": {n: {"node_id": n, "display_node": n, "parent_node": None, "real_node_id": n} for n in outputs}}
+            "prompt": item.row(),
+            "outputs": outputs if status == "success" else {},
+            "status": {
+                "status_str": "success" if status == "success" else "error",
+                "completed": status == "success",
+                "messages": messages,
+            },
+            "meta": {n: {"node_id": n, "display_node": n, "parent_node": None, "real_node_id": n} for n in outputs},
+        }
         self.finished[prompt_id] = status
         memory.running = None
         await self._broadcast_status()
@@ -417,12 +510,30 @@ class FakeComfyUI:
             await self._send(client, "executing", {"node": None, "prompt_id": prompt_id})
 
     async def _progress_state(self, client: str | None, prompt_id: str, done: list[str], running: str | None) -> None:
-        nodes = {n: {"value": 1.0, "max": 1.0, "state": "finished", "node_id": n, "prompt_id": prompt_id,
-                     "display_node_id": n, "parent_node_id": None, "real_node_id": n} for n in done}
+        nodes = {
+            n: {
+                "value": 1.0,
+                "max": 1.0,
+                "state": "finished",
+                "node_id": n,
+                "prompt_id": prompt_id,
+                "display_node_id": n,
+                "parent_node_id": None,
+                "real_node_id": n,
+            }
+            for n in done
+        }
         if running is not None:
-            nodes[running] = {"value": 0.0, "max": 1.0, "state": "running", "node_id": running,
-                              "prompt_id": prompt_id, "display_node_id": running, "parent_node_id": None,
-                              "real_node_id": running}
+            nodes[running] = {
+                "value": 0.0,
+                "max": 1.0,
+                "state": "running",
+                "node_id": running,
+                "prompt_id": prompt_id,
+                "display_node_id": running,
+                "parent_node_id": None,
+                "real_node_id": running,
+            }
         await self._send(client, "progress_state", {"prompt_id": prompt_id, "nodes": nodes})
 
     async def _sample(self, item: Queued, node_id: str) -> None:
@@ -436,12 +547,28 @@ class FakeComfyUI:
                 raise Interrupted
             step += 1
             value = min(step, steps)
-            await self._send(item.client_id, "progress_state", {"prompt_id": item.prompt_id, "nodes": {node_id: {
-                "value": float(value), "max": float(steps), "state": "running", "node_id": node_id,
-                "prompt_id": item.prompt_id, "display_node_id": node_id, "parent_node_id": None,
-                "real_node_id": node_id}}})
-            await self._send(item.client_id, "progress", {"value": value, "max": steps,
-                                                          "prompt_id": item.prompt_id, "node": node_id})
+            await self._send(
+                item.client_id,
+                "progress_state",
+                {
+                    "prompt_id": item.prompt_id,
+                    "nodes": {
+                        node_id: {
+                            "value": float(value),
+                            "max": float(steps),
+                            "state": "running",
+                            "node_id": node_id,
+                            "prompt_id": item.prompt_id,
+                            "display_node_id": node_id,
+                            "parent_node_id": None,
+                            "real_node_id": node_id,
+                        }
+                    },
+                },
+            )
+            await self._send(
+                item.client_id, "progress", {"value": value, "max": steps, "prompt_id": item.prompt_id, "node": node_id}
+            )
             if self.previews and item.workflow[node_id]["inputs"].get("preview", True):
                 await self._send_bytes(item.client_id, self._preview(item, node_id))
             if text == "vanish" and step == 2:
@@ -453,9 +580,16 @@ class FakeComfyUI:
 
     def _preview(self, item: Queued, node_id: str) -> bytes:
         if item.client_id in self.memory.previews_with_metadata:
-            header = json.dumps({"node_id": node_id, "prompt_id": item.prompt_id, "display_node_id": node_id,
-                                 "parent_node_id": None, "real_node_id": node_id,
-                                 "image_type": "image/jpeg"}).encode()
+            header = json.dumps(
+                {
+                    "node_id": node_id,
+                    "prompt_id": item.prompt_id,
+                    "display_node_id": node_id,
+                    "parent_node_id": None,
+                    "real_node_id": node_id,
+                    "image_type": "image/jpeg",
+                }
+            ).encode()
             return struct.pack(">II", 4, len(header)) + header + JPEG
         return struct.pack(">II", 1, 1) + JPEG
 
@@ -485,16 +619,24 @@ class FakeComfyUI:
 
 
 def _refusal(kind: str, message: str, details: str, node_errors: dict[str, Any] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"type": kind, "message": message, "details": details, "extra_info": {}},
-                         "node_errors": node_errors or {}}, status_code=400)
+    return JSONResponse(
+        {
+            "error": {"type": kind, "message": message, "details": details, "extra_info": {}},
+            "node_errors": node_errors or {},
+        },
+        status_code=400,
+    )
 
 
 def _validate(workflow: dict[str, Any]) -> JSONResponse | None:
     """ComfyUI's validate_prompt, for what Tessera's workflows can get wrong."""
     for node_id, node in workflow.items():
         if node.get("class_type") not in KNOWN_NODES:
-            return _refusal("invalid_prompt", f"Cannot execute because node {node.get('class_type')} does not exist.",
-                            f"Node ID '#{node_id}'")
+            return _refusal(
+                "invalid_prompt",
+                f"Cannot execute because node {node.get('class_type')} does not exist.",
+                f"Node ID '#{node_id}'",
+            )
     if not _outputs(workflow):
         return _refusal("prompt_no_outputs", "Prompt has no outputs", "")
     node_errors = {}
@@ -503,18 +645,33 @@ def _validate(workflow: dict[str, Any]) -> JSONResponse | None:
         for name, value in node["inputs"].items():
             least = MINIMUMS.get((node["class_type"], name))
             if least is not None and isinstance(value, int) and value < least:
-                errors.append({"type": "value_smaller_than_min",
-                               "message": f"Value {value} smaller than min of {least}", "details": name,
-                               "extra_info": {"input_name": name, "input_config": None, "received_value": value}})
+                errors.append(
+                    {
+                        "type": "value_smaller_than_min",
+                        "message": f"Value {value} smaller than min of {least}",
+                        "details": name,
+                        "extra_info": {"input_name": name, "input_config": None, "received_value": value},
+                    }
+                )
         if node["class_type"] == "CheckpointLoaderSimple" and node["inputs"]["ckpt_name"] not in CHECKPOINTS:
-            errors.append({
-                "type": "value_not_in_list", "message": "Value not in list",
-                "details": f"ckpt_name: '{node['inputs']['ckpt_name']}' not in {CHECKPOINTS}",
-                "extra_info": {"input_name": "ckpt_name", "input_config": None,
-                               "received_value": node["inputs"]["ckpt_name"]}})
+            errors.append(
+                {
+                    "type": "value_not_in_list",
+                    "message": "Value not in list",
+                    "details": f"ckpt_name: '{node['inputs']['ckpt_name']}' not in {CHECKPOINTS}",
+                    "extra_info": {
+                        "input_name": "ckpt_name",
+                        "input_config": None,
+                        "received_value": node["inputs"]["ckpt_name"],
+                    },
+                }
+            )
         if errors:
-            node_errors[node_id] = {"errors": errors, "dependent_outputs": _outputs(workflow),
-                                    "class_type": node["class_type"]}
+            node_errors[node_id] = {
+                "errors": errors,
+                "dependent_outputs": _outputs(workflow),
+                "class_type": node["class_type"],
+            }
     if node_errors:
         return _refusal("prompt_outputs_failed_validation", "Prompt outputs failed validation", "", node_errors)
     return None
@@ -529,8 +686,9 @@ def _outputs(workflow: dict[str, Any]) -> list[str]:
 
 
 def _links(node: dict[str, Any]) -> list[str]:
-    return [v[0] for v in node.get("inputs", {}).values() if isinstance(v, list) and len(v) == 2
-            and isinstance(v[0], str)]
+    return [
+        v[0] for v in node.get("inputs", {}).values() if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str)
+    ]
 
 
 def _topological(workflow: dict[str, Any]) -> list[str]:
@@ -551,8 +709,10 @@ def _topological(workflow: dict[str, Any]) -> list[str]:
 def _signature(workflow: dict[str, Any], node_id: str) -> str:
     """A node's inputs with its upstream nodes' inputs folded in: what ComfyUI's cache keys on."""
     node = workflow[node_id]
-    inputs = {k: _signature(workflow, v[0]) if isinstance(v, list) and len(v) == 2 and v[0] in workflow else v
-              for k, v in node.get("inputs", {}).items()}
+    inputs = {
+        k: _signature(workflow, v[0]) if isinstance(v, list) and len(v) == 2 and v[0] in workflow else v
+        for k, v in node.get("inputs", {}).items()
+    }
     return format(zlib.crc32(json.dumps([node["class_type"], inputs], sort_keys=True).encode()), "08x") + node_id
 
 

@@ -50,26 +50,53 @@ def openai_app(recorder: Recorder) -> FastAPI:
 
     @app.get("/v1/models")
     async def models() -> dict[str, object]:
-        return {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "fake"}
-                                           for m in ("served-model", "other-model")]}
+        return {
+            "object": "list",
+            "data": [{"id": m, "object": "model", "owned_by": "fake"} for m in ("served-model", "other-model")],
+        }
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):  # type: ignore[no-untyped-def]
         body = await request.json()
         recorder.requests.append(body)
         if body.get("model") not in ("served-model", "other-model"):
-            return JSONResponse({"error": {"message": f"model '{body.get('model')}' not found",
-                                           "type": "invalid_request_error", "code": "model_not_found"}},
-                                status_code=404)
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": f"model '{body.get('model')}' not found",
+                        "type": "invalid_request_error",
+                        "code": "model_not_found",
+                    }
+                },
+                status_code=404,
+            )
         prompt = body["messages"][-1]["content"]
         if prompt == "fail":
-            return JSONResponse({"error": {"message": "context length exceeded", "type": "invalid_request_error",
-                                           "code": "context_length_exceeded"}}, status_code=400)
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": "context length exceeded",
+                        "type": "invalid_request_error",
+                        "code": "context_length_exceeded",
+                    }
+                },
+                status_code=400,
+            )
 
         def chunk(delta: dict, finish: str | None = None) -> str:
-            return "data: " + json.dumps({"id": "chatcmpl-1", "object": "chat.completion.chunk",
-                                          "created": int(time.time()), "model": body["model"],
-                                          "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n"
+            return (
+                "data: "
+                + json.dumps(
+                    {
+                        "id": "chatcmpl-1",
+                        "object": "chat.completion.chunk",
+                        "created": int(time.time()),
+                        "model": body["model"],
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                    }
+                )
+                + "\n\n"
+            )
 
         async def stream() -> AsyncIterator[str]:
             yield chunk({"role": "assistant", "content": ""})
@@ -97,9 +124,18 @@ def openai_app(recorder: Recorder) -> FastAPI:
                 raise
             yield chunk({}, "stop")
             if (body.get("stream_options") or {}).get("include_usage"):
-                yield "data: " + json.dumps({"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": [],
-                                             "usage": {"prompt_tokens": 7, "completion_tokens": sent,
-                                                       "total_tokens": 7 + sent}}) + "\n\n"
+                yield (
+                    "data: "
+                    + json.dumps(
+                        {
+                            "id": "chatcmpl-1",
+                            "object": "chat.completion.chunk",
+                            "choices": [],
+                            "usage": {"prompt_tokens": 7, "completion_tokens": sent, "total_tokens": 7 + sent},
+                        }
+                    )
+                    + "\n\n"
+                )
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(stream(), media_type="text/event-stream")

@@ -55,12 +55,28 @@ def speech_app(state: SpeechState) -> FastAPI:
         state.requests.append(fields)
         seconds = _seconds(data)
         if seconds is None:
-            return JSONResponse({"error": {"message": "Invalid file format.", "type": "invalid_request_error",
-                                           "param": "file", "code": None}}, status_code=400)
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": "Invalid file format.",
+                        "type": "invalid_request_error",
+                        "param": "file",
+                        "code": None,
+                    }
+                },
+                status_code=400,
+            )
         text = f"audio of {seconds:g} seconds"
         if fields.get("response_format") == "verbose_json":
-            return JSONResponse({"task": "transcribe", "language": "english", "duration": seconds, "text": text,
-                                 "segments": [{"id": 0, "start": 0.0, "end": seconds, "text": text}]})
+            return JSONResponse(
+                {
+                    "task": "transcribe",
+                    "language": "english",
+                    "duration": seconds,
+                    "text": text,
+                    "segments": [{"id": 0, "start": 0.0, "end": seconds, "text": text}],
+                }
+            )
         return JSONResponse({"text": text})
 
     @app.post("/inference")
@@ -78,8 +94,9 @@ def speech_app(state: SpeechState) -> FastAPI:
         body = await request.json()
         state.requests.append(body)
         if body.get("voice") == "nobody":
-            return JSONResponse({"error": {"message": "voice 'nobody' not found", "type": "invalid_request_error"}},
-                                status_code=400)
+            return JSONResponse(
+                {"error": {"message": "voice 'nobody' not found", "type": "invalid_request_error"}}, status_code=400
+            )
         return Response(silent_wav(len(body["input"]) / 10), media_type="audio/wav")
 
     @app.post("/")

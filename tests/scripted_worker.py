@@ -21,9 +21,17 @@ from streams.messages import Dispatch, ReportCompleted, ReportFailed, ReportStar
 
 
 class ScriptedWorker:
-    def __init__(self, nats_url: str, worker_id: str, models: list[str], *, slots: int = 1,
-                 loaded: list[str] | None = None, max_resolution: int | None = None,
-                 heartbeat_interval_s: float = 0.3) -> None:
+    def __init__(
+        self,
+        nats_url: str,
+        worker_id: str,
+        models: list[str],
+        *,
+        slots: int = 1,
+        loaded: list[str] | None = None,
+        max_resolution: int | None = None,
+        heartbeat_interval_s: float = 0.3,
+    ) -> None:
         self.nats_url = nats_url
         self.worker_id = worker_id
         self.models = models
@@ -38,10 +46,19 @@ class ScriptedWorker:
         self._tasks: list[asyncio.Task[None]] = []
 
     def status(self) -> WorkerStatus:
-        return WorkerStatus(worker_id=self.worker_id, instance_id=self.instance_id, capabilities=[], engines=["test"],
-                            models=self.models, loaded_models=self.loaded, slots=self.slots,
-                            running=sorted(self.running), sent_at=datetime.now(UTC),
-                            heartbeat_interval_s=self.heartbeat_interval_s, max_resolution=self.max_resolution)
+        return WorkerStatus(
+            worker_id=self.worker_id,
+            instance_id=self.instance_id,
+            capabilities=[],
+            engines=["test"],
+            models=self.models,
+            loaded_models=self.loaded,
+            slots=self.slots,
+            running=sorted(self.running),
+            sent_at=datetime.now(UTC),
+            heartbeat_interval_s=self.heartbeat_interval_s,
+            max_resolution=self.max_resolution,
+        )
 
     async def start(self, *, consume: bool = True) -> ScriptedWorker:
         """Connect, announce and heartbeat; fetch dispatches too unless `consume` is False (then
@@ -50,8 +67,11 @@ class ScriptedWorker:
         self.js = self.nc.jetstream()
         self.kv = await self.js.key_value(s.WORKERS_BUCKET)
         self.sub = await self.js.pull_subscribe(
-            s.dispatch(self.worker_id), durable=f"worker-{self.worker_id}", stream=s.DISPATCH_STREAM,
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=30))
+            s.dispatch(self.worker_id),
+            durable=f"worker-{self.worker_id}",
+            stream=s.DISPATCH_STREAM,
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=30),
+        )
         await self.kv.put(self.worker_id, encode(self.status()))
         self._tasks = [asyncio.create_task(self._heartbeat())]
         if consume:
@@ -102,20 +122,33 @@ class ScriptedWorker:
             await asyncio.wait_for(self.received.wait_for(lambda: len(self.dispatches) >= count), timeout)
             return list(self.dispatches)
 
-    async def finish(self, dispatch: Dispatch, *, usage: dict[str, float] | None = None,
-                     fail: str | None = None) -> None:
+    async def finish(
+        self, dispatch: Dispatch, *, usage: dict[str, float] | None = None, fail: str | None = None
+    ) -> None:
         """Report the attempt started and then completed (or failed with code `fail`)."""
         tag = f"{dispatch.job_id}:{dispatch.attempt}"
         started = ReportStarted(job_id=dispatch.job_id, worker_id=self.worker_id, attempt=dispatch.attempt)
-        await self.js.publish(s.report(s.CMD_STARTED, self.worker_id), encode(started),
-                              headers={s.HDR_MSG_ID: f"{tag}:started"})
+        await self.js.publish(
+            s.report(s.CMD_STARTED, self.worker_id), encode(started), headers={s.HDR_MSG_ID: f"{tag}:started"}
+        )
         if fail:
-            report: object = ReportFailed(job_id=dispatch.job_id, worker_id=self.worker_id, attempt=dispatch.attempt,
-                                          code=fail, message="scripted failure")
+            report: object = ReportFailed(
+                job_id=dispatch.job_id,
+                worker_id=self.worker_id,
+                attempt=dispatch.attempt,
+                code=fail,
+                message="scripted failure",
+            )
             subject, suffix = s.report(s.CMD_FAILED, self.worker_id), "failed"
         else:
-            report = ReportCompleted(job_id=dispatch.job_id, worker_id=self.worker_id, attempt=dispatch.attempt,
-                                     artifacts=[], execution_time_seconds=0.5, usage=usage or {})
+            report = ReportCompleted(
+                job_id=dispatch.job_id,
+                worker_id=self.worker_id,
+                attempt=dispatch.attempt,
+                artifacts=[],
+                execution_time_seconds=0.5,
+                usage=usage or {},
+            )
             subject, suffix = s.report(s.CMD_COMPLETED, self.worker_id), "completed"
         await self.js.publish(subject, encode(report), headers={s.HDR_MSG_ID: f"{tag}:{suffix}"})
         self.running.discard(dispatch.job_id)

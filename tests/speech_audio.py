@@ -9,8 +9,10 @@ from __future__ import annotations
 import io
 import wave
 
-SENTENCE = ("please call stella ask her to bring these things with her from the store. "
-            "six spoons of fresh snow peas, five thick slabs of blue cheese, and maybe a snack for her brother bob.")
+SENTENCE = (
+    "please call stella ask her to bring these things with her from the store. "
+    "six spoons of fresh snow peas, five thick slabs of blue cheese, and maybe a snack for her brother bob."
+)
 
 
 def speech_wav(seconds: float) -> bytes:

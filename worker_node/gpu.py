@@ -27,9 +27,15 @@ def parse_smi(output: str, index: int | None) -> dict[str, Any] | None:
         if index is not None and parts[0] != str(index):
             continue
         try:
-            return {"index": int(parts[0]), "name": parts[1], "memory_total_mib": int(float(parts[2])),
-                    "memory_used_mib": int(float(parts[3])), "memory_free_mib": int(float(parts[4])),
-                    "utilization_percent": int(float(parts[5])), "source": "nvidia-smi"}
+            return {
+                "index": int(parts[0]),
+                "name": parts[1],
+                "memory_total_mib": int(float(parts[2])),
+                "memory_used_mib": int(float(parts[3])),
+                "memory_free_mib": int(float(parts[4])),
+                "utilization_percent": int(float(parts[5])),
+                "source": "nvidia-smi",
+            }
         except ValueError:  # "[N/A]" and the like
             return None
     return None
@@ -46,10 +52,15 @@ def _nvml(index: int) -> dict[str, Any] | None:
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
             name = pynvml.nvmlDeviceGetName(handle)
-            return {"index": index, "name": name.decode() if isinstance(name, bytes) else name,
-                    "memory_total_mib": memory.total // 2**20, "memory_used_mib": memory.used // 2**20,
-                    "memory_free_mib": memory.free // 2**20,
-                    "utilization_percent": pynvml.nvmlDeviceGetUtilizationRates(handle).gpu, "source": "nvml"}
+            return {
+                "index": index,
+                "name": name.decode() if isinstance(name, bytes) else name,
+                "memory_total_mib": memory.total // 2**20,
+                "memory_used_mib": memory.used // 2**20,
+                "memory_free_mib": memory.free // 2**20,
+                "utilization_percent": pynvml.nvmlDeviceGetUtilizationRates(handle).gpu,
+                "source": "nvml",
+            }
         finally:
             pynvml.nvmlShutdown()
     except pynvml.NVMLError as exc:
@@ -62,8 +73,13 @@ def _smi(index: int) -> dict[str, Any] | None:
     if binary is None:
         return None
     try:
-        result = subprocess.run([binary, f"--query-gpu={','.join(SMI_FIELDS)}", "--format=csv,noheader,nounits"],
-                                capture_output=True, text=True, timeout=5, check=True)
+        result = subprocess.run(
+            [binary, f"--query-gpu={','.join(SMI_FIELDS)}", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
     except (subprocess.SubprocessError, OSError) as exc:
         log.debug("nvidia-smi failed: %s", exc)
         return None

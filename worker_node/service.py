@@ -50,10 +50,19 @@ STORE_PATIENCE_S = 120.0  # how long a finished job's artifacts wait for the obj
 
 
 class Worker:
-    def __init__(self, *, nats_url: str, worker_id: str, engines: list[Engine], slots: int = 0,
-                 heartbeat_interval_s: float = 2.0, artifact_ttl_s: float = 7 * 24 * 3600,
-                 started_grace_s: float = 0.2, gpu_index: int | None = None,
-                 max_resolution: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        nats_url: str,
+        worker_id: str,
+        engines: list[Engine],
+        slots: int = 0,
+        heartbeat_interval_s: float = 2.0,
+        artifact_ttl_s: float = 7 * 24 * 3600,
+        started_grace_s: float = 0.2,
+        gpu_index: int | None = None,
+        max_resolution: int | None = None,
+    ) -> None:
         if not s.is_token(worker_id):
             raise ValueError(f"worker id {worker_id!r} may hold only letters, digits, '_' and '-'")
         self.nats_url = nats_url
@@ -84,15 +93,24 @@ class Worker:
         engines = list(dict.fromkeys(served.values()))
         capabilities = sorted({c for e in engines for c in e.capabilities})
         return WorkerStatus(
-            worker_id=self.worker_id, instance_id=self.instance_id, capabilities=capabilities,
-            engines=list(dict.fromkeys(e.name for e in engines)), models=sorted(served),
-            loaded_models=self.loaded_models(engines), slots=self.slots,
-            pools=[EnginePool(engine=e.name, models=sorted(m for m, owner in served.items() if owner is e),
-                              slots=e.slots) for e in engines],
-            running=list(self.running), held={job_id: attempt for job_id, (attempt, _) in self.running.items()},
+            worker_id=self.worker_id,
+            instance_id=self.instance_id,
+            capabilities=capabilities,
+            engines=list(dict.fromkeys(e.name for e in engines)),
+            models=sorted(served),
+            loaded_models=self.loaded_models(engines),
+            slots=self.slots,
+            pools=[
+                EnginePool(engine=e.name, models=sorted(m for m, owner in served.items() if owner is e), slots=e.slots)
+                for e in engines
+            ],
+            running=list(self.running),
+            held={job_id: attempt for job_id, (attempt, _) in self.running.items()},
             reported_seq=self._reported_seq,
-            draining=self._draining.is_set(), sent_at=datetime.now(UTC),
-            heartbeat_interval_s=self.heartbeat_interval_s, gpu=self.gpu_state,
+            draining=self._draining.is_set(),
+            sent_at=datetime.now(UTC),
+            heartbeat_interval_s=self.heartbeat_interval_s,
+            gpu=self.gpu_state,
             max_resolution=self.resolution_limit(capabilities),
         )
 
@@ -119,9 +137,14 @@ class Worker:
     async def readiness(self) -> Readiness:
         """Ready once it has registered in the workers bucket, while it hears NATS and takes jobs."""
         nc = self._nc
-        return Readiness(checks={"nats": nc is not None and nc.is_connected, "registered": self.ready.is_set(),
-                                 "accepting": not self._draining.is_set()},
-                         details={"worker_id": self.worker_id, "running": len(self.running), "slots": self.slots})
+        return Readiness(
+            checks={
+                "nats": nc is not None and nc.is_connected,
+                "registered": self.ready.is_set(),
+                "accepting": not self._draining.is_set(),
+            },
+            details={"worker_id": self.worker_id, "running": len(self.running), "slots": self.slots},
+        )
 
     async def run(self) -> None:
         async with connection.opened(self.nats_url, f"worker-{self.worker_id}") as nc:
@@ -133,9 +156,15 @@ class Worker:
         kv = await self._workers_bucket()
         control = await nc.subscribe(s.control(self.worker_id), cb=self._on_control)
         sub = await self._js.pull_subscribe(
-            s.dispatch(self.worker_id), durable=f"worker-{self.worker_id}", stream=s.DISPATCH_STREAM,
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=30,
-                                  description=f"Dispatches for worker {self.worker_id}"),
+            s.dispatch(self.worker_id),
+            durable=f"worker-{self.worker_id}",
+            stream=s.DISPATCH_STREAM,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=30,
+                description=f"Dispatches for worker {self.worker_id}",
+            ),
         )
         self._kv = kv
         self.gpu_state = await gpu.probe_async(self.gpu_index)
@@ -168,8 +197,11 @@ class Worker:
             try:
                 return await self._js.key_value(s.WORKERS_BUCKET)
             except BucketNotFoundError:
-                log.warning("worker %s: no %s bucket yet (the scheduler or `tessera migrate` creates it); "
-                            "waiting", self.worker_id, s.WORKERS_BUCKET)
+                log.warning(
+                    "worker %s: no %s bucket yet (the scheduler or `tessera migrate` creates it); waiting",
+                    self.worker_id,
+                    s.WORKERS_BUCKET,
+                )
                 await asyncio.sleep(1.0)
 
     async def _heartbeat(self, kv) -> None:  # type: ignore[no-untyped-def]
@@ -197,8 +229,12 @@ class Worker:
                 self._down.discard(engine)
                 changed = True
             elif not up and engine not in self._down:
-                log.warning("worker %s: engine %s does not answer; withdrawing its models %s", self.worker_id,
-                            engine.name, sorted(engine.models))
+                log.warning(
+                    "worker %s: engine %s does not answer; withdrawing its models %s",
+                    self.worker_id,
+                    engine.name,
+                    sorted(engine.models),
+                )
                 self._down.add(engine)
                 changed = True
         return changed
@@ -254,8 +290,12 @@ class Worker:
         if dispatch.instance_id is not None and dispatch.instance_id != self.instance_id:
             # Sent to this worker's previous life: the scheduler fenced that attempt when it saw
             # this instance, and sends the job again if it is still to run.
-            log.info("worker %s: dropping stale dispatch of job %s attempt %d", self.worker_id, dispatch.job_id,
-                     dispatch.attempt)
+            log.info(
+                "worker %s: dropping stale dispatch of job %s attempt %d",
+                self.worker_id,
+                dispatch.job_id,
+                dispatch.attempt,
+            )
             return
         held = self.running.get(dispatch.job_id)
         if held is not None and held[0] > dispatch.attempt:  # an older attempt, fenced already
@@ -264,8 +304,13 @@ class Worker:
         while len(self._seen) > 10_000:
             self._seen.popitem(last=False)
         if held is not None:  # the scheduler gave up on that attempt (it reached us late): stop it
-            log.info("worker %s: job %s attempt %d replaces attempt %d", self.worker_id, dispatch.job_id,
-                     dispatch.attempt, held[0])
+            log.info(
+                "worker %s: job %s attempt %d replaces attempt %d",
+                self.worker_id,
+                dispatch.job_id,
+                dispatch.attempt,
+                held[0],
+            )
             held[1].cancel()
         task = asyncio.create_task(self._run_job(dispatch), name=f"job-{dispatch.job_id}")
         self.running[dispatch.job_id] = (dispatch.attempt, task)
@@ -295,15 +340,21 @@ class Worker:
                 delay = min(delay * 2, 2.0)
 
     async def _run_job(self, dispatch: Dispatch) -> None:
-        job = JobInput(job_id=dispatch.job_id, attempt=dispatch.attempt, capability=dispatch.capability,
-                       model=dispatch.model, params=dispatch.params)
+        job = JobInput(
+            job_id=dispatch.job_id,
+            attempt=dispatch.attempt,
+            capability=dispatch.capability,
+            model=dispatch.model,
+            params=dispatch.params,
+        )
         tag = f"{job.job_id}:{job.attempt}"
         started_at = datetime.now(UTC)
         # "Started" is reported only for a job still running after a short grace: a job that ends
         # sooner reports its start inside its result, which saves a command and an event per job.
         reporters: list[asyncio.Task[None]] = []
         grace = asyncio.get_running_loop().call_later(
-            self.started_grace_s, lambda: reporters.append(asyncio.create_task(self._report_started(job, tag))))
+            self.started_grace_s, lambda: reporters.append(asyncio.create_task(self._report_started(job, tag)))
+        )
         try:
             engine = self.engines.get(job.model)
             started = time.perf_counter()
@@ -314,8 +365,7 @@ class Worker:
                 async with asyncio.timeout(dispatch.timeout_seconds):
                     outputs = await engine.run(job, context)
             except TimeoutError:
-                await self._fail(job, "ENGINE_TIMEOUT", f"no result within {dispatch.timeout_seconds:.0f}s",
-                                 started_at)
+                await self._fail(job, "ENGINE_TIMEOUT", f"no result within {dispatch.timeout_seconds:.0f}s", started_at)
                 return
             except EngineError as exc:
                 if exc.code in UNREACHABLE and isinstance(engine, Probed):
@@ -336,10 +386,19 @@ class Worker:
             artifacts = await self._store_outputs(job, outputs, started_at)
             if artifacts is None:
                 return
-            await self._command(s.report(s.CMD_COMPLETED, self.worker_id), ReportCompleted(
-                job_id=job.job_id, worker_id=self.worker_id, attempt=job.attempt, artifacts=artifacts,
-                execution_time_seconds=round(time.perf_counter() - started, 6), usage=_usage(outputs),
-                started_at=started_at), f"{tag}:completed")
+            await self._command(
+                s.report(s.CMD_COMPLETED, self.worker_id),
+                ReportCompleted(
+                    job_id=job.job_id,
+                    worker_id=self.worker_id,
+                    attempt=job.attempt,
+                    artifacts=artifacts,
+                    execution_time_seconds=round(time.perf_counter() - started, 6),
+                    usage=_usage(outputs),
+                    started_at=started_at,
+                ),
+                f"{tag}:completed",
+            )
         except asyncio.CancelledError:
             # Cancelled by the scheduler: tell it the slot is free again. Not a result.
             await asyncio.shield(self._fail(job, "CANCELLED", "interrupted on request"))
@@ -353,16 +412,32 @@ class Worker:
         await self._command(s.report(s.CMD_STARTED, self.worker_id), report, f"{tag}:started")
 
     async def _fail(self, job: JobInput, code: str, message: str, started_at: datetime | None = None) -> None:
-        report = ReportFailed(job_id=job.job_id, worker_id=self.worker_id, attempt=job.attempt, code=code,
-                              message=message, started_at=started_at)
+        report = ReportFailed(
+            job_id=job.job_id,
+            worker_id=self.worker_id,
+            attempt=job.attempt,
+            code=code,
+            message=message,
+            started_at=started_at,
+        )
         await self._command(s.report(s.CMD_FAILED, self.worker_id), report, f"{job.job_id}:{job.attempt}:failed")
 
     def _progress_fn(self, job: JobInput):  # type: ignore[no-untyped-def]
         async def progress(fraction: float | None, message: str | None, partial_text: str | None) -> None:
             assert self._nc is not None
-            await self._nc.publish(s.progress(str(job.job_id)), encode(Progress(
-                job_id=job.job_id, attempt=job.attempt, fraction=fraction, message=message,
-                partial_text=partial_text)))
+            await self._nc.publish(
+                s.progress(str(job.job_id)),
+                encode(
+                    Progress(
+                        job_id=job.job_id,
+                        attempt=job.attempt,
+                        fraction=fraction,
+                        message=message,
+                        partial_text=partial_text,
+                    )
+                ),
+            )
+
         return progress
 
     async def _fetch_input(self, name: str) -> bytes:
@@ -377,8 +452,7 @@ class Worker:
             raise EngineError("INPUT_EXPIRED", "the uploaded input is no longer stored") from None
         return result.data or b""
 
-    async def _store_outputs(self, job: JobInput, outputs: list[Output],
-                             started_at: datetime) -> list[Artifact] | None:
+    async def _store_outputs(self, job: JobInput, outputs: list[Output], started_at: datetime) -> list[Artifact] | None:
         """Store the outputs as artifacts, waiting out a NATS outage (the engine's work is done and
         worth keeping) for up to STORE_PATIENCE_S; None when it failed, and the failure is reported."""
         artifacts = []
@@ -390,12 +464,19 @@ class Worker:
                     break
                 except (nats.errors.Error, TimeoutError) as exc:
                     if time.monotonic() >= deadline:
-                        await self._fail(job, "ARTIFACT_STORE_UNAVAILABLE",
-                                         f"the object store took no artifact for {STORE_PATIENCE_S:.0f}s: {exc!r}",
-                                         started_at)
+                        await self._fail(
+                            job,
+                            "ARTIFACT_STORE_UNAVAILABLE",
+                            f"the object store took no artifact for {STORE_PATIENCE_S:.0f}s: {exc!r}",
+                            started_at,
+                        )
                         return None
-                    log.warning("worker %s: storing an artifact of job %s failed (%r); retrying", self.worker_id,
-                                job.job_id, exc)
+                    log.warning(
+                        "worker %s: storing an artifact of job %s failed (%r); retrying",
+                        self.worker_id,
+                        job.job_id,
+                        exc,
+                    )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
                 except Exception as exc:  # not NATS being away: this output cannot be stored
@@ -410,9 +491,15 @@ class Worker:
         if output.data is None:
             text = output.text or ""
             if len(text.encode()) <= INLINE_TEXT_LIMIT:
-                return Artifact(id=artifact_id, kind=output.kind, format=output.format,
-                                content_type=output.content_type, size_bytes=len(text.encode()), text=text,
-                                expires_at=expires_at)
+                return Artifact(
+                    id=artifact_id,
+                    kind=output.kind,
+                    format=output.format,
+                    content_type=output.content_type,
+                    size_bytes=len(text.encode()),
+                    text=text,
+                    expires_at=expires_at,
+                )
             data = text.encode()
         else:
             data = output.data
@@ -420,9 +507,18 @@ class Worker:
         name = f"jobs/{job.job_id}/{job.attempt}/{artifact_id}.{output.format}"
         store = await self._js.object_store(s.ARTIFACTS_BUCKET)
         await store.put(name, data, meta=ObjectMeta(name=name, description=output.content_type))
-        return Artifact(id=artifact_id, kind=output.kind, format=output.format, content_type=output.content_type,
-                        size_bytes=len(data), object_name=name, width=output.width, height=output.height,
-                        duration_seconds=output.duration_seconds, expires_at=expires_at)
+        return Artifact(
+            id=artifact_id,
+            kind=output.kind,
+            format=output.format,
+            content_type=output.content_type,
+            size_bytes=len(data),
+            object_name=name,
+            width=output.width,
+            height=output.height,
+            duration_seconds=output.duration_seconds,
+            expires_at=expires_at,
+        )
 
 
 def _usage(outputs: list[Output]) -> dict[str, float]:

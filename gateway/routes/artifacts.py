@@ -8,16 +8,20 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from nats.js.errors import NotFoundError
 
-from projector import queries
 from gateway.deps import CurrentPrincipal, ServicesDep
 from gateway.errors import Problem
+from projector import queries
 from streams import subjects as s
 
 router = APIRouter(prefix="/api/v1/artifacts", tags=["artifacts"])
 
 
-@router.get("/{artifact_id}", summary="Download an artifact", response_class=Response,
-            responses={200: {"content": {"audio/wav": {}, "image/png": {}, "text/plain": {}}}})
+@router.get(
+    "/{artifact_id}",
+    summary="Download an artifact",
+    response_class=Response,
+    responses={200: {"content": {"audio/wav": {}, "image/png": {}, "text/plain": {}}}},
+)
 async def get_artifact(artifact_id: str, services: ServicesDep, principal: CurrentPrincipal) -> Response:
     try:
         parsed = uuid.UUID(artifact_id)

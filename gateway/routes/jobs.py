@@ -14,9 +14,9 @@ import pydantic
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
+from base.catalog import Catalog, Model, QuoteRefused
 from events.job import Job, JobStatus, evolve, fold
 from events.types import JobQueued, JobRequeued, RecordedEvent, decode_recorded
-from projector import queries
 from gateway.decisions import decide, quote_refusal, rate_headers, refusal
 from gateway.deps import CurrentPrincipal, Services, ServicesDep, key_holder
 from gateway.errors import Problem
@@ -24,10 +24,10 @@ from gateway.inputs import check_storable, utc_time
 from gateway.routes.uploads import resolve_input
 from gateway.schemas import EventView, JobAccepted, JobCancelled, JobCreate, JobList, JobView
 from gateway.views import event_view, job_view
+from projector import queries
+from scheduler import rules
 from streams import subjects as s
 from streams.messages import CancelJob, Progress, SubmitJob
-from base.catalog import Catalog, Model, QuoteRefused
-from scheduler import rules
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
@@ -37,16 +37,37 @@ INPUT_REQUIRED = {"stt"}  # capabilities that work on an uploaded file
 # dependency and header solving was a fifth of the gateway's CPU per job), so the OpenAPI
 # document is told about them here.
 _SUBMIT_OPENAPI = {
-    "requestBody": {"required": True, "content": {"application/json": {
-        "schema": JobCreate.model_json_schema(),
-        "example": {"capability": "tts", "params": {"prompt": "Hello from Tessera"}}}}},
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": JobCreate.model_json_schema(),
+                "example": {"capability": "tts", "params": {"prompt": "Hello from Tessera"}},
+            }
+        },
+    },
     "parameters": [
-        {"name": "Authorization", "in": "header", "required": True, "schema": {"type": "string"},
-         "description": "Bearer <key>: a user's API key, or a frontend key"},
-        {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 200},
-         "description": "The same key from the same user returns the same job"},
-        {"name": "Tessera-User-Ref", "in": "header", "required": False, "schema": {"type": "string"},
-         "description": "With a frontend key: the user acted for, such as telegram:123456"},
+        {
+            "name": "Authorization",
+            "in": "header",
+            "required": True,
+            "schema": {"type": "string"},
+            "description": "Bearer <key>: a user's API key, or a frontend key",
+        },
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string", "maxLength": 200},
+            "description": "The same key from the same user returns the same job",
+        },
+        {
+            "name": "Tessera-User-Ref",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": "With a frontend key: the user acted for, such as telegram:123456",
+        },
     ],
 }
 
@@ -90,14 +111,27 @@ def _check_audio(reference: dict[str, Any], model: Model | None) -> None:
     content_type = reference.get("content_type", "")
     if not content_type.startswith("audio/"):
         raise Problem(422, "UNSUPPORTED_INPUT", f"speech-to-text needs audio, and the upload is {content_type}")
-    if model is not None and model.engine == "pocketsphinx" and (
-            content_type != "audio/wav" or reference.get("bits_per_sample") != 16):
-        raise Problem(422, "UNSUPPORTED_INPUT", f"{model.name} reads 16-bit PCM WAV files; convert the audio first "
-                      "(for example: ffmpeg -i in.mp3 -ac 1 -ar 16000 -sample_fmt s16 out.wav)")
+    if (
+        model is not None
+        and model.engine == "pocketsphinx"
+        and (content_type != "audio/wav" or reference.get("bits_per_sample") != 16)
+    ):
+        raise Problem(
+            422,
+            "UNSUPPORTED_INPUT",
+            f"{model.name} reads 16-bit PCM WAV files; convert the audio first "
+            "(for example: ffmpeg -i in.mp3 -ac 1 -ar 16000 -sample_fmt s16 out.wav)",
+        )
 
 
-@router.post("", status_code=202, response_model=JobAccepted, openapi_extra=_SUBMIT_OPENAPI,
-             summary="Submit a job", responses={202: {"description": "Accepted and committed"}})
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobAccepted,
+    openapi_extra=_SUBMIT_OPENAPI,
+    summary="Submit a job",
+    responses={202: {"description": "Accepted and committed"}},
+)
 async def submit_job(request: Request) -> Response:
     """Queue a job. Answers 202 once the scheduler's acceptance is committed in PostgreSQL.
 
@@ -131,8 +165,12 @@ async def submit_job(request: Request) -> Response:
     principal = holder.acting_for(body.user_ref or tessera_user_ref)
     params = await resolve_input(services, principal.user_id, body.params)
     if body.capability in INPUT_REQUIRED and "input" not in params:
-        raise Problem(422, "INPUT_REQUIRED", f"{body.capability} needs an input file: upload it to /api/v1/uploads "
-                      "and send its id as params.input_upload")
+        raise Problem(
+            422,
+            "INPUT_REQUIRED",
+            f"{body.capability} needs an input file: upload it to /api/v1/uploads "
+            "and send its id as params.input_upload",
+        )
     if body.capability == "stt":
         try:
             model: Model | None = services.catalog.model_for("stt", body.params.get("model"))
@@ -143,21 +181,36 @@ async def submit_job(request: Request) -> Response:
     job_id = uuid.uuid5(principal.user_id, f"idempotency:{idempotency_key}") if idempotency_key else uuid.uuid4()
     timeout = services.settings.submit_timeout_s
     command = SubmitJob(
-        command_id=uuid.uuid4(), job_id=job_id, user_id=principal.user_id, user_ref=principal.user_ref,
-        frontend=frontend, bot_id=principal.bot_id, capability=body.capability,
-        model=body.params.get("model"), params=params, reply_context=body.reply_context,
+        command_id=uuid.uuid4(),
+        job_id=job_id,
+        user_id=principal.user_id,
+        user_ref=principal.user_ref,
+        frontend=frontend,
+        bot_id=principal.bot_id,
+        capability=body.capability,
+        model=body.params.get("model"),
+        params=params,
+        reply_context=body.reply_context,
         deadline=datetime.now(UTC) + timedelta(seconds=timeout * 0.8),
     )
-    decision = await decide(services, s.CMD_SUBMIT, command, msg_id=f"submit:{command.command_id}",
-                            unconfirmed="the scheduler did not confirm the job in time; retrying with the same "
-                                        "Idempotency-Key is safe")
+    decision = await decide(
+        services,
+        s.CMD_SUBMIT,
+        command,
+        msg_id=f"submit:{command.command_id}",
+        unconfirmed="the scheduler did not confirm the job in time; retrying with the same Idempotency-Key is safe",
+    )
     if not decision.ok or decision.job is None:
         raise refusal(decision)
     # The scheduler's summary has JobAccepted's fields. It is encoded here rather than through
     # response_model (which still documents it): submit is the hot path, and pydantic's
     # validate-then-serialise of the response is a sizeable share of its cost.
-    return Response(msgspec.json.encode(decision.job), status_code=202, media_type="application/json",
-                    headers=rate_headers(decision))
+    return Response(
+        msgspec.json.encode(decision.job),
+        status_code=202,
+        media_type="application/json",
+        headers=rate_headers(decision),
+    )
 
 
 async def load_own_job(services: Services, job_id: uuid.UUID, user_id: uuid.UUID) -> tuple[Job, list[RecordedEvent]]:
@@ -170,8 +223,9 @@ async def load_own_job(services: Services, job_id: uuid.UUID, user_id: uuid.UUID
     return job, records
 
 
-async def _position_and_estimate(services: Services, job: Job, records: list[RecordedEvent]) -> tuple[int | None,
-                                                                                                       float | None]:
+async def _position_and_estimate(
+    services: Services, job: Job, records: list[RecordedEvent]
+) -> tuple[int | None, float | None]:
     """Jobs ahead at this tier or above for the same capability, and the time to completion from
     the measured execution time of the model and the slots online that serve it."""
     if job.status.terminal or job.model not in services.catalog:
@@ -204,10 +258,22 @@ async def list_jobs(
     before = utc_time(before, "before")
     async with services.pool.acquire() as conn:
         rows = await queries.jobs_of(conn, principal.user_id, limit, before, status.value if status else None)
-    jobs = [{"job_id": r["id"], "status": r["status"], "capability": r["capability"], "model": r["model"],
-             "cost_tokens": float(r["cost_tokens"]), "frontend": r["frontend"], "bot_id": r["bot_id"],
-             "worker_id": r["worker_id"], "created_at": r["created_at"], "ended_at": r["ended_at"],
-             "error": r["error"]} for r in rows]
+    jobs = [
+        {
+            "job_id": r["id"],
+            "status": r["status"],
+            "capability": r["capability"],
+            "model": r["model"],
+            "cost_tokens": float(r["cost_tokens"]),
+            "frontend": r["frontend"],
+            "bot_id": r["bot_id"],
+            "worker_id": r["worker_id"],
+            "created_at": r["created_at"],
+            "ended_at": r["ended_at"],
+            "error": r["error"],
+        }
+        for r in rows
+    ]
     return {"jobs": jobs, "next_before": jobs[-1]["created_at"] if len(jobs) == limit else None}
 
 
@@ -216,8 +282,13 @@ async def cancel_job(job_id: str, services: ServicesDep, principal: CurrentPrinc
     """Cancel a queued or running job; 409 when it has already finished."""
     parsed = parse_job_id(job_id)
     command = CancelJob(command_id=uuid.uuid4(), job_id=parsed, user_id=principal.user_id)
-    decision = await decide(services, s.CMD_CANCEL, command, msg_id=f"cancel:{command.command_id}",
-                            unconfirmed="the scheduler did not confirm the cancel in time")
+    decision = await decide(
+        services,
+        s.CMD_CANCEL,
+        command,
+        msg_id=f"cancel:{command.command_id}",
+        unconfirmed="the scheduler did not confirm the cancel in time",
+    )
     if not decision.ok:
         raise refusal(decision, **({"job_status": decision.job.status} if decision.job else {}))
     return {"job_id": parsed, "status": decision.job.status if decision.job else "CANCELLED"}
@@ -234,8 +305,12 @@ def _sse(event: str, data: bytes, event_id: int | None = None) -> bytes:
     return f"{head}event: {event}\ndata: ".encode() + data + b"\n\n"
 
 
-@router.get("/{job_id}/stream", summary="Follow a job as server-sent events",
-            response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
+@router.get(
+    "/{job_id}/stream",
+    summary="Follow a job as server-sent events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
 async def stream_job(
     job_id: str,
     request: Request,
@@ -251,8 +326,11 @@ async def stream_job(
         after = int(last_event_id) if last_event_id else 0
     except ValueError:
         raise Problem(400, "INVALID_LAST_EVENT_ID", "Last-Event-ID must be an event version number") from None
-    return StreamingResponse(_follow(services, request, parsed, after), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        _follow(services, request, parsed, after),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 async def _follow(services: Services, request: Request, job_id: uuid.UUID, after: int) -> AsyncIterator[bytes]:
@@ -265,8 +343,10 @@ async def _follow(services: Services, request: Request, job_id: uuid.UUID, after
         await live.put(("progress", msg.data))
 
     # Subscribe first, then read the store: nothing committed in between can be missed.
-    subs = [await services.nc.subscribe(s.job_events(str(job_id)), cb=on_event),
-            await services.nc.subscribe(s.progress(str(job_id)), cb=on_progress)]
+    subs = [
+        await services.nc.subscribe(s.job_events(str(job_id)), cb=on_event),
+        await services.nc.subscribe(s.progress(str(job_id)), cb=on_progress),
+    ]
     try:
         version = after
         job: Job | None = None
@@ -316,14 +396,15 @@ async def _follow(services: Services, request: Request, job_id: uuid.UUID, after
 async def _status_event(services: Services, job: Job, records: list[RecordedEvent]) -> bytes:
     """Where an unfinished job stands now: an un-numbered `status` event, not part of the history."""
     position, estimate = await _position_and_estimate(services, job, records)
-    return _sse("status", msgspec.json.encode({"status": job.status.value, "queue_position": position,
-                                               "estimated_time_seconds": estimate}))
+    return _sse(
+        "status",
+        msgspec.json.encode(
+            {"status": job.status.value, "queue_position": position, "estimated_time_seconds": estimate}
+        ),
+    )
 
 
 def _transition(rec: RecordedEvent, job: Job) -> bytes:
     view = event_view(rec).model_dump(mode="json")
     view["status"] = job.status.value
     return msgspec.json.encode(view)
-
-
-

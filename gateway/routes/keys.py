@@ -13,13 +13,13 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from projector import queries
 from base.keys import USER_KEY_PREFIX, new_key
 from gateway.decisions import carried_out
 from gateway.deps import KeyHolder, KeyHolderDep, Services, ServicesDep
 from gateway.errors import Problem
 from gateway.inputs import check_storable
 from gateway.schemas import KeyCreate, KeyList, KeyRevoked, NewKey
+from projector import queries
 from streams import subjects as s
 from streams.messages import IssueApiKey, RevokeKey
 
@@ -40,8 +40,13 @@ def _key_id(raw: str) -> uuid.UUID:
 
 
 def _view(row: Any) -> dict[str, Any]:
-    return {"key_id": row["key_id"], "prefix": row["prefix"], "label": row["label"],
-            "created_at": row["created_at"], "revoked_at": row["revoked_at"]}
+    return {
+        "key_id": row["key_id"],
+        "prefix": row["prefix"],
+        "label": row["label"],
+        "created_at": row["created_at"],
+        "revoked_at": row["revoked_at"],
+    }
 
 
 @router.get("", response_model=KeyList, summary="Your API keys (never the keys themselves)")
@@ -54,11 +59,23 @@ async def list_keys(services: ServicesDep, holder: KeyHolderDep) -> dict[str, An
 async def _issue(services: Services, owner: uuid.UUID, label: str | None, replaces: uuid.UUID | None) -> dict[str, Any]:
     check_storable(label, "label")
     key, key_hash, prefix = new_key(USER_KEY_PREFIX)
-    command = IssueApiKey(command_id=uuid.uuid4(), user_id=owner, key_id=uuid.uuid4(), key_hash=key_hash,
-                          key_prefix=prefix, label=label, replaces=replaces)
+    command = IssueApiKey(
+        command_id=uuid.uuid4(),
+        user_id=owner,
+        key_id=uuid.uuid4(),
+        key_hash=key_hash,
+        key_prefix=prefix,
+        label=label,
+        replaces=replaces,
+    )
     await carried_out(services, s.CMD_KEY_ISSUE, command, msg_id=f"key-issue:{command.command_id}")
-    return {"key_id": command.key_id, "key": key, "prefix": prefix, "label": label,
-            "note": "the key is shown this once; store it now"}
+    return {
+        "key_id": command.key_id,
+        "key": key,
+        "prefix": prefix,
+        "label": label,
+        "note": "the key is shown this once; store it now",
+    }
 
 
 @router.post("", status_code=201, response_model=NewKey, summary="Create an API key (shown once)")
@@ -66,8 +83,9 @@ async def create_key(body: KeyCreate, services: ServicesDep, holder: KeyHolderDe
     return await _issue(services, _owner(holder), body.label, None)
 
 
-@router.post("/{key_id}/rotate", status_code=201, response_model=NewKey,
-             summary="Replace a key by a new one, revoking it")
+@router.post(
+    "/{key_id}/rotate", status_code=201, response_model=NewKey, summary="Replace a key by a new one, revoking it"
+)
 async def rotate_key(key_id: str, body: KeyCreate, services: ServicesDep, holder: KeyHolderDep) -> dict[str, Any]:
     return await _issue(services, _owner(holder), body.label, _key_id(key_id))
 

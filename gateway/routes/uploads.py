@@ -26,18 +26,27 @@ from fastapi.responses import JSONResponse
 from nats.js.api import ObjectMeta
 from nats.js.errors import NotFoundError
 
-from projector import queries
 from gateway.decisions import carried_out
 from gateway.deps import CurrentPrincipal, Services, ServicesDep
 from gateway.errors import Problem
 from gateway.schemas import UploadDeleted, UploadList, UploadStored
+from projector import queries
 from streams import subjects as s
 from streams.messages import DeleteUpload, StoreUpload
 
 router = APIRouter(prefix="/api/v1/uploads", tags=["uploads"])
 
-ACCEPTED = {"audio/wav", "audio/x-wav", "audio/wave", "audio/mpeg", "audio/ogg", "audio/flac", "image/png",
-            "image/jpeg", "image/webp"}
+ACCEPTED = {
+    "audio/wav",
+    "audio/x-wav",
+    "audio/wave",
+    "audio/mpeg",
+    "audio/ogg",
+    "audio/flac",
+    "image/png",
+    "image/jpeg",
+    "image/webp",
+}
 
 
 def object_name(user_id: uuid.UUID, upload_id: uuid.UUID) -> str:
@@ -75,8 +84,13 @@ def wav_facts(data: bytes) -> tuple[float, int] | None:
         return None
 
 
-@router.post("", status_code=201, response_model=UploadStored, summary="Upload an input file",
-             openapi_extra={"requestBody": {"required": True, "content": {t: {} for t in sorted(ACCEPTED)}}})
+@router.post(
+    "",
+    status_code=201,
+    response_model=UploadStored,
+    summary="Upload an input file",
+    openapi_extra={"requestBody": {"required": True, "content": {t: {} for t in sorted(ACCEPTED)}}},
+)
 async def upload(request: Request, services: ServicesDep, principal: CurrentPrincipal) -> JSONResponse:
     """Send the file as the raw body with its Content-Type. Refer to it from a job as
     `params.input_upload`; speech-to-text needs one."""
@@ -89,8 +103,9 @@ async def upload(request: Request, services: ServicesDep, principal: CurrentPrin
     declared = "audio/wav" if content_type in WAV_TYPES else content_type
     found = sniff(data)
     if found != declared:
-        raise Problem(422, "INVALID_UPLOAD", f"the body is not a {declared} file"
-                      + (f" (its bytes say {found})" if found else ""))
+        raise Problem(
+            422, "INVALID_UPLOAD", f"the body is not a {declared} file" + (f" (its bytes say {found})" if found else "")
+        )
     content_type = found
     facts = wav_facts(data) if content_type == "audio/wav" else None
     if content_type == "audio/wav" and facts is None:
@@ -104,26 +119,52 @@ async def upload(request: Request, services: ServicesDep, principal: CurrentPrin
     expires = datetime.now(UTC) + timedelta(seconds=services.settings.artifact_ttl_s)
     # Stored first, then counted against the plan (one writer decides, so two uploads at once
     # cannot both take the last one of the day); refused, it is removed again.
-    command = StoreUpload(command_id=uuid.uuid4(), user_id=principal.user_id, upload_id=upload_id, object_name=name,
-                          content_type=content_type, size_bytes=len(data), duration_seconds=seconds,
-                          bits_per_sample=facts[1] if facts else None, expires_at=expires)
+    command = StoreUpload(
+        command_id=uuid.uuid4(),
+        user_id=principal.user_id,
+        upload_id=upload_id,
+        object_name=name,
+        content_type=content_type,
+        size_bytes=len(data),
+        duration_seconds=seconds,
+        bits_per_sample=facts[1] if facts else None,
+        expires_at=expires,
+    )
     try:
         await carried_out(services, s.CMD_UPLOAD_STORE, command, msg_id=f"upload:{upload_id}")
     except Problem:  # refused, or not confirmed: not kept
         with contextlib.suppress(NotFoundError, nats.errors.Error):
             await store.delete(name)
         raise
-    return JSONResponse({"upload_id": str(upload_id), "content_type": content_type, "size_bytes": len(data),
-                         "duration_seconds": seconds, "expires_at": expires.isoformat()}, status_code=201)
+    return JSONResponse(
+        {
+            "upload_id": str(upload_id),
+            "content_type": content_type,
+            "size_bytes": len(data),
+            "duration_seconds": seconds,
+            "expires_at": expires.isoformat(),
+        },
+        status_code=201,
+    )
 
 
 @router.get("", response_model=UploadList, summary="Your uploads that are still stored, newest first")
 async def list_uploads(services: ServicesDep, principal: CurrentPrincipal) -> dict[str, Any]:
     async with services.pool.acquire() as conn:
         rows = await queries.uploads_of(conn, principal.user_id)
-    return {"uploads": [{"upload_id": r["id"], "content_type": r["content_type"], "size_bytes": r["size_bytes"],
-                         "duration_seconds": r["duration_seconds"], "created_at": r["created_at"],
-                         "expires_at": r["expires_at"]} for r in rows]}
+    return {
+        "uploads": [
+            {
+                "upload_id": r["id"],
+                "content_type": r["content_type"],
+                "size_bytes": r["size_bytes"],
+                "duration_seconds": r["duration_seconds"],
+                "created_at": r["created_at"],
+                "expires_at": r["expires_at"],
+            }
+            for r in rows
+        ]
+    }
 
 
 @router.delete("/{upload_id}", response_model=UploadDeleted, summary="Delete an upload now")

@@ -8,10 +8,10 @@ from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter
 
-from projector import queries
 from gateway.deps import CurrentPrincipal, ServicesDep
-from scheduler import rules
 from gateway.schemas import Me
+from projector import queries
+from scheduler import rules
 
 router = APIRouter(prefix="/api/v1/user", tags=["user"])
 
@@ -31,8 +31,9 @@ async def me(services: ServicesDep, principal: CurrentPrincipal) -> dict[str, An
     used = float(usage["tokens_used"]) if usage else 0.0
     limit = plan["daily_token_limit"] if plan else None
     remaining = None if limit is None else max(0.0, round(limit - used - active["reserved"], 2))
-    by_capability = {group: float(usage[f"tokens_{group}"]) if usage else 0.0
-                     for group in ("image", "video", "text", "audio")}
+    by_capability = {
+        group: float(usage[f"tokens_{group}"]) if usage else 0.0 for group in ("image", "video", "text", "audio")
+    }
     return {
         "user_id": principal.user_id,
         "platform": user["platform"] if user else (principal.user_ref or ":").split(":")[0],
@@ -52,8 +53,11 @@ async def me(services: ServicesDep, principal: CurrentPrincipal) -> dict[str, An
             "max_upload_bytes": plan["max_upload_bytes"] if plan else None,
         },
         "today": {
-            "date": today.isoformat(), "resets_at": resets_at.isoformat(),
-            "tokens_used": used, "tokens_reserved": active["reserved"], "tokens_remaining": remaining,
+            "date": today.isoformat(),
+            "resets_at": resets_at.isoformat(),
+            "tokens_used": used,
+            "tokens_reserved": active["reserved"],
+            "tokens_remaining": remaining,
             "tokens_by_capability": by_capability,
             "jobs_completed": usage["jobs_completed"] if usage else 0,
             "jobs_failed": usage["jobs_failed"] if usage else 0,

@@ -1,17 +1,17 @@
 """The invariants, read from the event log, the read models, the notify stream and the API.
 
-  lost                every job that got a 202 has events (its JobSubmitted at least)
-  stuck               every job in the log, acknowledged or not, reaches a terminal event
-  double-terminal     no job has more than one terminal event, nor any event after it
-  wrongly-failed      no job fails: the load holds no bad input, and each fault happens once
-  cancelled-delivered a cancel the API took (202) is never followed by a completion, an event,
-                      a COMPLETED notification or a COMPLETED answer from the API
-  charge-mismatches   each completion's cost is its model's price; per user and quota day, the
-                      read model and the API charge the sum of the completions, and hold no
-                      reservation once everything is over; the API reports each job's event cost
-  drift               the read models equal a rebuild from the log; the API's answer equals the log
-  unnotified          every terminal job has exactly one notification, with its terminal status
-  unrecovered         every component restarted after its kill serves again within 60 s
+lost                every job that got a 202 has events (its JobSubmitted at least)
+stuck               every job in the log, acknowledged or not, reaches a terminal event
+double-terminal     no job has more than one terminal event, nor any event after it
+wrongly-failed      no job fails: the load holds no bad input, and each fault happens once
+cancelled-delivered a cancel the API took (202) is never followed by a completion, an event,
+                    a COMPLETED notification or a COMPLETED answer from the API
+charge-mismatches   each completion's cost is its model's price; per user and quota day, the
+                    read model and the API charge the sum of the completions, and hold no
+                    reservation once everything is over; the API reports each job's event cost
+drift               the read models equal a rebuild from the log; the API's answer equals the log
+unnotified          every terminal job has exactly one notification, with its terminal status
+unrecovered         every component restarted after its kill serves again within 60 s
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ import msgspec
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from projector.folds import READ_MODEL_TABLES
-from streams import subjects as s
 from base import catalog
 from base.db import init_connection
+from projector.folds import READ_MODEL_TABLES
+from streams import subjects as s
 from tests.chaos.cluster import REPO
 from tests.chaos.faults import FaultRecord
 from tests.chaos.load import Job, User
@@ -42,8 +42,17 @@ from tests.chaos.load import Job, User
 CATALOG = catalog.Catalog.load()  # the platform under test runs the built-in catalog
 
 TERMINAL = {"JobCompleted.v1": "COMPLETED", "JobFailed.v1": "FAILED", "JobCancelled.v1": "CANCELLED"}
-VIOLATIONS = ("lost", "stuck", "double-terminal", "wrongly-failed", "cancelled-delivered", "charge-mismatches",
-              "drift", "unnotified", "unrecovered")
+VIOLATIONS = (
+    "lost",
+    "stuck",
+    "double-terminal",
+    "wrongly-failed",
+    "cancelled-delivered",
+    "charge-mismatches",
+    "drift",
+    "unnotified",
+    "unrecovered",
+)
 
 
 @dataclass
@@ -70,8 +79,10 @@ class Findings:
 
 
 async def load_log(conn: asyncpg.Connection) -> dict[uuid.UUID, list[Stored]]:
-    rows = await conn.fetch("SELECT stream_id, version, type, data::text AS data, recorded_at FROM events"
-                            " WHERE stream_type = 'job' ORDER BY stream_id, version")
+    rows = await conn.fetch(
+        "SELECT stream_id, version, type, data::text AS data, recorded_at FROM events"
+        " WHERE stream_type = 'job' ORDER BY stream_id, version"
+    )
     log: dict[uuid.UUID, list[Stored]] = defaultdict(list)
     for r in rows:
         log[r["stream_id"]].append(Stored(r["version"], r["type"], msgspec.json.decode(r["data"]), r["recorded_at"]))
@@ -92,11 +103,16 @@ async def settle(database_url: str, accepted: list[uuid.UUID], timeout_s: float)
         try:
             open_jobs = await conn.fetchval(
                 "SELECT count(*) FROM (SELECT stream_id FROM events WHERE stream_type = 'job' GROUP BY stream_id"
-                " HAVING count(*) FILTER (WHERE type = ANY($1::text[])) = 0) AS t", list(TERMINAL))
-            known = await conn.fetchval("SELECT count(DISTINCT stream_id) FROM events WHERE stream_id = ANY($1)",
-                                        accepted)
-            behind = await conn.fetchval("SELECT (SELECT coalesce(max(seq), 0) FROM events)"
-                                         " - (SELECT seq FROM projection_position WHERE name = 'read_models')")
+                " HAVING count(*) FILTER (WHERE type = ANY($1::text[])) = 0) AS t",
+                list(TERMINAL),
+            )
+            known = await conn.fetchval(
+                "SELECT count(DISTINCT stream_id) FROM events WHERE stream_id = ANY($1)", accepted
+            )
+            behind = await conn.fetchval(
+                "SELECT (SELECT coalesce(max(seq), 0) FROM events)"
+                " - (SELECT seq FROM projection_position WHERE name = 'read_models')"
+            )
         finally:
             await conn.close()
         now = asyncio.get_running_loop().time()
@@ -111,8 +127,10 @@ async def caught_up(database_url: str, timeout_s: float) -> bool:
     conn = await asyncpg.connect(database_url)
     try:
         while True:
-            behind = await conn.fetchval("SELECT (SELECT coalesce(max(seq), 0) FROM events)"
-                                         " - (SELECT seq FROM projection_position WHERE name = 'read_models')")
+            behind = await conn.fetchval(
+                "SELECT (SELECT coalesce(max(seq), 0) FROM events)"
+                " - (SELECT seq FROM projection_position WHERE name = 'read_models')"
+            )
             if behind == 0:
                 return True
             if asyncio.get_running_loop().time() > deadline:
@@ -150,12 +168,20 @@ def check_log(jobs: list[Job], log: dict[uuid.UUID, list[Stored]], found: Findin
         if "JobCancelled.v1" in types and "JobCompleted.v1" in types:
             found.add("cancelled-delivered", job_id, "the log holds both JobCancelled and JobCompleted")
         elif client and client.cancel_status == 202 and "JobCompleted.v1" in types:
-            found.add("cancelled-delivered", job_id, f"the cancel was taken (202, {client.cancel_answer}) "
-                      "and the job completed")
+            found.add(
+                "cancelled-delivered",
+                job_id,
+                f"the cancel was taken (202, {client.cancel_answer}) and the job completed",
+            )
 
 
-def check_requeues(log: dict[uuid.UUID, list[Stored]], faults: list[FaultRecord], origin_wall: float,
-                   worker_timeout_s: float, found: Findings) -> None:
+def check_requeues(
+    log: dict[uuid.UUID, list[Stored]],
+    faults: list[FaultRecord],
+    origin_wall: float,
+    worker_timeout_s: float,
+    found: Findings,
+) -> None:
     """Re-queues of attempts on a worker that was not killed around then: a live worker declared lost."""
     for job_id, events in log.items():
         for e in events:
@@ -164,10 +190,14 @@ def check_requeues(log: dict[uuid.UUID, list[Stored]], faults: list[FaultRecord]
             at = e.recorded_at.timestamp() - origin_wall
             worker = e.data.get("worker_id")
             found.counts[f"requeue: {re.sub(r'[0-9.]+', 'N', str(e.data.get('reason')))}"] += 1
-            if not any(f.worker_id == worker and f.killed_at - 1 <= at <= f.restarted_at + worker_timeout_s + 5
-                       for f in faults):
-                found.note("requeued from a live worker", job_id,
-                           f"{worker} was not killed near +{at:.1f}s: {e.data.get('reason')}")
+            if not any(
+                f.worker_id == worker and f.killed_at - 1 <= at <= f.restarted_at + worker_timeout_s + 5 for f in faults
+            ):
+                found.note(
+                    "requeued from a live worker",
+                    job_id,
+                    f"{worker} was not killed near +{at:.1f}s: {e.data.get('reason')}",
+                )
 
 
 def check_prices(jobs: list[Job], log: dict[uuid.UUID, list[Stored]], found: Findings) -> dict[tuple[str, str], float]:
@@ -193,12 +223,22 @@ async def check_usage(conn: asyncpg.Connection, charged: dict[tuple[str, str], f
     used = {(r["user_id"], r["day"]): float(r["tokens_used"]) for r in rows}
     for key in set(used) | {k for k, v in charged.items() if v}:
         if abs(used.get(key, 0.0) - round(charged.get(key, 0.0), 2)) > 0.005:
-            found.add("charge-mismatches", f"user {key[0]} on {key[1]}",
-                      f"usage_daily says {used.get(key, 0.0)}, the completions sum to {charged.get(key, 0.0):.2f}")
+            found.add(
+                "charge-mismatches",
+                f"user {key[0]} on {key[1]}",
+                f"usage_daily says {used.get(key, 0.0)}, the completions sum to {charged.get(key, 0.0):.2f}",
+            )
 
 
-async def check_api(api_url: str, users: list[User], jobs: list[Job], log: dict[uuid.UUID, list[Stored]],
-                    charged: dict[tuple[str, str], float], found: Findings, connections: int = 16) -> None:
+async def check_api(
+    api_url: str,
+    users: list[User],
+    jobs: list[Job],
+    log: dict[uuid.UUID, list[Stored]],
+    charged: dict[tuple[str, str], float],
+    found: Findings,
+    connections: int = 16,
+) -> None:
     """Every accepted job as the API shows it, and each user's quota for today."""
     limits = httpx.Limits(max_connections=connections)
     async with httpx.AsyncClient(base_url=api_url, timeout=30, limits=limits) as client:
@@ -219,8 +259,9 @@ async def check_api(api_url: str, users: list[User], jobs: list[Job], log: dict[
                     found.add("cancelled-delivered", job.job_id, "the API answers COMPLETED after a taken cancel")
             cost = float(terminals[0].data["cost_tokens"]) if status == "COMPLETED" else None
             if cost is not None and abs(float(view.get("cost_tokens", -1)) - cost) > 1e-9:
-                found.add("charge-mismatches", job.job_id,
-                          f"the API reports cost {view.get('cost_tokens')}, the event {cost}")
+                found.add(
+                    "charge-mismatches", job.job_id, f"the API reports cost {view.get('cost_tokens')}, the event {cost}"
+                )
             if status == "CANCELLED" and view.get("artifacts"):
                 found.add("cancelled-delivered", job.job_id, "the API shows artifacts of a cancelled job")
 
@@ -230,21 +271,27 @@ async def check_api(api_url: str, users: list[User], jobs: list[Job], log: dict[
             me = (await client.get("/api/v1/user/me", headers={"Authorization": f"Bearer {user.key}"})).json()["today"]
             expected = round(charged.get((str(user.user_id), today), 0.0), 2)
             if abs(float(me["tokens_used"]) - expected) > 0.005 or float(me["tokens_reserved"]) != 0:
-                found.add("charge-mismatches", f"user {user.user_id} today (API)",
-                          f"used {me['tokens_used']} reserved {me['tokens_reserved']}; completions sum to {expected}")
+                found.add(
+                    "charge-mismatches",
+                    f"user {user.user_id} today (API)",
+                    f"used {me['tokens_used']} reserved {me['tokens_reserved']}; completions sum to {expected}",
+                )
 
 
-async def check_notifications(nats_url: str, log: dict[uuid.UUID, list[Stored]], found: Findings,
-                              jobs: list[Job]) -> None:
+async def check_notifications(
+    nats_url: str, log: dict[uuid.UUID, list[Stored]], found: Findings, jobs: list[Job]
+) -> None:
     """The notify stream, read whole: one notification per terminal job, with the log's status."""
     nc = await nats.connect(nats_url)
     notes: dict[uuid.UUID, list[str]] = defaultdict(list)
     try:
         js = nc.jetstream()
         total = (await js.stream_info(s.NOTIFY_STREAM)).state.messages
-        sub = await js.pull_subscribe(s.NOTIFY_ALL, stream=s.NOTIFY_STREAM,
-                                      config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL,
-                                                            ack_policy=AckPolicy.NONE))
+        sub = await js.pull_subscribe(
+            s.NOTIFY_ALL,
+            stream=s.NOTIFY_STREAM,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE),
+        )
         seen = 0
         while seen < total:
             try:
@@ -285,9 +332,17 @@ async def check_drift(database_url: str, env: dict[str, str], found: Findings) -
     await init_connection(conn)
     try:
         live = await snapshot(conn)
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "tessera.cli", "projections", "rebuild",
-                                                    env=env, cwd=REPO, stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.STDOUT)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tessera.cli",
+            "projections",
+            "rebuild",
+            env=env,
+            cwd=REPO,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
         output, _ = await proc.communicate()
         if proc.returncode != 0:
             found.add("drift", "rebuild", f"`tessera projections rebuild` failed: {output.decode()[-500:]}")
@@ -311,13 +366,20 @@ def history(events: list[Stored], job: Job | None) -> list[str]:
     start = events[0].recorded_at
     lines = []
     for e in events:
-        keep = {k: e.data[k] for k in ("worker_id", "attempt", "reason", "code", "message", "cost_tokens",
-                                       "requested_by") if e.data.get(k) is not None}
-        lines.append(f"v{e.version:<2} +{(e.recorded_at - start).total_seconds():7.3f}s {e.type:<17} "
-                     + " ".join(f"{k}={v}" for k, v in keep.items()))
+        keep = {
+            k: e.data[k]
+            for k in ("worker_id", "attempt", "reason", "code", "message", "cost_tokens", "requested_by")
+            if e.data.get(k) is not None
+        }
+        lines.append(
+            f"v{e.version:<2} +{(e.recorded_at - start).total_seconds():7.3f}s {e.type:<17} "
+            + " ".join(f"{k}={v}" for k, v in keep.items())
+        )
     if job is not None:
-        lines.append(f"client: {job.kind} {job.body['params']}, {job.submit_attempts} submit attempt(s), "
-                     f"cancel after {job.cancel_after_s}s -> {job.cancel_status} {job.cancel_answer}"
-                     if job.cancel_after_s is not None else
-                     f"client: {job.kind} {job.body['params']}, {job.submit_attempts} submit attempt(s)")
+        lines.append(
+            f"client: {job.kind} {job.body['params']}, {job.submit_attempts} submit attempt(s), "
+            f"cancel after {job.cancel_after_s}s -> {job.cancel_status} {job.cancel_answer}"
+            if job.cancel_after_s is not None
+            else f"client: {job.kind} {job.body['params']}, {job.submit_attempts} submit attempt(s)"
+        )
     return lines

@@ -51,8 +51,14 @@ class Service:
             log.write(f"\n===== chaos: start #{self.starts + 1} at {time.time():.3f} =====\n".encode())
             log.flush()
             self.log_offset = log.tell()
-            self.process = subprocess.Popen([sys.executable, "-m", "tessera.cli", *self.args], env=env, cwd=REPO,
-                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tessera.cli", *self.args],
+                env=env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.starts += 1
 
     @property
@@ -124,13 +130,19 @@ class Cluster:
 
     def env(self) -> dict[str, str]:
         t = self.timing
-        return {**{k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")},
-                "TESSERA_NATS_URL": self.nats_url, "TESSERA_DATABASE_URL": self.database_url,
-                "TESSERA_HTTP_PORT": str(self.http_port), "TESSERA_DATA_DIR": str(self.data_dir),
-                "TESSERA_HEARTBEAT_INTERVAL": str(t.heartbeat_interval_s),
-                "TESSERA_WORKER_TIMEOUT": str(t.worker_timeout_s),
-                "TESSERA_SUBMIT_TIMEOUT": str(t.submit_timeout_s), "TESSERA_MAX_ATTEMPTS": str(t.max_attempts),
-                "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
+        return {
+            **{k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")},
+            "TESSERA_NATS_URL": self.nats_url,
+            "TESSERA_DATABASE_URL": self.database_url,
+            "TESSERA_HTTP_PORT": str(self.http_port),
+            "TESSERA_DATA_DIR": str(self.data_dir),
+            "TESSERA_HEARTBEAT_INTERVAL": str(t.heartbeat_interval_s),
+            "TESSERA_WORKER_TIMEOUT": str(t.worker_timeout_s),
+            "TESSERA_SUBMIT_TIMEOUT": str(t.submit_timeout_s),
+            "TESSERA_MAX_ATTEMPTS": str(t.max_attempts),
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONFAULTHANDLER": "1",
+        }
 
     # --- the servers -----------------------------------------------------------------------------
 
@@ -190,8 +202,12 @@ class Cluster:
     # --- the services ----------------------------------------------------------------------------
 
     def add_services(self) -> None:
-        plan = {"scheduler-a": ["scheduler"], "scheduler-b": ["scheduler"], "projector": ["projector"],
-                "gateway": ["gateway"]}
+        plan = {
+            "scheduler-a": ["scheduler"],
+            "scheduler-b": ["scheduler"],
+            "projector": ["projector"],
+            "gateway": ["gateway"],
+        }
         plan |= {f"worker-{w}": ["worker", "--worker-id", w, "--engines", e] for w, e in self.workers.items()}
         for name, args in plan.items():
             self.services[name] = Service(name, args, self.data_dir / f"{name}.log")

@@ -71,8 +71,9 @@ class Tap:
                 waiter.action(msg)
                 waiter.done.set_result(msg)
 
-    async def when(self, subject_prefix: str, match: Callable[[Msg], bool], action: Callable[[Msg], None],
-                   timeout: float) -> Msg | None:
+    async def when(
+        self, subject_prefix: str, match: Callable[[Msg], bool], action: Callable[[Msg], None], timeout: float
+    ) -> Msg | None:
         """Run `action` on the first message under `subject_prefix` that `match`es; None if none came."""
         waiter = _Waiter(subject_prefix, match, action, asyncio.get_running_loop().create_future())
         self._waiters.append(waiter)
@@ -93,8 +94,10 @@ class FaultRecord:
     worker_id: str | None = None  # the worker killed, for a worker fault
 
     def line(self) -> str:
-        return (f"{self.name:<28} killed at {self.killed_at:7.2f}s, restarted at {self.restarted_at:7.2f}s "
-                f"(+{self.restarted_at - self.killed_at:.2f}s)  {self.detail}")
+        return (
+            f"{self.name:<28} killed at {self.killed_at:7.2f}s, restarted at {self.restarted_at:7.2f}s "
+            f"(+{self.restarted_at - self.killed_at:.2f}s)  {self.detail}"
+        )
 
 
 @dataclass
@@ -146,9 +149,11 @@ class Faults:
             await self.cluster.wait_ready(timeout_s)
         except RuntimeError:
             gateway = self.cluster.services["gateway"]
-            self.unrecovered.append(f"the gateway (start #{gateway.starts}) did not answer /readyz within "
-                                    f"{timeout_s:.0f}s after the {after} fault; its output: "
-                                    f"{gateway.output()[-600:]!r}; stacks in {gateway.log_path}")
+            self.unrecovered.append(
+                f"the gateway (start #{gateway.starts}) did not answer /readyz within "
+                f"{timeout_s:.0f}s after the {after} fault; its output: "
+                f"{gateway.output()[-600:]!r}; stacks in {gateway.log_path}"
+            )
             gateway.abort()
             self.cluster.start("gateway")
             await self.cluster.wait_ready(timeout_s)
@@ -178,8 +183,11 @@ class Faults:
         killed = self.now()
         await asyncio.sleep(self.pause())
         self.cluster.start(leader.name)
-        detail = (f"killed at its commit notice (seq {seen.data.decode()})" if seen
-                  else "no commit within 30s: killed at random")
+        detail = (
+            f"killed at its commit notice (seq {seen.data.decode()})"
+            if seen
+            else "no commit within 30s: killed at random"
+        )
         return FaultRecord(f"{leader.name} (leader)", killed, self.now(), detail + "; the standby takes over")
 
     async def postgres(self) -> FaultRecord:
@@ -197,8 +205,9 @@ class Faults:
 
     async def _any_dispatch(self, match: Callable[[Msg], bool], kill: bool) -> Msg | None:
         """The next dispatch that `match`es, its worker killed in the same callback if `kill`."""
-        return await self.tap.when(f"{s.PREFIX}.dispatch.", match,
-                                   self._kill_addressee if kill else lambda _m: None, timeout=30)
+        return await self.tap.when(
+            f"{s.PREFIX}.dispatch.", match, self._kill_addressee if kill else lambda _m: None, timeout=30
+        )
 
     async def worker_after_dispatch(self) -> FaultRecord:
         """Killed the instant a TTS dispatch to it is published; started again before its heartbeat
@@ -212,8 +221,9 @@ class Faults:
         killed = self.now()
         await asyncio.sleep(self.pause())
         self.cluster.start(svc.name)
-        detail = (f"killed at the dispatch of {_job_id(seen)}" if seen
-                  else "no dispatch came within 30s: killed at random")
+        detail = (
+            f"killed at the dispatch of {_job_id(seen)}" if seen else "no dispatch came within 30s: killed at random"
+        )
         return FaultRecord(f"worker {worker_id} after dispatch", killed, self.now(), detail, worker_id)
 
     async def worker_mid_job(self, running_s: float = 0.3) -> FaultRecord:
@@ -226,25 +236,36 @@ class Faults:
         svc.kill()
         killed = self.now()
         timeout = self.cluster.timing.worker_timeout_s + 15
-        requeue = await self.tap.when(REQUEUED.split("*")[0], lambda m: _worker(m) == worker_id,
-                                      lambda _m: self.cluster.start(svc.name), timeout=timeout)
+        requeue = await self.tap.when(
+            REQUEUED.split("*")[0],
+            lambda m: _worker(m) == worker_id,
+            lambda _m: self.cluster.start(svc.name),
+            timeout=timeout,
+        )
         if requeue is None:
             self.cluster.start(svc.name)
-        detail = (f"{running_s}s into job {_job_id(seen)}; " if seen else "no held job came: killed at random; ")
-        detail += ("restarted at the re-queue of " + str(_job_id(requeue, "stream_id")) if requeue
-                   else f"no re-queue within {timeout:.0f}s")
+        detail = f"{running_s}s into job {_job_id(seen)}; " if seen else "no held job came: killed at random; "
+        detail += (
+            "restarted at the re-queue of " + str(_job_id(requeue, "stream_id"))
+            if requeue
+            else f"no re-queue within {timeout:.0f}s"
+        )
         return FaultRecord(f"worker {worker_id} mid-job", killed, self.now(), detail, worker_id)
 
     async def nats_between_heartbeats(self, worker_id: str = "w1") -> FaultRecord:
-        seen = await self.tap.when(f"$KV.{s.WORKERS_BUCKET}.{worker_id}", lambda _m: True,
-                                   lambda _m: self.cluster.kill_nats(), timeout=30)
+        seen = await self.tap.when(
+            f"$KV.{s.WORKERS_BUCKET}.{worker_id}", lambda _m: True, lambda _m: self.cluster.kill_nats(), timeout=30
+        )
         if seen is None:
             self.cluster.kill_nats()
         killed = self.now()
         await asyncio.sleep(self.pause())
         await asyncio.to_thread(self.cluster.restart_nats)
-        detail = (f"killed right after a heartbeat of {worker_id} (every {self.cluster.timing.heartbeat_interval_s}s)"
-                  if seen else "no heartbeat seen: killed at random")
+        detail = (
+            f"killed right after a heartbeat of {worker_id} (every {self.cluster.timing.heartbeat_interval_s}s)"
+            if seen
+            else "no heartbeat seen: killed at random"
+        )
         return FaultRecord("nats-server", killed, self.now(), detail)
 
 

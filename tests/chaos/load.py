@@ -49,21 +49,31 @@ class Job:
         return str(self.body["capability"])
 
 
-def make_jobs(count: int, users: list[User], rng: random.Random, *, run_tag: str, tts_share: float = 0.08,
-              cancel_share: float = 0.05) -> list[Job]:
+def make_jobs(
+    count: int,
+    users: list[User],
+    rng: random.Random,
+    *,
+    run_tag: str,
+    tts_share: float = 0.08,
+    cancel_share: float = 0.05,
+) -> list[Job]:
     """The job mix: mostly echo (some held for a while, so kills and cancels find them running),
     some TTS with a price, a share of all cancelled soon after acceptance, some of those just as
     they finish."""
     jobs = []
     for n in range(count):
         if rng.random() < tts_share:
-            words = " ".join(rng.choice(("tessera", "chaos", "speech", "token", "worker", "queue"))
-                             for _ in range(rng.randint(2, 30)))
+            words = " ".join(
+                rng.choice(("tessera", "chaos", "speech", "token", "worker", "queue"))
+                for _ in range(rng.randint(2, 30))
+            )
             body: dict[str, Any] = {"capability": "tts", "params": {"prompt": f"{words} {n}"}}
         else:
             roll = rng.random()
-            delay = 0 if roll < 0.6 else round(rng.uniform(0.2, 1.0), 2) if roll < 0.9 else round(
-                rng.uniform(2.0, 3.0), 2)
+            delay = (
+                0 if roll < 0.6 else round(rng.uniform(0.2, 1.0), 2) if roll < 0.9 else round(rng.uniform(2.0, 3.0), 2)
+            )
             params: dict[str, Any] = {"prompt": f"chaos {n}"}
             if delay:
                 params["delay_seconds"] = delay
@@ -72,10 +82,12 @@ def make_jobs(count: int, users: list[User], rng: random.Random, *, run_tag: str
         if rng.random() < cancel_share:
             delay = body["params"].get("delay_seconds")
             # Half the cancels race the job's own end: sent when a held job is about to finish.
-            cancel = round(max(0.0, delay + rng.uniform(-0.15, 0.05)) if delay and rng.random() < 0.5
-                           else rng.uniform(0.0, 1.5), 3)
-        jobs.append(Job(n=n, user=users[n % len(users)], idempotency_key=f"{run_tag}-{n}", body=body,
-                        cancel_after_s=cancel))
+            cancel = round(
+                max(0.0, delay + rng.uniform(-0.15, 0.05)) if delay and rng.random() < 0.5 else rng.uniform(0.0, 1.5), 3
+            )
+        jobs.append(
+            Job(n=n, user=users[n % len(users)], idempotency_key=f"{run_tag}-{n}", body=body, cancel_after_s=cancel)
+        )
     return jobs
 
 
@@ -102,8 +114,9 @@ class Load:
 
     async def run(self) -> None:
         limits = httpx.Limits(max_connections=self.connections, max_keepalive_connections=self.connections)
-        async with httpx.AsyncClient(base_url=self.api_url, timeout=httpx.Timeout(30.0, connect=5.0),
-                                     limits=limits) as client:
+        async with httpx.AsyncClient(
+            base_url=self.api_url, timeout=httpx.Timeout(30.0, connect=5.0), limits=limits
+        ) as client:
             self._client = client
             started = time.monotonic()
             tasks = []

@@ -57,8 +57,10 @@ class Report:
     def text(self, histories: int = 8) -> str:
         f = self.figures
         c = self.config
-        lines = [f"chaos run: seed {c.seed}, {c.jobs} jobs, {self.elapsed_s:.0f}s, data {self.data_dir}",
-                 "  " + "  ".join(f"{name} {_num(value)}" for name, value in f.items())]
+        lines = [
+            f"chaos run: seed {c.seed}, {c.jobs} jobs, {self.elapsed_s:.0f}s, data {self.data_dir}",
+            "  " + "  ".join(f"{name} {_num(value)}" for name, value in f.items()),
+        ]
         counts = self.findings.counts
         lines.append("  log: " + ", ".join(f"{k} {_num(v)}" for k, v in sorted(counts.items())))
         if self.errors:
@@ -97,14 +99,28 @@ async def _start(cluster: Cluster) -> None:
 
 
 async def _setup_users(cluster: Cluster, count: int, tag: str) -> list[User]:
-    await define_plan(cluster.nats_url, cluster.database_url, DefinePlan(
-        command_id=uuid.uuid4(), tier=PLAN, name="Chaos", daily_token_limit=1_000_000, requests_per_minute=1_000_000,
-        max_concurrent_jobs=100_000, max_queued_jobs=1_000_000, priority=2, max_resolution=1024,
-        allowed_models=["*"], price_cents=0))
+    await define_plan(
+        cluster.nats_url,
+        cluster.database_url,
+        DefinePlan(
+            command_id=uuid.uuid4(),
+            tier=PLAN,
+            name="Chaos",
+            daily_token_limit=1_000_000,
+            requests_per_minute=1_000_000,
+            max_concurrent_jobs=100_000,
+            max_queued_jobs=1_000_000,
+            priority=2,
+            max_resolution=1024,
+            allowed_models=["*"],
+            price_cents=0,
+        ),
+    )
     users = []
     for n in range(count):
-        user_id, key = await create_user(cluster.nats_url, cluster.database_url, platform="web",
-                                         user_id=f"chaos-{tag}-{n}", plan=PLAN)
+        user_id, key = await create_user(
+            cluster.nats_url, cluster.database_url, platform="web", user_id=f"chaos-{tag}-{n}", plan=PLAN
+        )
         users.append(User(user_id, key))
     return users
 
@@ -166,8 +182,17 @@ async def run_chaos(config: ChaosConfig, data_dir: Path) -> Report:
         await asyncio.to_thread(cluster.close)
 
 
-async def _check(config: ChaosConfig, cluster: Cluster, users: list[User], jobs: list[Job], load: Load,
-                 faults: list[FaultRecord], origin: float, origin_wall: float, found: checks.Findings) -> Report:
+async def _check(
+    config: ChaosConfig,
+    cluster: Cluster,
+    users: list[User],
+    jobs: list[Job],
+    load: Load,
+    faults: list[FaultRecord],
+    origin: float,
+    origin_wall: float,
+    found: checks.Findings,
+) -> Report:
     import asyncpg
 
     conn = await asyncpg.connect(cluster.database_url)
@@ -201,11 +226,21 @@ async def _check(config: ChaosConfig, cluster: Cluster, users: list[User], jobs:
     figures: dict[str, float] = {"accepted": accepted}
     figures |= {name: len(found.violations[name]) for name in checks.VIOLATIONS}
     figures["drift"] = found.counts["drifted rows"] + sum(
-        1 for k in found.violations["drift"] if not k.startswith(checks.READ_MODEL_TABLES))
+        1 for k in found.violations["drift"] if not k.startswith(checks.READ_MODEL_TABLES)
+    )
     figures["longest outage s"] = round(outage, 2)
     figures["outage at s"] = round(outage_at, 1)
     figures["never accepted"] = sum(j.accepted_at is None for j in jobs)
     figures["refused"] = sum(j.refused is not None for j in jobs)
     figures["requeued from live workers"] = len(found.notes.get("requeued from a live worker", {}))
-    return Report(config=config, data_dir=cluster.data_dir, figures=figures, findings=found, faults=faults,
-                  histories=histories, elapsed_s=0.0, errors=load.errors, outage_causes=outage_causes)
+    return Report(
+        config=config,
+        data_dir=cluster.data_dir,
+        figures=figures,
+        findings=found,
+        faults=faults,
+        histories=histories,
+        elapsed_s=0.0,
+        errors=load.errors,
+        outage_causes=outage_causes,
+    )

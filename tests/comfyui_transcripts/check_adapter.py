@@ -27,15 +27,28 @@ from worker_node.engines.base import EngineError, JobContext, JobInput
 from worker_node.engines.comfyui import ComfyUIEngine
 
 PLAIN = {
-    "1": {"class_type": "EmptyImage", "inputs": {"width": "{{width}}", "height": "{{height}}",
-                                                 "batch_size": "{{batch_size}}", "color": "{{seed}}"}},
+    "1": {
+        "class_type": "EmptyImage",
+        "inputs": {"width": "{{width}}", "height": "{{height}}", "batch_size": "{{batch_size}}", "color": "{{seed}}"},
+    },
     "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
     "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "tessera"}},
 }
-SLOWLY = {**PLAIN, "4": {"class_type": "TesseraSlowProgress", "inputs": {
-    "image": ["2", 0], "steps": "{{steps}}", "seconds_per_step": 0.2, "preview": True, "fail": False,
-    "seed": "{{seed}}"}},
-    "3": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "tessera"}}}
+SLOWLY = {
+    **PLAIN,
+    "4": {
+        "class_type": "TesseraSlowProgress",
+        "inputs": {
+            "image": ["2", 0],
+            "steps": "{{steps}}",
+            "seconds_per_step": 0.2,
+            "preview": True,
+            "fail": False,
+            "seed": "{{seed}}",
+        },
+    },
+    "3": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "tessera"}},
+}
 
 
 class Progress:
@@ -48,8 +61,13 @@ class Progress:
 
 
 def job(model: str, seed: int, **params: Any) -> JobInput:
-    return JobInput(job_id=uuid.uuid4(), attempt=1, capability="image", model=model,
-                    params={"prompt": "", "seed": seed, "width": 64, "height": 48, **params})
+    return JobInput(
+        job_id=uuid.uuid4(),
+        attempt=1,
+        capability="image",
+        model=model,
+        params={"prompt": "", "seed": seed, "width": 64, "height": 48, **params},
+    )
 
 
 def check(name: str, ok: bool, detail: Any = "") -> None:
@@ -98,8 +116,11 @@ async def main() -> None:
             await engine.run(job("plain", 1, width=0), JobContext(Progress()))
             check("a validation error is refused", False)
         except EngineError as error:
-            check("a validation error names the node and input", error.code == "ENGINE_REJECTED"
-                  and "node 1 (EmptyImage)" in error.message and "width" in error.message, error.message)
+            check(
+                "a validation error names the node and input",
+                error.code == "ENGINE_REJECTED" and "node 1 (EmptyImage)" in error.message and "width" in error.message,
+                error.message,
+            )
 
         # Another client's prompt runs; ours waits behind it and is cancelled.
         slow = dict(engine.workflow(job("slowly", 11, steps=15)))
@@ -109,8 +130,11 @@ async def main() -> None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         queue = (await http.get("/queue")).json()
-        check("cancelling a queued prompt removes it", queue["queue_pending"] == []
-              and [r[1] for r in queue["queue_running"]] == [theirs], queue["queue_pending"])
+        check(
+            "cancelling a queued prompt removes it",
+            queue["queue_pending"] == [] and [r[1] for r in queue["queue_running"]] == [theirs],
+            queue["queue_pending"],
+        )
         while (await http.get(f"/history/{theirs}")).json() == {}:
             await asyncio.sleep(0.2)
         status = (await http.get(f"/history/{theirs}")).json()[theirs]["status"]["status_str"]
@@ -120,8 +144,11 @@ async def main() -> None:
         progress = Progress()
         task = asyncio.create_task(engine.run(job("slowly", 13, steps=15), JobContext(progress)))
         await until(lambda: len(progress.fractions) >= 2)
-        after = (await http.post("/prompt", json={"prompt": dict(engine.workflow(job("plain", 14))),
-                                                  "client_id": "someone-else"})).json()["prompt_id"]
+        after = (
+            await http.post(
+                "/prompt", json={"prompt": dict(engine.workflow(job("plain", 14))), "client_id": "someone-else"}
+            )
+        ).json()["prompt_id"]
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await asyncio.sleep(1.0)
@@ -139,8 +166,11 @@ async def main() -> None:
             await asyncio.wait_for(task, 10)
             check("killed mid-prompt", False)
         except EngineError as error:
-            check("killed mid-prompt is ENGINE_DISCONNECTED", error.code == "ENGINE_DISCONNECTED",
-                  f"after {time.monotonic() - killed_at:.2f}s")
+            check(
+                "killed mid-prompt is ENGINE_DISCONNECTED",
+                error.code == "ENGINE_DISCONNECTED",
+                f"after {time.monotonic() - killed_at:.2f}s",
+            )
         check("probe while down is False", await engine.probe() is False)
         try:
             await engine.run(job("plain", 16), JobContext(Progress()))
@@ -153,8 +183,11 @@ async def main() -> None:
         process.kill()
         process.wait()
         process = await start_comfyui(args, port, log)
-        check("a restart between probes forgets loaded", await engine.probe() is True and engine.loaded == (),
-              engine.loaded)
+        check(
+            "a restart between probes forgets loaded",
+            await engine.probe() is True and engine.loaded == (),
+            engine.loaded,
+        )
     finally:
         await http.aclose()
         await engine.close()

@@ -39,15 +39,26 @@ NODE = HERE / "custom_nodes" / "tessera_slow_progress.py"
 def image_workflow(seed: int, *, slow: dict[str, Any] | None = None) -> dict[str, Any]:
     """EmptyImage -> ImageInvert [-> TesseraSlowProgress] -> SaveImage: a workflow with no model."""
     workflow: dict[str, Any] = {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 48, "batch_size": 1,
-                                                     "color": seed % 0xFFFFFF}},
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 64, "height": 48, "batch_size": 1, "color": seed % 0xFFFFFF},
+        },
         "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
         "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "tessera"}},
     }
     if slow is not None:
-        workflow["4"] = {"class_type": "TesseraSlowProgress", "inputs": {
-            "image": ["2", 0], "steps": 4, "seconds_per_step": 0.2, "preview": True, "fail": False, "seed": seed,
-            **slow}}
+        workflow["4"] = {
+            "class_type": "TesseraSlowProgress",
+            "inputs": {
+                "image": ["2", 0],
+                "steps": 4,
+                "seconds_per_step": 0.2,
+                "preview": True,
+                "fail": False,
+                "seed": seed,
+                **slow,
+            },
+        }
         workflow["3"]["inputs"]["images"] = ["4", 0]
     return workflow
 
@@ -67,8 +78,18 @@ class Transcript:
 
     def save(self, version: str) -> None:
         path = HERE / f"{self.name}.json"
-        path.write_text(json.dumps({"comfyui_version": version, "scenario": self.name,
-                                    "description": self.description, "events": self.events}, indent=1) + "\n")
+        path.write_text(
+            json.dumps(
+                {
+                    "comfyui_version": version,
+                    "scenario": self.name,
+                    "description": self.description,
+                    "events": self.events,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
         print(f"wrote {path.name}: {len(self.events)} events")
 
 
@@ -104,8 +125,14 @@ class Client:
                 self.changed.set()
             self.transcript.add(channel, kind="closed", close_code=ws.close_code, close_frame_received=True)
         except ConnectionClosed as exc:
-            self.transcript.add(channel, kind="closed", exception=type(exc).__name__, close_code=ws.close_code,
-                                close_frame_received=exc.rcvd is not None, text=str(exc))
+            self.transcript.add(
+                channel,
+                kind="closed",
+                exception=type(exc).__name__,
+                close_code=ws.close_code,
+                close_frame_received=exc.rcvd is not None,
+                text=str(exc),
+            )
         self.changed.set()
 
     async def wait_for(self, kind: str, prompt_id: str, timeout: float = 60, **match: Any) -> dict[str, Any]:
@@ -113,8 +140,11 @@ class Client:
         while True:
             for message in self.messages:
                 data = message.get("data") or {}
-                if (message.get("type") == kind and data.get("prompt_id") == prompt_id
-                        and all(data.get(k) == v for k, v in match.items())):
+                if (
+                    message.get("type") == kind
+                    and data.get("prompt_id") == prompt_id
+                    and all(data.get(k) == v for k, v in match.items())
+                ):
                     return message
             self.changed.clear()
             left = deadline - time.monotonic()
@@ -142,8 +172,8 @@ def describe_binary(raw: bytes) -> dict[str, Any]:
         described["image_magic"] = raw[8:12].hex()
     elif event_type == 4:  # PREVIEW_IMAGE_WITH_METADATA: a 4-byte length, that much JSON, then the image
         length = struct.unpack(">I", raw[4:8])[0]
-        described["metadata"] = json.loads(raw[8:8 + length])
-        described["image_magic"] = raw[8 + length:12 + length].hex()
+        described["metadata"] = json.loads(raw[8 : 8 + length])
+        described["image_magic"] = raw[8 + length : 12 + length].hex()
     return described
 
 
@@ -162,8 +192,16 @@ class Http:
             answer = response.text[:500]
         else:
             answer = {"bytes": len(response.content), "magic": response.content[:8].hex()}
-        self.transcript.add("http", method=method, path=path, params=params or None, body=body,
-                            status=response.status_code, content_type=content_type, answer=answer)
+        self.transcript.add(
+            "http",
+            method=method,
+            path=path,
+            params=params or None,
+            body=body,
+            status=response.status_code,
+            content_type=content_type,
+            answer=answer,
+        )
         return response
 
     async def close(self) -> None:
@@ -197,8 +235,9 @@ async def own_prompt_id(base: str, t: Transcript) -> None:
     http, a = Http(base, t), Client(base, "a", t)
     await a.start()
     chosen = str(uuid.uuid4())
-    await http("POST", "/prompt", {"prompt": image_workflow(random.randrange(2**24)), "client_id": a.id,
-                                   "prompt_id": chosen})
+    await http(
+        "POST", "/prompt", {"prompt": image_workflow(random.randrange(2**24)), "client_id": a.id, "prompt_id": chosen}
+    )
     await a.wait_done(chosen)
     await http("GET", f"/history/{chosen}")
     await a.stop()
@@ -235,8 +274,15 @@ async def validation_errors(base: str, t: Transcript) -> None:
     del bad_value["2"]["inputs"]["image"]
     await http("POST", "/prompt", {"prompt": bad_value, "client_id": "nobody"})
     await http("POST", "/prompt", {"prompt": {"1": {"class_type": "NoSuchNode", "inputs": {}}}})
-    await http("POST", "/prompt", {"prompt": {"1": {"class_type": "EmptyImage", "inputs": {
-        "width": 8, "height": 8, "batch_size": 1, "color": 0}}}})
+    await http(
+        "POST",
+        "/prompt",
+        {
+            "prompt": {
+                "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}}
+            }
+        },
+    )
     await http("POST", "/prompt", {"client_id": "nobody"})
     await http.close()
 
@@ -248,17 +294,20 @@ async def concurrent_cancel(base: str, t: Transcript) -> None:
     for client in (a, b, c):
         await client.start()
     slow = {"steps": 12, "seconds_per_step": 0.25, "preview": False}
-    pa = (await http("POST", "/prompt", {"prompt": image_workflow(random.randrange(2**24), slow=slow),
-                                         "client_id": a.id})).json()["prompt_id"]
-    pb = (await http("POST", "/prompt", {"prompt": image_workflow(random.randrange(2**24), slow=slow),
-                                         "client_id": b.id})).json()["prompt_id"]
+    pa = (
+        await http("POST", "/prompt", {"prompt": image_workflow(random.randrange(2**24), slow=slow), "client_id": a.id})
+    ).json()["prompt_id"]
+    pb = (
+        await http("POST", "/prompt", {"prompt": image_workflow(random.randrange(2**24), slow=slow), "client_id": b.id})
+    ).json()["prompt_id"]
     await a.wait_for("progress", pa, value=2)
     await http("GET", "/queue")
     await http("POST", "/interrupt", {"prompt_id": pb})  # not running: ComfyUI skips it
     await http("POST", "/queue", {"delete": [pb]})
     await http("GET", "/queue")
-    pc = (await http("POST", "/prompt", {"prompt": image_workflow(random.randrange(2**24), slow=slow),
-                                         "client_id": c.id})).json()["prompt_id"]
+    pc = (
+        await http("POST", "/prompt", {"prompt": image_workflow(random.randrange(2**24), slow=slow), "client_id": c.id})
+    ).json()["prompt_id"]
     await a.wait_done(pa)
     await c.wait_for("progress", pc, value=2)
     await http("POST", "/queue", {"delete": [pc]})  # running: not in the pending queue, nothing happens
@@ -278,8 +327,9 @@ async def global_interrupt(base: str, t: Transcript) -> None:
     http, a = Http(base, t), Client(base, "a", t)
     await a.start()
     slow = {"steps": 12, "seconds_per_step": 0.25, "preview": False}
-    pa = (await http("POST", "/prompt", {"prompt": image_workflow(random.randrange(2**24), slow=slow),
-                                         "client_id": a.id})).json()["prompt_id"]
+    pa = (
+        await http("POST", "/prompt", {"prompt": image_workflow(random.randrange(2**24), slow=slow), "client_id": a.id})
+    ).json()["prompt_id"]
     await a.wait_for("progress", pa, value=2)
     await http("POST", "/interrupt")
     await a.wait_done(pa)
@@ -298,9 +348,16 @@ async def endpoints(base: str, t: Transcript) -> None:
     await http.close()
 
 
-SCENARIOS = {"basic": basic, "own_prompt_id": own_prompt_id, "progress": progress,
-             "execution_error": execution_error, "validation_errors": validation_errors,
-             "concurrent_cancel": concurrent_cancel, "global_interrupt": global_interrupt, "endpoints": endpoints}
+SCENARIOS = {
+    "basic": basic,
+    "own_prompt_id": own_prompt_id,
+    "progress": progress,
+    "execution_error": execution_error,
+    "validation_errors": validation_errors,
+    "concurrent_cancel": concurrent_cancel,
+    "global_interrupt": global_interrupt,
+    "endpoints": endpoints,
+}
 
 
 # --- the server ---------------------------------------------------------------------------------
@@ -313,9 +370,23 @@ def free_port() -> int:
 
 
 async def start_comfyui(args: argparse.Namespace, port: int, log: Any) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen([args.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-                                "--disable-auto-launch", "--output-directory", args.output],
-                               cwd=args.comfyui, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [
+            args.python,
+            "main.py",
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--disable-auto-launch",
+            "--output-directory",
+            args.output,
+        ],
+        cwd=args.comfyui,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     async with httpx.AsyncClient() as client:
         for _ in range(600):
             with contextlib.suppress(httpx.TransportError):
@@ -327,19 +398,22 @@ async def start_comfyui(args: argparse.Namespace, port: int, log: Any) -> subpro
     raise RuntimeError("ComfyUI did not come up")
 
 
-async def killed(args: argparse.Namespace, port: int, process: subprocess.Popen[bytes], log: Any,
-                 version: str) -> subprocess.Popen[bytes]:
+async def killed(
+    args: argparse.Namespace, port: int, process: subprocess.Popen[bytes], log: Any, version: str
+) -> subprocess.Popen[bytes]:
     """SIGKILL mid-prompt: what the client sees, then what a restarted ComfyUI remembers."""
     base = f"http://127.0.0.1:{port}"
     t = Transcript("killed", killed.__doc__ or "")
     http, a = Http(base, t), Client(base, "a", t)
     await a.start()
     slow = {"steps": 40, "seconds_per_step": 0.25, "preview": False}
-    done = (await http("POST", "/prompt", {"prompt": image_workflow(random.randrange(2**24)),
-                                           "client_id": a.id})).json()["prompt_id"]
+    done = (
+        await http("POST", "/prompt", {"prompt": image_workflow(random.randrange(2**24)), "client_id": a.id})
+    ).json()["prompt_id"]
     await a.wait_done(done)
-    pa = (await http("POST", "/prompt", {"prompt": image_workflow(random.randrange(2**24), slow=slow),
-                                         "client_id": a.id})).json()["prompt_id"]
+    pa = (
+        await http("POST", "/prompt", {"prompt": image_workflow(random.randrange(2**24), slow=slow), "client_id": a.id})
+    ).json()["prompt_id"]
     await a.wait_for("progress", pa, value=2)
     process.kill()
     process.wait()

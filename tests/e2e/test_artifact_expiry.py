@@ -15,14 +15,20 @@ from tests.conftest import test_settings as settings_for_tests
 
 
 async def test_an_expired_artifact_is_removed_and_the_removal_is_an_event(platform_parts: Platform) -> None:
-    await platform_parts.start("scheduler", Scheduler(settings_for_tests(expiry_check_s=0.2),
-                                                      nats_url=platform_parts.nats_url,
-                                                      database_url=platform_parts.database_url))
+    await platform_parts.start(
+        "scheduler",
+        Scheduler(
+            settings_for_tests(expiry_check_s=0.2),
+            nats_url=platform_parts.nats_url,
+            database_url=platform_parts.database_url,
+        ),
+    )
     await platform_parts.start_worker("short-lived", engines=("espeak",), artifact_ttl_s=1.0)
     key = await platform_parts.user_key()
     async with platform_parts.client(key) as client:
-        job_id = (await client.post("/api/v1/jobs", json={"capability": "tts", "params": {"prompt": "soon gone"}}
-                                    )).json()["job_id"]
+        job_id = (
+            await client.post("/api/v1/jobs", json={"capability": "tts", "params": {"prompt": "soon gone"}})
+        ).json()["job_id"]
         artifact = (await platform_parts.wait_status(client, job_id, {"COMPLETED"}))["artifacts"][0]
         assert (await client.get(artifact["url"])).status_code == 200  # fresh: served
         for _ in range(100):

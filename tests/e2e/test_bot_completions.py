@@ -12,9 +12,16 @@ from tests.conftest import Platform
 async def test_a_bot_gets_each_result_once_handled_even_if_its_handler_fails_first(platform: Platform) -> None:
     key = await platform.frontend_key("telegram", "tg-1")
     async with platform.client(key, **{"Tessera-User-Ref": "telegram:42"}) as client:
-        job_id = (await client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "hi"},
-                                                          "reply_context": {"chat_id": 42, "message_id": 7}})
-                  ).json()["job_id"]
+        job_id = (
+            await client.post(
+                "/api/v1/jobs",
+                json={
+                    "capability": "echo",
+                    "params": {"prompt": "hi"},
+                    "reply_context": {"chat_id": 42, "message_id": 7},
+                },
+            )
+        ).json()["job_id"]
         other = await platform.frontend_key("discord", "dc-1")
     async with platform.client(other, **{"Tessera-User-Ref": "discord:9"}) as stranger:
         await stranger.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "not for tg-1"}})

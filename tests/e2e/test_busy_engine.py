@@ -22,11 +22,14 @@ from tests.speech_audio import speech_wav
 
 @pytest.mark.timeout(400)
 async def test_a_120s_transcription_runs_while_echo_jobs_keep_completing(
-        platform_parts: Platform, caplog: pytest.LogCaptureFixture) -> None:
+    platform_parts: Platform, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.WARNING, logger="scheduler")
     platform_parts.settings = conftest.test_settings(heartbeat_interval_s=0.5, worker_timeout_s=3.0)
-    await platform_parts.start("scheduler", Scheduler(platform_parts.settings, nats_url=platform_parts.nats_url,
-                                                      database_url=platform_parts.database_url))
+    await platform_parts.start(
+        "scheduler",
+        Scheduler(platform_parts.settings, nats_url=platform_parts.nats_url, database_url=platform_parts.database_url),
+    )
     # Its own process, as in production: the scheduler here must not share the worker's GIL.
     worker = platform_parts.subprocess("worker", "--worker-id", "busy", "--engines", "echo,pocketsphinx")
     key = await platform_parts.user_key(plan="admin")  # no plan limit stands between the jobs
@@ -36,8 +39,9 @@ async def test_a_120s_transcription_runs_while_echo_jobs_keep_completing(
             upload = await client.post("/api/v1/uploads", content=wav, headers={"Content-Type": "audio/wav"})
             assert upload.status_code == 201, upload.text
             for _ in range(100):  # the worker announces itself
-                stt = await client.post("/api/v1/jobs", json={"capability": "stt", "params": {
-                    "input_upload": upload.json()["upload_id"]}})
+                stt = await client.post(
+                    "/api/v1/jobs", json={"capability": "stt", "params": {"input_upload": upload.json()["upload_id"]}}
+                )
                 if stt.status_code != 503:
                     break
                 await asyncio.sleep(0.1)
@@ -47,8 +51,9 @@ async def test_a_120s_transcription_runs_while_echo_jobs_keep_completing(
 
             echoes = 0
             while (await client.get(f"/api/v1/jobs/{stt_id}")).json()["status"] == "RUNNING":
-                echo = await client.post("/api/v1/jobs", json={"capability": "echo", "params": {
-                    "prompt": f"still here {echoes}"}})
+                echo = await client.post(
+                    "/api/v1/jobs", json={"capability": "echo", "params": {"prompt": f"still here {echoes}"}}
+                )
                 assert echo.status_code == 202, echo.text  # never 503 NO_CAPABLE_WORKER
                 done = await platform_parts.wait_status(client, echo.json()["job_id"], {"COMPLETED"}, timeout=10)
                 assert done["artifacts"][0]["text"] == f"still here {echoes}" and done["worker_id"] == "busy"

@@ -41,14 +41,19 @@ async def until(condition, timeout: float = 15.0, what: str = "condition") -> No
 
 @pytest.mark.timeout(90)
 async def test_engine_down_withdraws_its_models_requeues_its_job_and_recovers(platform_parts: Platform) -> None:
-    scheduler = Scheduler(platform_parts.settings, nats_url=platform_parts.nats_url,
-                          database_url=platform_parts.database_url)
+    scheduler = Scheduler(
+        platform_parts.settings, nats_url=platform_parts.nats_url, database_url=platform_parts.database_url
+    )
     await platform_parts.start("scheduler", scheduler)
     port = free_port(None)
     server = start_server(port)
     try:
-        worker = Worker(nats_url=platform_parts.nats_url, worker_id="llm", heartbeat_interval_s=0.3,
-                        engines=[OpenAIChatEngine(f"http://127.0.0.1:{port}", {MODEL: "served-model"})])
+        worker = Worker(
+            nats_url=platform_parts.nats_url,
+            worker_id="llm",
+            heartbeat_interval_s=0.3,
+            engines=[OpenAIChatEngine(f"http://127.0.0.1:{port}", {MODEL: "served-model"})],
+        )
         await platform_parts.start("worker:llm", worker)
         await asyncio.wait_for(worker.ready.wait(), 10)
 
@@ -59,8 +64,9 @@ async def test_engine_down_withdraws_its_models_requeues_its_job_and_recovers(pl
         await until(lambda: MODEL in offered(), what="the worker's announcement")
         key = await platform_parts.user_key()
         async with platform_parts.client(key) as client:
-            job_id = (await client.post("/api/v1/jobs", json={"capability": "text", "params": {
-                "prompt": "slow 10"}})).json()["job_id"]
+            job_id = (
+                await client.post("/api/v1/jobs", json={"capability": "text", "params": {"prompt": "slow 10"}})
+            ).json()["job_id"]
             await until(lambda: bool(worker.running), what="the job to run")
             await asyncio.sleep(0.5)  # mid-answer
             server.kill()
@@ -82,8 +88,9 @@ async def test_engine_down_withdraws_its_models_requeues_its_job_and_recovers(pl
         server.wait()
     conn = await asyncpg.connect(platform_parts.database_url)
     try:
-        rows = await conn.fetch("SELECT type, data->>'reason' AS reason FROM events WHERE stream_id = $1::uuid"
-                                " ORDER BY version", job_id)
+        rows = await conn.fetch(
+            "SELECT type, data->>'reason' AS reason FROM events WHERE stream_id = $1::uuid ORDER BY version", job_id
+        )
     finally:
         await conn.close()
     types = [r["type"] for r in rows]

@@ -13,11 +13,11 @@ import msgspec
 import nats
 import pytest
 
+from base.db import init_connection
 from projector.folds import READ_MODEL_TABLES
 from projector.service import rebuild
 from scheduler.service import Scheduler
 from streams import subjects as s
-from base.db import init_connection
 from tests.conftest import Platform
 
 
@@ -31,16 +31,21 @@ async def event_types(database_url: str, job_id: str) -> list[str]:
 
 
 async def test_cancel_while_queued_never_runs(platform_parts: Platform) -> None:
-    scheduler = Scheduler(platform_parts.settings, nats_url=platform_parts.nats_url,
-                          database_url=platform_parts.database_url)
+    scheduler = Scheduler(
+        platform_parts.settings, nats_url=platform_parts.nats_url, database_url=platform_parts.database_url
+    )
     await platform_parts.start("scheduler", scheduler)
     await platform_parts.start_worker("one-slot", engines=("echo",), slots=1)
     key = await platform_parts.user_key()
     async with platform_parts.client(key) as client:
-        busy = (await client.post("/api/v1/jobs", json={"capability": "echo", "params": {
-            "prompt": "hold the slot", "delay_seconds": 2}})).json()["job_id"]
+        busy = (
+            await client.post(
+                "/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "hold the slot", "delay_seconds": 2}}
+            )
+        ).json()["job_id"]
         job_id = (await client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "wait"}})).json()[
-            "job_id"]
+            "job_id"
+        ]
         assert (await client.get(f"/api/v1/jobs/{job_id}")).json()["status"] == "QUEUED"
         cancelled = await client.delete(f"/api/v1/jobs/{job_id}")
         assert cancelled.status_code == 202 and cancelled.json()["status"] == "CANCELLED"
@@ -51,15 +56,19 @@ async def test_cancel_while_queued_never_runs(platform_parts: Platform) -> None:
         again = await client.delete(f"/api/v1/jobs/{job_id}")
         assert again.status_code == 409 and again.json()["code"] == "JOB_TERMINAL"
     assert await event_types(platform_parts.database_url, job_id) == [
-        "JobSubmitted.v1", "JobQueued.v1", "JobCancelled.v1"]
+        "JobSubmitted.v1",
+        "JobQueued.v1",
+        "JobCancelled.v1",
+    ]
 
 
 async def test_cancel_while_running_interrupts_the_worker_and_delivers_nothing(platform: Platform) -> None:
     worker = platform.tasks["worker:w1"][0]
     key = await platform.user_key()
     async with platform.client(key) as client:
-        r = await client.post("/api/v1/jobs", json={"capability": "echo",
-                                                    "params": {"prompt": "slow", "delay_seconds": 20}})
+        r = await client.post(
+            "/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "slow", "delay_seconds": 20}}
+        )
         job_id = r.json()["job_id"]
         await platform.wait_status(client, job_id, {"RUNNING"})
         for _ in range(100):
@@ -86,8 +95,11 @@ async def _submit_with_retries(client: httpx.AsyncClient, n: int) -> str:
     """Submit until accepted, reusing the Idempotency-Key: a retry can never make a second job."""
     for _ in range(60):
         try:
-            r = await client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": f"job {n}"}},
-                                  headers={"Idempotency-Key": f"job-{n}"})
+            r = await client.post(
+                "/api/v1/jobs",
+                json={"capability": "echo", "params": {"prompt": f"job {n}"}},
+                headers={"Idempotency-Key": f"job-{n}"},
+            )
         except httpx.HTTPError:
             await asyncio.sleep(0.2)
             continue
@@ -126,9 +138,11 @@ async def test_scheduler_killed_mid_stream_loses_and_duplicates_nothing(platform
     assert len(set(accepted.values())) == 160
     conn = await asyncpg.connect(platform_parts.database_url)
     try:
-        rows = await conn.fetch("SELECT stream_id, count(*) FILTER (WHERE type = 'JobSubmitted.v1') AS submitted,"
-                                " count(*) FILTER (WHERE type = 'JobCompleted.v1') AS completed"
-                                " FROM events WHERE stream_type = 'job' GROUP BY stream_id")
+        rows = await conn.fetch(
+            "SELECT stream_id, count(*) FILTER (WHERE type = 'JobSubmitted.v1') AS submitted,"
+            " count(*) FILTER (WHERE type = 'JobCompleted.v1') AS completed"
+            " FROM events WHERE stream_type = 'job' GROUP BY stream_id"
+        )
     finally:
         await conn.close()
     assert len(rows) == 160
@@ -145,7 +159,8 @@ async def test_standby_scheduler_takes_over_when_the_leader_dies(platform_parts:
         try:
             holders = await conn.fetch(
                 "SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
-                " WHERE l.locktype = 'advisory' AND l.granted AND a.application_name LIKE 'scheduler-%'")
+                " WHERE l.locktype = 'advisory' AND l.granted AND a.application_name LIKE 'scheduler-%'"
+            )
             assert len(holders) == 1
         finally:
             await conn.close()
@@ -176,16 +191,38 @@ async def test_rebuilt_read_models_equal_the_live_ones(platform: Platform) -> No
     ids = []
     async with platform.client(keys[0]) as a, platform.client(keys[1]) as b, platform.client(fkey) as f:
         for n in range(6):
-            ids.append((a, (await a.post("/api/v1/jobs", json={"capability": "echo",
-                                                                "params": {"prompt": f"a{n}"}})).json()["job_id"]))
-        ids.append((b, (await b.post("/api/v1/jobs", json={"capability": "tts",
-                                                            "params": {"prompt": "hi there"}})).json()["job_id"]))
-        failing = (await b.post("/api/v1/jobs", json={"capability": "tts",
-                                                       "params": {"prompt": "x", "speed": 5}})).json()["job_id"]
-        slow = (await a.post("/api/v1/jobs", json={"capability": "echo",
-                                                    "params": {"prompt": "s", "delay_seconds": 10}})).json()["job_id"]
-        ids.append((f, (await f.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "d"},
-                                                            "user_ref": "discord:77"})).json()["job_id"]))
+            ids.append(
+                (
+                    a,
+                    (await a.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": f"a{n}"}})).json()[
+                        "job_id"
+                    ],
+                )
+            )
+        ids.append(
+            (
+                b,
+                (await b.post("/api/v1/jobs", json={"capability": "tts", "params": {"prompt": "hi there"}})).json()[
+                    "job_id"
+                ],
+            )
+        )
+        failing = (
+            await b.post("/api/v1/jobs", json={"capability": "tts", "params": {"prompt": "x", "speed": 5}})
+        ).json()["job_id"]
+        slow = (
+            await a.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "s", "delay_seconds": 10}})
+        ).json()["job_id"]
+        ids.append(
+            (
+                f,
+                (
+                    await f.post(
+                        "/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "d"}, "user_ref": "discord:77"}
+                    )
+                ).json()["job_id"],
+            )
+        )
         await platform.wait_status(a, slow, {"RUNNING"})
         await a.delete(f"/api/v1/jobs/{slow}")
         await platform.wait_status(b, failing, {"FAILED"})
@@ -195,8 +232,8 @@ async def test_rebuilt_read_models_equal_the_live_ones(platform: Platform) -> No
             await platform.wait_status(client, job_id, {"COMPLETED"})
         failed = (await b.get(f"/api/v1/jobs/{failing}")).json()
         assert failed["error"]["code"] == "INVALID_PARAMS"
-    from projector.queries import wait_for_projection
     from base.db import create_pool
+    from projector.queries import wait_for_projection
 
     pool = await create_pool(platform.database_url, max_size=2)
     assert await wait_for_projection(pool, timeout=10)
@@ -216,16 +253,19 @@ async def test_rebuilt_read_models_equal_the_live_ones(platform: Platform) -> No
 
 @pytest.mark.timeout(90)
 async def test_worker_killed_mid_job_is_requeued_and_completes_once(platform_parts: Platform) -> None:
-    scheduler = Scheduler(platform_parts.settings, nats_url=platform_parts.nats_url,
-                          database_url=platform_parts.database_url)
+    scheduler = Scheduler(
+        platform_parts.settings, nats_url=platform_parts.nats_url, database_url=platform_parts.database_url
+    )
     await platform_parts.start("scheduler", scheduler)
     doomed = platform_parts.subprocess("worker", "--worker-id", "doomed", "--engines", "echo")
     key = await platform_parts.user_key()
     async with platform_parts.client(key) as client:
         await asyncio.sleep(1.5)  # the worker announces itself
-        job_id = (await client.post("/api/v1/jobs", json={"capability": "echo",
-                                                          "params": {"prompt": "survive", "delay_seconds": 3}})).json()[
-            "job_id"]
+        job_id = (
+            await client.post(
+                "/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "survive", "delay_seconds": 3}}
+            )
+        ).json()["job_id"]
         running = await platform_parts.wait_status(client, job_id, {"RUNNING"})
         assert running["worker_id"] == "doomed"
         for _ in range(100):
@@ -245,16 +285,20 @@ async def test_worker_killed_mid_job_is_requeued_and_completes_once(platform_par
 async def test_a_paused_worker_cannot_complete_its_lost_job_a_second_time(platform_parts: Platform) -> None:
     """SIGSTOP a worker mid-job past the heartbeat timeout: its attempt is declared lost and the job
     runs again elsewhere. Resumed, the old worker reports its result, and the scheduler refuses it."""
-    scheduler = Scheduler(platform_parts.settings, nats_url=platform_parts.nats_url,
-                          database_url=platform_parts.database_url)
+    scheduler = Scheduler(
+        platform_parts.settings, nats_url=platform_parts.nats_url, database_url=platform_parts.database_url
+    )
     await platform_parts.start("scheduler", scheduler)
     sleeper = platform_parts.subprocess("worker", "--worker-id", "sleeper", "--engines", "echo")
     key = await platform_parts.user_key()
     try:
         async with platform_parts.client(key) as client:
             await asyncio.sleep(1.5)  # the worker announces itself
-            job_id = (await client.post("/api/v1/jobs", json={"capability": "echo", "params": {
-                "prompt": "twice?", "delay_seconds": 2}})).json()["job_id"]
+            job_id = (
+                await client.post(
+                    "/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "twice?", "delay_seconds": 2}}
+                )
+            ).json()["job_id"]
             running = await platform_parts.wait_status(client, job_id, {"RUNNING"})
             assert running["worker_id"] == "sleeper"
             await asyncio.sleep(0.5)  # it has started the engine
@@ -282,26 +326,31 @@ async def test_a_paused_worker_cannot_complete_its_lost_job_a_second_time(platfo
                 reports.append(msgspec.json.decode((await sub.next_msg(timeout=1)).data))
     finally:
         await nc.close()
-    assert {(r["worker_id"], r["attempt"]) for r in reports if r["job_id"] == job_id} == {("sleeper", 1),
-                                                                                          ("awake", 2)}
+    assert {(r["worker_id"], r["attempt"]) for r in reports if r["job_id"] == job_id} == {("sleeper", 1), ("awake", 2)}
 
 
 @pytest.mark.timeout(60)
 async def test_sigterm_drains_the_worker(platform_parts: Platform) -> None:
     """SIGTERM: the worker finishes the job it runs, takes no new one, and says goodbye."""
-    await platform_parts.start("scheduler", Scheduler(platform_parts.settings, nats_url=platform_parts.nats_url,
-                                                      database_url=platform_parts.database_url))
+    await platform_parts.start(
+        "scheduler",
+        Scheduler(platform_parts.settings, nats_url=platform_parts.nats_url, database_url=platform_parts.database_url),
+    )
     leaving = platform_parts.subprocess("worker", "--worker-id", "leaving", "--engines", "echo", "--slots", "1")
     key = await platform_parts.user_key()
     async with platform_parts.client(key) as client:
         await asyncio.sleep(1.5)  # the worker announces itself
-        first = (await client.post("/api/v1/jobs", json={"capability": "echo", "params": {
-            "prompt": "finish me", "delay_seconds": 2}})).json()["job_id"]
+        first = (
+            await client.post(
+                "/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "finish me", "delay_seconds": 2}}
+            )
+        ).json()["job_id"]
         await platform_parts.wait_status(client, first, {"RUNNING"})
         await asyncio.sleep(0.5)
         leaving.send_signal(signal.SIGTERM)
-        second = (await client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "not you"}}
-                                     )).json()["job_id"]
+        second = (
+            await client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "not you"}})
+        ).json()["job_id"]
         done = await platform_parts.wait_status(client, first, {"COMPLETED"})
         assert done["worker_id"] == "leaving" and done["attempt"] == 1  # finished, not re-queued
         assert leaving.wait(20) == 0

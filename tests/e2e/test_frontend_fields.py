@@ -33,15 +33,23 @@ async def test_a_user_key_cannot_post_into_a_bots_feed(platform: Platform) -> No
     key = await platform.user_key()
     before = await submitted(platform.database_url)
     async with platform.client(key) as client:
-        spoof = await client.post("/api/v1/jobs", json={
-            "capability": "echo", "params": {"prompt": "click evil.example"}, "frontend": "telegram",
-            "bot_id": "tg-img-1", "reply_context": {"chat_id": 999}})
+        spoof = await client.post(
+            "/api/v1/jobs",
+            json={
+                "capability": "echo",
+                "params": {"prompt": "click evil.example"},
+                "frontend": "telegram",
+                "bot_id": "tg-img-1",
+                "reply_context": {"chat_id": 999},
+            },
+        )
         assert spoof.status_code == 403 and spoof.json()["code"] == "FRONTEND_FIELDS_FORBIDDEN"
         for extra in ({"reply_context": {"chat_id": 999}}, {"bot_id": "tg-img-1"}, {"user_ref": "telegram:5"}):
             r = await client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "x"}, **extra})
             assert r.status_code == 403 and r.json()["code"] == "FRONTEND_FIELDS_FORBIDDEN", extra
-        own = await client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "mine"},
-                                                       "frontend": "api"})
+        own = await client.post(
+            "/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "mine"}, "frontend": "api"}
+        )
         assert own.status_code == 202
         await platform.wait_status(client, own.json()["job_id"], {"COMPLETED"})
     await asyncio.sleep(0.3)
@@ -52,14 +60,29 @@ async def test_a_user_key_cannot_post_into_a_bots_feed(platform: Platform) -> No
 async def test_a_bots_key_names_only_its_own_bot(platform: Platform) -> None:
     key = await platform.frontend_key("telegram", "tg-vid-1")
     async with platform.client(key, **{"Tessera-User-Ref": "telegram:42"}) as client:
-        other = await client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "x"},
-                                                         "bot_id": "tg-img-1", "reply_context": {"chat_id": 1}})
+        other = await client.post(
+            "/api/v1/jobs",
+            json={
+                "capability": "echo",
+                "params": {"prompt": "x"},
+                "bot_id": "tg-img-1",
+                "reply_context": {"chat_id": 1},
+            },
+        )
         assert other.status_code == 403 and other.json()["code"] == "WRONG_BOT"
-        platform_hop = await client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "x"},
-                                                                "frontend": "discord"})
+        platform_hop = await client.post(
+            "/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "x"}, "frontend": "discord"}
+        )
         assert platform_hop.status_code == 403 and platform_hop.json()["code"] == "WRONG_FRONTEND"
-        mine = await client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "x"},
-                                                        "bot_id": "tg-vid-1", "reply_context": {"chat_id": 1}})
+        mine = await client.post(
+            "/api/v1/jobs",
+            json={
+                "capability": "echo",
+                "params": {"prompt": "x"},
+                "bot_id": "tg-vid-1",
+                "reply_context": {"chat_id": 1},
+            },
+        )
         assert mine.status_code == 202
         await platform.wait_status(client, mine.json()["job_id"], {"COMPLETED"})
     await asyncio.sleep(0.3)
@@ -71,13 +94,15 @@ async def test_one_person_is_one_user_whatever_the_spelling(platform: Platform) 
     key = await platform.frontend_key("telegram", "tg-1")
     async with platform.client(key) as client:
         for bad in ("telegram: 1", "telegram:1 ", "telegram:-1", "telegram:1e3", "telegram:", "Telegram:1"):
-            r = await client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "x"},
-                                                         "user_ref": bad})
+            r = await client.post(
+                "/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "x"}, "user_ref": bad}
+            )
             assert r.status_code == 422 and r.json()["code"] == "INVALID_USER_REF", bad
         ids = []
         for spelling in ("telegram:7", "telegram:007"):
-            r = await client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "x"},
-                                                         "user_ref": spelling})
+            r = await client.post(
+                "/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "x"}, "user_ref": spelling}
+            )
             assert r.status_code == 202
             ids.append(r.json()["job_id"])
         client.headers["Tessera-User-Ref"] = "telegram:7"

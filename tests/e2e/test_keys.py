@@ -47,13 +47,24 @@ async def test_a_user_creates_lists_revokes_and_rotates_keys(platform: Platform)
 
     conn = await asyncpg.connect(platform.database_url)
     try:
-        types = [r["type"] for r in await conn.fetch(
-            "SELECT type FROM events WHERE stream_type = 'user' AND stream_id = (SELECT user_id FROM api_keys"
-            " WHERE key_id = $1::uuid) ORDER BY version", first_id)]
+        types = [
+            r["type"]
+            for r in await conn.fetch(
+                "SELECT type FROM events WHERE stream_type = 'user' AND stream_id = (SELECT user_id FROM api_keys"
+                " WHERE key_id = $1::uuid) ORDER BY version",
+                first_id,
+            )
+        ]
     finally:
         await conn.close()
-    assert types == ["UserRegistered.v1", "ApiKeyIssued.v1", "ApiKeyIssued.v1", "ApiKeyRevoked.v1",
-                     "ApiKeyIssued.v1", "ApiKeyRevoked.v1"]
+    assert types == [
+        "UserRegistered.v1",
+        "ApiKeyIssued.v1",
+        "ApiKeyIssued.v1",
+        "ApiKeyRevoked.v1",
+        "ApiKeyIssued.v1",
+        "ApiKeyRevoked.v1",
+    ]
 
 
 async def test_keys_are_their_owners_alone(platform: Platform) -> None:
@@ -86,7 +97,8 @@ async def test_an_operator_revokes_and_rotates_a_bots_key(platform: Platform) ->
             await asyncio.sleep(0.05)
     async with platform.client(fresh, **{"Tessera-User-Ref": "discord:9"}) as client:
         assert (await client.get("/api/v1/jobs")).status_code == 200
-    [new_row] = [r for r in await list_keys(platform.database_url)
-                 if r["bot_id"] == "dc-img-1" and r["revoked_at"] is None]
+    [new_row] = [
+        r for r in await list_keys(platform.database_url) if r["bot_id"] == "dc-img-1" and r["revoked_at"] is None
+    ]
     assert await revoke_key(platform.nats_url, platform.database_url, new_row["key_id"]) == "frontend discord/dc-img-1"
     assert await status_of(platform, fresh) == 401

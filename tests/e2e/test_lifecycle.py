@@ -31,8 +31,9 @@ def parse_sse(text: str) -> list[dict]:
 async def test_tts_job_runs_end_to_end_and_serves_its_wav(platform: Platform) -> None:
     key = await platform.user_key()
     async with platform.client(key) as client:
-        submitted = await client.post("/api/v1/jobs", json={"capability": "tts",
-                                                            "params": {"prompt": "Hello from Tessera"}})
+        submitted = await client.post(
+            "/api/v1/jobs", json={"capability": "tts", "params": {"prompt": "Hello from Tessera"}}
+        )
         assert submitted.status_code == 202, submitted.text
         body = submitted.json()
         assert body["status"] in ("QUEUED", "RUNNING") and body["cost_tokens"] == 0.02
@@ -55,8 +56,13 @@ async def test_tts_job_runs_end_to_end_and_serves_its_wav(platform: Platform) ->
             assert wav.getnchannels() == 1 and wav.getnframes() / wav.getframerate() > 0.5
 
         history = (await client.get(f"/api/v1/jobs/{job_id}/events")).json()
-        assert [e["type"] for e in history] == ["JobSubmitted.v1", "JobQueued.v1", "JobDispatched.v1",
-                                               "JobStarted.v1", "JobCompleted.v1"]
+        assert [e["type"] for e in history] == [
+            "JobSubmitted.v1",
+            "JobQueued.v1",
+            "JobDispatched.v1",
+            "JobStarted.v1",
+            "JobCompleted.v1",
+        ]
 
         resumed = await client.get(f"/api/v1/jobs/{job_id}/stream", headers={"Last-Event-ID": "3"})
         assert [int(e["id"]) for e in parse_sse(resumed.text)] == [4, 5]
@@ -92,8 +98,15 @@ async def test_frontend_key_acts_for_a_platform_user_created_on_first_sight(plat
     js = nc.jetstream()
     sub = await js.subscribe("tessera.done.telegram.tg-1.*", ordered_consumer=True)
     async with platform.client(key) as client:
-        r = await client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "hi"},
-                                                    "user_ref": "telegram:123456", "reply_context": {"chat": 42}})
+        r = await client.post(
+            "/api/v1/jobs",
+            json={
+                "capability": "echo",
+                "params": {"prompt": "hi"},
+                "user_ref": "telegram:123456",
+                "reply_context": {"chat": 42},
+            },
+        )
         assert r.status_code == 202, r.text
         job_id = r.json()["job_id"]
         note = msgspec.json.decode((await sub.next_msg(timeout=10)).data)
@@ -127,14 +140,16 @@ async def test_openapi_docs_are_served(platform: Platform) -> None:
 async def test_a_quick_job_reports_its_start_inside_its_result(platform_parts: Platform) -> None:
     """Jobs that end within the worker's grace send no separate "started": one command and one
     event fewer per job, and the job still records when it started."""
-    scheduler = Scheduler(platform_parts.settings, nats_url=platform_parts.nats_url,
-                          database_url=platform_parts.database_url)
+    scheduler = Scheduler(
+        platform_parts.settings, nats_url=platform_parts.nats_url, database_url=platform_parts.database_url
+    )
     await platform_parts.start("scheduler", scheduler)
     await platform_parts.start_worker("quick", engines=("echo",), started_grace_s=5.0)
     key = await platform_parts.user_key()
     async with platform_parts.client(key) as client:
         job_id = (await client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "hi"}})).json()[
-            "job_id"]
+            "job_id"
+        ]
         job = await platform_parts.wait_status(client, job_id, {"COMPLETED"})
         history = (await client.get(f"/api/v1/jobs/{job_id}/events")).json()
     assert [e["type"] for e in history] == ["JobSubmitted.v1", "JobQueued.v1", "JobDispatched.v1", "JobCompleted.v1"]

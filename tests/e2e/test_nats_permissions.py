@@ -130,10 +130,16 @@ async def test_a_worker_reads_only_its_own_dispatches(streams: AuthNats) -> None
             await js.get_last_msg(s.DISPATCH_STREAM, s.dispatch("w2"))
         # The create subject allowed to it names its own filter; a body asking for more is refused by the server.
         for body in ({"filter_subject": s.DISPATCH_ALL}, {"filter_subjects": [s.dispatch("w2")]}):
-            reply = await nc.request(f"$JS.API.CONSUMER.CREATE.{s.DISPATCH_STREAM}.worker-w1.{s.dispatch('w1')}",
-                                     json.dumps({"stream_name": s.DISPATCH_STREAM, "config": {
-                                         "name": "worker-w1", "durable_name": "worker-w1",
-                                         "ack_policy": "explicit", **body}}).encode(), timeout=2)
+            reply = await nc.request(
+                f"$JS.API.CONSUMER.CREATE.{s.DISPATCH_STREAM}.worker-w1.{s.dispatch('w1')}",
+                json.dumps(
+                    {
+                        "stream_name": s.DISPATCH_STREAM,
+                        "config": {"name": "worker-w1", "durable_name": "worker-w1", "ack_policy": "explicit", **body},
+                    }
+                ).encode(),
+                timeout=2,
+            )
             assert "error" in json.loads(reply.data), reply.data
     async with client(streams.url("admin")) as (admin, _):
         left = await admin.jetstream().get_last_msg(s.DISPATCH_STREAM, s.dispatch("w2"))
@@ -155,11 +161,19 @@ async def test_a_worker_cannot_read_events_or_send_others_commands(streams: Auth
             await js.get_last_msg(s.EVENTS_STREAM, s.EVENTS_ALL)
         with pytest.raises(nats.errors.TimeoutError):
             await js.stream_info(s.EVENTS_STREAM)
-        report = ReportCompleted(job_id=uuid.uuid4(), worker_id="w2", attempt=1, artifacts=[],
-                                 execution_time_seconds=0.1)
-        for subject in (s.CMD_SUBMIT, s.admin("plan-define"), s.report(s.CMD_COMPLETED, "w2"), s.CMD_COMPLETED,
-                        s.event("job", str(uuid.uuid4()), "JobCompleted.v1"), s.dispatch("w2"), s.control("w2"),
-                        s.done("telegram", "tg-1", str(uuid.uuid4()))):
+        report = ReportCompleted(
+            job_id=uuid.uuid4(), worker_id="w2", attempt=1, artifacts=[], execution_time_seconds=0.1
+        )
+        for subject in (
+            s.CMD_SUBMIT,
+            s.admin("plan-define"),
+            s.report(s.CMD_COMPLETED, "w2"),
+            s.CMD_COMPLETED,
+            s.event("job", str(uuid.uuid4()), "JobCompleted.v1"),
+            s.dispatch("w2"),
+            s.control("w2"),
+            s.done("telegram", "tg-1", str(uuid.uuid4())),
+        ):
             with pytest.raises(nats.errors.TimeoutError):
                 await js.publish(subject, encode(report))
             assert await refused(errors, subject)
@@ -178,8 +192,7 @@ async def test_a_bot_consumes_only_its_own_completions(streams: AuthNats) -> Non
     async with client(streams.url("bot:telegram:tg-1")) as (nc, errors):
         js = nc.jetstream(timeout=1)
         with pytest.raises(nats.errors.TimeoutError):
-            await js.pull_subscribe(s.done_for("telegram", "tg-2"), durable="bot-telegram-tg-2",
-                                    stream=s.NOTIFY_STREAM)
+            await js.pull_subscribe(s.done_for("telegram", "tg-2"), durable="bot-telegram-tg-2", stream=s.NOTIFY_STREAM)
         with pytest.raises(nats.errors.TimeoutError):  # its own consumer's name, every bot's completions
             await js.pull_subscribe(s.done_for("telegram"), durable="bot-telegram-tg-1", stream=s.NOTIFY_STREAM)
         await nc.subscribe(s.NOTIFY_ALL)
@@ -204,8 +217,12 @@ async def test_the_gateway_cannot_consume_dispatches_nor_write_events(streams: A
         assert await refused(errors, s.dispatch("w1"))
         with pytest.raises(nats.errors.TimeoutError):
             await js.pull_subscribe(s.dispatch("w1"), durable="worker-w1", stream=s.DISPATCH_STREAM)
-        for subject in (s.dispatch("w1"), s.event("job", str(uuid.uuid4()), "JobCompleted.v1"),
-                        s.report(s.CMD_COMPLETED, "w1"), s.admin("user-create")):
+        for subject in (
+            s.dispatch("w1"),
+            s.event("job", str(uuid.uuid4()), "JobCompleted.v1"),
+            s.report(s.CMD_COMPLETED, "w1"),
+            s.admin("user-create"),
+        ):
             with pytest.raises(nats.errors.TimeoutError):
                 await js.publish(subject, b"{}")
         assert await js.publish(s.CMD_SUBMIT, b"{}")  # what it is for
@@ -214,14 +231,22 @@ async def test_the_gateway_cannot_consume_dispatches_nor_write_events(streams: A
 @contextlib.asynccontextmanager
 async def platform_on(nats_: AuthNats, database_url: str) -> AsyncIterator[Platform]:
     """Scheduler, projector, gateway and worker w1, each logged in as its own NATS user."""
-    async with gateway_and_projector(nats_.url("admin"), database_url, gateway_nats_url=nats_.url("gateway"),
-                                     projector_nats_url=nats_.url("projector")) as platform:
+    async with gateway_and_projector(
+        nats_.url("admin"),
+        database_url,
+        gateway_nats_url=nats_.url("gateway"),
+        projector_nats_url=nats_.url("projector"),
+    ) as platform:
         scheduler = Scheduler(platform.settings, nats_url=nats_.url("scheduler"), database_url=database_url)
         await platform.start("scheduler", scheduler)
         await asyncio.wait_for(scheduler.is_leader.wait(), 10)
-        worker = Worker(nats_url=nats_.url("worker:w1"), worker_id="w1",
-                        engines=[build(e) for e in ("echo", "espeak", "pocketsphinx")],
-                        heartbeat_interval_s=platform.settings.heartbeat_interval_s, started_grace_s=0.0)
+        worker = Worker(
+            nats_url=nats_.url("worker:w1"),
+            worker_id="w1",
+            engines=[build(e) for e in ("echo", "espeak", "pocketsphinx")],
+            heartbeat_interval_s=platform.settings.heartbeat_interval_s,
+            started_grace_s=0.0,
+        )
         await platform.start("worker", worker)
         await asyncio.wait_for(worker.ready.wait(), 10)
         yield platform
@@ -237,15 +262,19 @@ async def test_the_platform_works_with_a_user_per_role(streams: AuthNats, databa
             assert "COMPLETED" in stream.text
             wav = (await http.get(done["artifacts"][0]["url"])).content  # stored by the worker, read by the gateway
             upload = (await http.post("/api/v1/uploads", content=wav, headers={"Content-Type": "audio/wav"})).json()
-            stt = (await http.post("/api/v1/jobs", json={"capability": "stt", "params": {
-                "input_upload": upload["upload_id"]}})).json()
+            stt = (
+                await http.post(
+                    "/api/v1/jobs", json={"capability": "stt", "params": {"input_upload": upload["upload_id"]}}
+                )
+            ).json()
             await platform.wait_status(http, stt["job_id"], {"COMPLETED"}, timeout=60)  # the worker read the upload
             assert (await http.delete(f"/api/v1/uploads/{upload['upload_id']}")).status_code in (200, 204)
 
         bot_key = await platform.frontend_key("telegram", "tg-1")
         async with platform.client(bot_key, **{"Tessera-User-Ref": "telegram:42"}) as http:
-            job_id = (await http.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "hi"}})
-                      ).json()["job_id"]
+            job_id = (await http.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "hi"}})).json()[
+                "job_id"
+            ]
         feed = CompletionFeed(streams.url("bot:telegram:tg-1"), "telegram", "tg-1")
         got: list[Notification] = []
 
@@ -258,13 +287,21 @@ async def test_the_platform_works_with_a_user_per_role(streams: AuthNats, databa
     assert streams.violations() == []  # no role was refused anything it needed
 
 
-async def test_the_scheduler_sets_aside_a_report_on_another_workers_subject(streams: AuthNats,
-                                                                             database_url: str) -> None:
+async def test_the_scheduler_sets_aside_a_report_on_another_workers_subject(
+    streams: AuthNats, database_url: str
+) -> None:
     async with platform_on(streams, database_url) as platform:
         job_id = uuid.uuid4()
         forged = ReportCompleted(job_id=job_id, worker_id="w2", attempt=1, artifacts=[], execution_time_seconds=0.1)
-        submit = SubmitJob(command_id=uuid.uuid4(), job_id=job_id, user_id=uuid.uuid4(), frontend="web",
-                           capability="echo", params={"prompt": "x"}, deadline=datetime.now(UTC) + timedelta(minutes=1))
+        submit = SubmitJob(
+            command_id=uuid.uuid4(),
+            job_id=job_id,
+            user_id=uuid.uuid4(),
+            frontend="web",
+            capability="echo",
+            params={"prompt": "x"},
+            deadline=datetime.now(UTC) + timedelta(minutes=1),
+        )
         async with client(streams.url("worker:w1")) as (nc, _):
             js = nc.jetstream(timeout=2)
             await js.publish(s.report(s.CMD_COMPLETED, "w1"), encode(forged))  # w2's report, w1's subject
@@ -277,5 +314,5 @@ async def test_the_scheduler_sets_aside_a_report_on_another_workers_subject(stre
                 reasons.append((msg.subject, msg.headers[s.HDR_ERROR]))
     assert reasons == [
         ("tessera.dead.cmd.job.completed.w1", "a ReportCompleted may not arrive on tessera.cmd.job.completed.w1"),
-        ("tessera.dead.cmd.job.failed.w1", "a SubmitJob may not arrive on tessera.cmd.job.failed.w1")]
-
+        ("tessera.dead.cmd.job.failed.w1", "a SubmitJob may not arrive on tessera.cmd.job.failed.w1"),
+    ]

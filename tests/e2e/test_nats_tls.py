@@ -34,29 +34,49 @@ def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
     """A certificate authority, and a server certificate it signed for 127.0.0.1 and localhost."""
     now = datetime.now(UTC)
 
-    def certificate(subject: str, key: rsa.RSAPrivateKey, issuer: str, signer: rsa.RSAPrivateKey,
-                    *extensions: tuple[x509.ExtensionType, bool]) -> x509.Certificate:
-        builder = (x509.CertificateBuilder()
-                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=2)))
+    def certificate(
+        subject: str,
+        key: rsa.RSAPrivateKey,
+        issuer: str,
+        signer: rsa.RSAPrivateKey,
+        *extensions: tuple[x509.ExtensionType, bool],
+    ) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=2))
+        )
         for extension, critical in extensions:
             builder = builder.add_extension(extension, critical=critical)
         return builder.sign(signer, hashes.SHA256())
 
     ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    ca = certificate("Tessera test CA", ca_key, "Tessera test CA", ca_key,
-                     (x509.BasicConstraints(ca=True, path_length=None), True))
+    ca = certificate(
+        "Tessera test CA", ca_key, "Tessera test CA", ca_key, (x509.BasicConstraints(ca=True, path_length=None), True)
+    )
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    server = certificate("localhost", key, "Tessera test CA", ca_key,
-                         (x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                                       x509.DNSName("localhost")]), False))
+    server = certificate(
+        "localhost",
+        key,
+        "Tessera test CA",
+        ca_key,
+        (
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            False,
+        ),
+    )
     ca_path, cert_path, key_path = folder / "ca.pem", folder / "server.pem", folder / "server.key"
     ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     cert_path.write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        )
+    )
     return ca_path, cert_path, key_path
 
 
@@ -65,8 +85,9 @@ def tls_nats(tmp_path: Path) -> Iterator[tuple[EmbeddedNats, Credentials, Path]]
     ca, cert, key = make_certificates(tmp_path)
     credentials = Credentials(tmp_path / "credentials.json")
     credentials.ensure(["admin", "worker:remote-1"])
-    server = EmbeddedNats(tmp_path / "nats", authorization=credentials.authorization(), tls_cert=cert,
-                          tls_key=key).start(preferred_port=None)
+    server = EmbeddedNats(
+        tmp_path / "nats", authorization=credentials.authorization(), tls_cert=cert, tls_key=key
+    ).start(preferred_port=None)
     try:
         yield server, credentials, ca
     finally:
@@ -74,15 +95,20 @@ def tls_nats(tmp_path: Path) -> Iterator[tuple[EmbeddedNats, Credentials, Path]]
 
 
 async def test_a_worker_joins_over_tls_with_its_own_credentials(
-        tls_nats: tuple[EmbeddedNats, Credentials, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    tls_nats: tuple[EmbeddedNats, Credentials, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     server, credentials, ca = tls_nats
     assert server.url.startswith("tls://")
     monkeypatch.setenv("TESSERA_NATS_CA", str(ca))
     admin = await connection.connect_once(credentials.url(server.url, "admin"), "test-admin")
     try:
         await topology.ensure(admin.jetstream())
-        worker = Worker(nats_url=credentials.url(server.url, "worker:remote-1"), worker_id="remote-1",
-                        engines=[build("echo")], heartbeat_interval_s=0.3)
+        worker = Worker(
+            nats_url=credentials.url(server.url, "worker:remote-1"),
+            worker_id="remote-1",
+            engines=[build("echo")],
+            heartbeat_interval_s=0.3,
+        )
         task = asyncio.create_task(worker.run())
         try:
             await asyncio.wait_for(worker.ready.wait(), 15)
@@ -98,7 +124,8 @@ async def test_a_worker_joins_over_tls_with_its_own_credentials(
 
 
 async def test_a_client_that_does_not_trust_the_authority_is_refused(
-        tls_nats: tuple[EmbeddedNats, Credentials, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    tls_nats: tuple[EmbeddedNats, Credentials, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     server, credentials, _ = tls_nats
     monkeypatch.delenv("TESSERA_NATS_CA", raising=False)
     errors: list[Exception] = []
@@ -109,8 +136,12 @@ async def test_a_client_that_does_not_trust_the_authority_is_refused(
     nc = NATS()
     try:
         with pytest.raises((nats.errors.Error, OSError)):
-            await asyncio.wait_for(nc.connect(credentials.url(server.url, "admin"), allow_reconnect=False,
-                                              connect_timeout=5, error_cb=on_error), 20)
+            await asyncio.wait_for(
+                nc.connect(
+                    credentials.url(server.url, "admin"), allow_reconnect=False, connect_timeout=5, error_cb=on_error
+                ),
+                20,
+            )
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.close(), 5)

@@ -21,12 +21,16 @@ from tests.scripted_worker import ScriptedWorker
 @pytest.fixture
 async def gpu_platform(platform_parts: Platform) -> AsyncIterator[tuple[Platform, ScriptedWorker]]:
     """Gateway, projector and scheduler, with one scripted GPU worker (sdxl and flux-dev, 1536 px)."""
-    scheduler = Scheduler(settings_for_tests(queue_timeout_s=3.0), nats_url=platform_parts.nats_url,
-                          database_url=platform_parts.database_url)
+    scheduler = Scheduler(
+        settings_for_tests(queue_timeout_s=3.0),
+        nats_url=platform_parts.nats_url,
+        database_url=platform_parts.database_url,
+    )
     await platform_parts.start("scheduler", scheduler)
     await asyncio.wait_for(scheduler.is_leader.wait(), 10)
-    worker = await ScriptedWorker(platform_parts.nats_url, "gpu0", ["sdxl", "flux-dev"], slots=1,
-                                  max_resolution=1536).start()
+    worker = await ScriptedWorker(
+        platform_parts.nats_url, "gpu0", ["sdxl", "flux-dev"], slots=1, max_resolution=1536
+    ).start()
     for _ in range(200):
         if scheduler.state and "gpu0" in scheduler.state.workers and scheduler.state.fleet_known:
             break
@@ -39,8 +43,11 @@ async def gpu_platform(platform_parts: Platform) -> AsyncIterator[tuple[Platform
 
 async def test_each_admission_rule_has_its_error(gpu_platform: tuple[Platform, ScriptedWorker]) -> None:
     platform, _ = gpu_platform
-    free, starter, pro = (await platform.user_key(plan="free"), await platform.user_key(plan="starter"),
-                          await platform.user_key(plan="pro"))
+    free, starter, pro = (
+        await platform.user_key(plan="free"),
+        await platform.user_key(plan="starter"),
+        await platform.user_key(plan="pro"),
+    )
     async with platform.client(free) as f, platform.client(starter) as st, platform.client(pro) as p:
         # The free plan runs 1 job and lets 3 wait: the worker takes the first, three wait, the fifth is refused.
         for _ in range(4):
@@ -69,8 +76,9 @@ async def test_the_quota_is_reserved_charged_and_shown(gpu_platform: tuple[Platf
     async with platform.client(key) as client:
         me = (await client.get("/api/v1/user/me")).json()
         assert me["limits"]["daily_tokens"] == 120 and me["today"]["tokens_remaining"] == 120
-        first = await client.post("/api/v1/jobs", json={"capability": "image", "params": {
-            "prompt": "x", "batch_size": 4}})  # 4 tokens, dispatched at once
+        first = await client.post(
+            "/api/v1/jobs", json={"capability": "image", "params": {"prompt": "x", "batch_size": 4}}
+        )  # 4 tokens, dispatched at once
         assert first.status_code == 202 and first.json()["cost_tokens"] == 4.0
         assert first.headers["RateLimit-Remaining"] == "19"
         waiting = await client.post("/api/v1/jobs", json={"capability": "image", "params": {"prompt": "x"}})
@@ -97,10 +105,12 @@ async def test_the_quota_is_reserved_charged_and_shown(gpu_platform: tuple[Platf
         assert me["today"]["tokens_used"] == 4.0 and me["today"]["tokens_reserved"] == 0
         assert me["today"]["tokens_remaining"] == 116.0 and me["today"]["tokens_by_capability"]["image"] == 4.0
         # A job that would go past the quota is refused, saying when the quota resets.
-        await define_plan(platform.nats_url, platform.database_url, DefinePlan(
-            command_id=uuid.uuid4(), tier="starter", daily_token_limit=6))
-        r = await client.post("/api/v1/jobs", json={"capability": "image", "params": {"prompt": "x",
-                                                                                      "batch_size": 3}})
+        await define_plan(
+            platform.nats_url,
+            platform.database_url,
+            DefinePlan(command_id=uuid.uuid4(), tier="starter", daily_token_limit=6),
+        )
+        r = await client.post("/api/v1/jobs", json={"capability": "image", "params": {"prompt": "x", "batch_size": 3}})
         assert r.status_code == 429 and r.json()["code"] == "QUOTA_EXCEEDED"
         assert me["today"]["resets_at"][:10] in r.json()["detail"] and int(r.headers["Retry-After"]) > 0
 
@@ -127,28 +137,35 @@ async def test_operators_change_plans_and_move_users(gpu_platform: tuple[Platfor
     platform, _ = gpu_platform
     key = await platform.user_key(user_id="carol", plan="free")
     async with platform.client(key) as client:
-        r = await client.post("/api/v1/jobs", json={"capability": "image", "params": {"prompt": "x",
-                                                                                      "model": "flux-dev"}})
+        r = await client.post(
+            "/api/v1/jobs", json={"capability": "image", "params": {"prompt": "x", "model": "flux-dev"}}
+        )
         assert r.json()["code"] == "MODEL_NOT_ALLOWED"
         await change_user_plan(platform.nats_url, platform.database_url, platform="web", user_id="carol", plan="pro")
-        r = await client.post("/api/v1/jobs", json={"capability": "image", "params": {"prompt": "x",
-                                                                                      "model": "flux-dev"}})
+        r = await client.post(
+            "/api/v1/jobs", json={"capability": "image", "params": {"prompt": "x", "model": "flux-dev"}}
+        )
         assert r.status_code == 202 and r.json()["cost_tokens"] == 2.0
         me = (await client.get("/api/v1/user/me")).json()
         assert me["plan"]["tier"] == "pro"
-    await define_plan(platform.nats_url, platform.database_url, DefinePlan(
-        command_id=uuid.uuid4(), tier="free", daily_token_limit=25, allowed_models=["sdxl", "flux-dev"]))
+    await define_plan(
+        platform.nats_url,
+        platform.database_url,
+        DefinePlan(command_id=uuid.uuid4(), tier="free", daily_token_limit=25, allowed_models=["sdxl", "flux-dev"]),
+    )
     history = await plan_history(platform.database_url, "free")
     assert len(history) == 3 and "daily_token_limit=25" in history[2]  # seed, upload terms (0008), the change
     async with platform.client() as anonymous:
         plans = {p["tier"]: p for p in (await anonymous.get("/api/v1/plans")).json()["plans"]}
     assert plans["free"]["daily_token_limit"] == 25 and plans["admin"]["daily_token_limit"] is None
     with pytest.raises(SystemExit, match="UNKNOWN_PLAN"):
-        await change_user_plan(platform.nats_url, platform.database_url, platform="web", user_id="carol",
-                               plan="platinum")
+        await change_user_plan(
+            platform.nats_url, platform.database_url, platform="web", user_id="carol", plan="platinum"
+        )
     with pytest.raises(SystemExit, match="INVALID_PLAN"):
-        await define_plan(platform.nats_url, platform.database_url, DefinePlan(
-            command_id=uuid.uuid4(), tier="free", priority=7))
+        await define_plan(
+            platform.nats_url, platform.database_url, DefinePlan(command_id=uuid.uuid4(), tier="free", priority=7)
+        )
 
 
 async def test_the_rate_window_survives_a_scheduler_restart(platform: Platform) -> None:

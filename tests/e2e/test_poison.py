@@ -24,15 +24,22 @@ from tests.conftest import Platform
 
 
 def submit(user_id: uuid.UUID, prompt: str) -> SubmitJob:
-    return SubmitJob(command_id=uuid.uuid4(), job_id=uuid.uuid4(), user_id=user_id, frontend="api",
-                     capability="echo", params={"prompt": prompt},
-                     deadline=datetime.now(UTC) + timedelta(seconds=8))
+    return SubmitJob(
+        command_id=uuid.uuid4(),
+        job_id=uuid.uuid4(),
+        user_id=user_id,
+        frontend="api",
+        capability="echo",
+        params={"prompt": prompt},
+        deadline=datetime.now(UTC) + timedelta(seconds=8),
+    )
 
 
 @pytest.mark.timeout(60)
 async def test_a_nul_in_a_command_is_refused_and_the_next_users_job_is_accepted(platform_parts: Platform) -> None:
-    scheduler = Scheduler(platform_parts.settings, nats_url=platform_parts.nats_url,
-                          database_url=platform_parts.database_url)
+    scheduler = Scheduler(
+        platform_parts.settings, nats_url=platform_parts.nats_url, database_url=platform_parts.database_url
+    )
     await platform_parts.start("scheduler", scheduler)
     await asyncio.wait_for(scheduler.is_leader.wait(), 10)
     await platform_parts.start_worker(engines=("echo",))
@@ -45,14 +52,21 @@ async def test_a_nul_in_a_command_is_refused_and_the_next_users_job_is_accepted(
         started = time.monotonic()
         poison, fine = await asyncio.gather(
             bus.send(s.CMD_SUBMIT, submit(attacker, "a\u0000b"), msg_id="poison-1", timeout=8),
-            bus.send(s.CMD_SUBMIT, submit(attacker, "an honest job"), msg_id="fine-1", timeout=8))
+            bus.send(s.CMD_SUBMIT, submit(attacker, "an honest job"), msg_id="fine-1", timeout=8),
+        )
         elapsed = time.monotonic() - started
         assert (poison.ok, http_status(poison.code), poison.code) == (False, 422, "UNSTORABLE_INPUT")
         assert fine.ok and fine.job is not None and elapsed < 2.0  # accepted: the gateway answers 202
         # A NUL in a params key, alone in its batch this time.
-        bad_key = SubmitJob(command_id=uuid.uuid4(), job_id=uuid.uuid4(), user_id=attacker, frontend="api",
-                            capability="echo", params={"prompt": "x", "k\u0000": 1},
-                            deadline=datetime.now(UTC) + timedelta(seconds=8))
+        bad_key = SubmitJob(
+            command_id=uuid.uuid4(),
+            job_id=uuid.uuid4(),
+            user_id=attacker,
+            frontend="api",
+            capability="echo",
+            params={"prompt": "x", "k\u0000": 1},
+            deadline=datetime.now(UTC) + timedelta(seconds=8),
+        )
         refused = await bus.send(s.CMD_SUBMIT, bad_key, msg_id="poison-2", timeout=8)
         assert refused.code == "UNSTORABLE_INPUT"
 

@@ -34,8 +34,10 @@ from worker_node.service import Worker
 async def histories(database_url: str, job_ids: list[str]) -> dict[str, list[tuple[str, dict]]]:
     conn = await asyncpg.connect(database_url)
     try:
-        rows = await conn.fetch("SELECT stream_id, type, data FROM events WHERE stream_id = ANY($1::uuid[])"
-                                " ORDER BY seq", [uuid.UUID(j) for j in job_ids])
+        rows = await conn.fetch(
+            "SELECT stream_id, type, data FROM events WHERE stream_id = ANY($1::uuid[]) ORDER BY seq",
+            [uuid.UUID(j) for j in job_ids],
+        )
     finally:
         await conn.close()
     out: dict[str, list[tuple[str, dict]]] = {j: [] for j in job_ids}
@@ -61,8 +63,12 @@ async def test_a_worker_restarted_while_its_jobs_are_re_dispatched_gets_them(pla
     first = await ScriptedWorker(platform_parts.nats_url, "racer", ["echo"], slots=4).start()
     key = await platform_parts.user_key()
     async with platform_parts.client(key) as client:
-        ids = [(await client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": f"j{n}"}})
-                ).json()["job_id"] for n in range(4)]
+        ids = [
+            (await client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": f"j{n}"}})).json()[
+                "job_id"
+            ]
+            for n in range(4)
+        ]
         assert len(await first.wait_for(4)) == 4
         await first.crash()
         second = await ScriptedWorker(platform_parts.nats_url, "racer", ["echo"], slots=4).start(consume=False)
@@ -103,14 +109,16 @@ class LossyWorker(Worker):
 @pytest.mark.timeout(60)
 async def test_a_lost_dispatch_is_requeued_by_reconciliation(platform_parts: Platform) -> None:
     await start_scheduler(platform_parts)
-    worker = LossyWorker(nats_url=platform_parts.nats_url, worker_id="lossy", engines=[build("echo")],
-                         heartbeat_interval_s=0.3)
+    worker = LossyWorker(
+        nats_url=platform_parts.nats_url, worker_id="lossy", engines=[build("echo")], heartbeat_interval_s=0.3
+    )
     await platform_parts.start("worker:lossy", worker)
     await asyncio.wait_for(worker.ready.wait(), 10)
     key = await platform_parts.user_key()
     async with platform_parts.client(key) as client:
-        job_id = (await client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "lost"}})
-                  ).json()["job_id"]
+        job_id = (await client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "lost"}})).json()[
+            "job_id"
+        ]
         done = await platform_parts.wait_status(client, job_id, {"COMPLETED"}, timeout=20)
     assert [d.job_id for d in worker.dropped] == [uuid.UUID(job_id)]
     assert done["attempt"] == 2 and done["worker_id"] == "lossy"  # the worker was never declared lost
@@ -123,11 +131,26 @@ async def test_a_lost_dispatch_is_requeued_by_reconciliation(platform_parts: Pla
 @pytest.mark.timeout(60)
 async def test_a_dispatch_meant_for_a_previous_instance_is_dropped(platform: Platform) -> None:
     worker: Worker = platform.tasks["worker:w1"][0]  # type: ignore[assignment]
-    stale = Dispatch(job_id=uuid.uuid4(), attempt=1, capability="echo", model="echo", params={"prompt": "old"},
-                     timeout_seconds=10, dispatched_at=datetime.now(UTC), instance_id=uuid.uuid4())
-    fresh = Dispatch(job_id=uuid.uuid4(), attempt=1, capability="echo", model="echo",
-                     params={"prompt": "new", "delay_seconds": 3}, timeout_seconds=10,
-                     dispatched_at=datetime.now(UTC), instance_id=worker.instance_id)
+    stale = Dispatch(
+        job_id=uuid.uuid4(),
+        attempt=1,
+        capability="echo",
+        model="echo",
+        params={"prompt": "old"},
+        timeout_seconds=10,
+        dispatched_at=datetime.now(UTC),
+        instance_id=uuid.uuid4(),
+    )
+    fresh = Dispatch(
+        job_id=uuid.uuid4(),
+        attempt=1,
+        capability="echo",
+        model="echo",
+        params={"prompt": "new", "delay_seconds": 3},
+        timeout_seconds=10,
+        dispatched_at=datetime.now(UTC),
+        instance_id=worker.instance_id,
+    )
     nc = await nats.connect(platform.nats_url)
     try:
         for dispatch in (stale, fresh):
@@ -171,8 +194,11 @@ async def test_a_nats_restart_declares_no_worker_lost(tmp_path: Path, database_u
             while not stop.is_set():
                 n += 1
                 try:
-                    r = await client.post("/api/v1/jobs", json={"capability": "echo", "params": {
-                        "prompt": f"n{n}", "delay_seconds": 0.2}}, headers={"Idempotency-Key": f"load-{n}"})
+                    r = await client.post(
+                        "/api/v1/jobs",
+                        json={"capability": "echo", "params": {"prompt": f"n{n}", "delay_seconds": 0.2}},
+                        headers={"Idempotency-Key": f"load-{n}"},
+                    )
                     outcomes.append((time.monotonic(), r.status_code, r.json().get("code")))
                     if r.status_code == 202:
                         accepted.append(r.json()["job_id"])
@@ -207,8 +233,7 @@ async def test_a_nats_restart_declares_no_worker_lost(tmp_path: Path, database_u
         assert "JobFailed.v1" not in kinds and kinds.count("JobCompleted.v1") == len(accepted)
         # A dispatch in flight when the server died is requeued by reconciliation (the worker never
         # held it); no attempt is ever lost with its worker.
-        reasons = [data["reason"] for history in events.values() for kind, data in history
-                   if kind == "JobRequeued.v1"]
+        reasons = [data["reason"] for history in events.values() for kind, data in history if kind == "JobRequeued.v1"]
         assert all("never ran attempt" in reason for reason in reasons), reasons
 
 
@@ -221,9 +246,16 @@ async def test_a_newer_attempt_of_a_job_replaces_the_older_one_on_the_worker(pla
     job_id = uuid.uuid4()
 
     def dispatch(attempt: int, delay: float) -> Dispatch:
-        return Dispatch(job_id=job_id, attempt=attempt, capability="echo", model="echo",
-                        params={"prompt": "x", "delay_seconds": delay}, timeout_seconds=10,
-                        dispatched_at=datetime.now(UTC), instance_id=worker.instance_id)
+        return Dispatch(
+            job_id=job_id,
+            attempt=attempt,
+            capability="echo",
+            model="echo",
+            params={"prompt": "x", "delay_seconds": delay},
+            timeout_seconds=10,
+            dispatched_at=datetime.now(UTC),
+            instance_id=worker.instance_id,
+        )
 
     nc = await nats.connect(platform.nats_url)
     try:
@@ -270,14 +302,16 @@ async def test_a_result_waits_out_an_object_store_outage_rather_than_failing(pla
     """Storing the artifacts once failed the job as ENGINE_TIMEOUT when NATS was away: the engine's
     work is done, so the worker waits for the store and the job completes, on its first attempt."""
     await start_scheduler(platform_parts)
-    worker = FlakyStoreWorker(nats_url=platform_parts.nats_url, worker_id="flaky", engines=[build("echo")],
-                              heartbeat_interval_s=0.3)
+    worker = FlakyStoreWorker(
+        nats_url=platform_parts.nats_url, worker_id="flaky", engines=[build("echo")], heartbeat_interval_s=0.3
+    )
     await platform_parts.start("worker:flaky", worker)
     await asyncio.wait_for(worker.ready.wait(), 10)
     key = await platform_parts.user_key()
     async with platform_parts.client(key) as client:
-        job_id = (await client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "kept"}})
-                  ).json()["job_id"]
+        job_id = (await client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "kept"}})).json()[
+            "job_id"
+        ]
         done = await platform_parts.wait_status(client, job_id, {"COMPLETED", "FAILED"}, timeout=20)
     assert done["status"] == "COMPLETED" and done["attempt"] == 1, done
     assert worker.store_failures == 2 and done["artifacts"][0]["text"] == "kept"

@@ -31,8 +31,9 @@ async def statuses(client: httpx.AsyncClient, ports: dict[str, SidePort]) -> dic
     return answers
 
 
-async def until(client: httpx.AsyncClient, ports: dict[str, SidePort], status: int,
-                timeout: float = 30) -> dict[str, tuple[int, dict[str, Any]]]:
+async def until(
+    client: httpx.AsyncClient, ports: dict[str, SidePort], status: int, timeout: float = 30
+) -> dict[str, tuple[int, dict[str, Any]]]:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         answers = await statuses(client, ports)
@@ -44,20 +45,25 @@ async def until(client: httpx.AsyncClient, ports: dict[str, SidePort], status: i
 
 
 @pytest.mark.timeout(120)
-async def test_readyz_turns_503_while_nats_is_down_and_200_once_it_is_back(tmp_path: Path,
-                                                                          database_url: str) -> None:
+async def test_readyz_turns_503_while_nats_is_down_and_200_once_it_is_back(tmp_path: Path, database_url: str) -> None:
     async with own_nats(tmp_path) as server:
         settings = conftest.test_settings()
         services: dict[str, Service] = {
             "scheduler": Scheduler(settings, nats_url=server.url, database_url=database_url, name="scheduler-a"),
             "projector": Projector(nats_url=server.url, database_url=database_url),
-            "worker": Worker(nats_url=server.url, worker_id="side", engines=[build("echo")],
-                             heartbeat_interval_s=settings.heartbeat_interval_s),
+            "worker": Worker(
+                nats_url=server.url,
+                worker_id="side",
+                engines=[build("echo")],
+                heartbeat_interval_s=settings.heartbeat_interval_s,
+            ),
             "gateway": Gateway(settings, nats_url=server.url, database_url=database_url, port=free_port(None)),
         }
         async with contextlib.AsyncExitStack() as stack, httpx.AsyncClient(timeout=10) as client:
-            ports = {name: await stack.enter_async_context(SidePort(name, service.readiness))
-                     for name, service in services.items()}
+            ports = {
+                name: await stack.enter_async_context(SidePort(name, service.readiness))
+                for name, service in services.items()
+            }
             # Bound before the services start: alive, not ready.
             for name, (code, body) in (await statuses(client, ports)).items():
                 assert code == 503 and body["service"] == name and body["missing"], body
@@ -74,8 +80,9 @@ async def test_readyz_turns_503_while_nats_is_down_and_200_once_it_is_back(tmp_p
             assert ready["scheduler"][1]["role"] == "leader"
             assert ready["worker"][1]["checks"] == {"nats": True, "registered": True, "accepting": True}
             metrics = (await client.get(f"{ports['worker'].url}/metrics")).text
-            assert any(line.startswith("tessera_build_info{") and 'service="worker"' in line
-                       for line in metrics.splitlines()), metrics
+            assert any(
+                line.startswith("tessera_build_info{") and 'service="worker"' in line for line in metrics.splitlines()
+            ), metrics
 
             standby = Scheduler(settings, nats_url=server.url, database_url=database_url, name="scheduler-b")
             standby_port = await stack.enter_async_context(SidePort("standby", standby.readiness))

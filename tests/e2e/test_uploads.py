@@ -47,8 +47,12 @@ async def test_the_thirteenth_upload_of_the_day_is_refused_on_the_free_plan(plat
 async def test_an_owner_lists_and_deletes_uploads_and_nobody_else_can(platform: Platform) -> None:
     alice, bob = await platform.user_key(), await platform.user_key()
     async with platform.client(alice) as a, platform.client(bob) as b:
-        ids = [(await a.post("/api/v1/uploads", content=wav_file(1.0), headers={"Content-Type": "audio/wav"})
-                ).json()["upload_id"] for _ in range(2)]
+        ids = [
+            (await a.post("/api/v1/uploads", content=wav_file(1.0), headers={"Content-Type": "audio/wav"})).json()[
+                "upload_id"
+            ]
+            for _ in range(2)
+        ]
         listed = (await a.get("/api/v1/uploads")).json()["uploads"]
         assert [u["upload_id"] for u in listed] == ids[::-1] and listed[0]["duration_seconds"] == 1.0
         assert (await b.get("/api/v1/uploads")).json()["uploads"] == []
@@ -65,8 +69,11 @@ async def test_an_owner_lists_and_deletes_uploads_and_nobody_else_can(platform: 
 
 
 async def test_a_plans_upload_size_and_bytes_per_day(platform: Platform) -> None:
-    await define_plan(platform.nats_url, platform.database_url, DefinePlan(
-        command_id=uuid.uuid4(), tier="starter", max_upload_bytes=40_000, upload_bytes_per_day=50_000))
+    await define_plan(
+        platform.nats_url,
+        platform.database_url,
+        DefinePlan(command_id=uuid.uuid4(), tier="starter", max_upload_bytes=40_000, upload_bytes_per_day=50_000),
+    )
     key = await platform.user_key(plan="starter")
     async with platform.client(key) as client:
         r = await client.post("/api/v1/uploads", content=wav_file(3.0), headers={"Content-Type": "audio/wav"})

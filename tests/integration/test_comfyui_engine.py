@@ -26,8 +26,10 @@ from worker_node.service import Worker
 TRANSCRIPTS = Path(__file__).parents[1] / "comfyui_transcripts"
 # A workflow without a model, which any ComfyUI runs, even on a CPU.
 PLAIN = {
-    "1": {"class_type": "EmptyImage", "inputs": {"width": "{{width}}", "height": "{{height}}",
-                                                 "batch_size": "{{batch_size}}", "color": "{{seed}}"}},
+    "1": {
+        "class_type": "EmptyImage",
+        "inputs": {"width": "{{width}}", "height": "{{height}}", "batch_size": "{{batch_size}}", "color": "{{seed}}"},
+    },
     "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
     "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "tessera"}},
 }
@@ -43,8 +45,9 @@ class Progress:
 
 
 def job(prompt: str, model: str = "sdxl", **params: object) -> JobInput:
-    return JobInput(job_id=uuid.uuid4(), attempt=1, capability="image", model=model,
-                    params={"prompt": prompt, **params})
+    return JobInput(
+        job_id=uuid.uuid4(), attempt=1, capability="image", model=model, params={"prompt": prompt, **params}
+    )
 
 
 async def until(condition: Any, timeout: float = 10.0) -> None:
@@ -68,8 +71,10 @@ async def test_a_prompt_runs_with_progress_and_returns_its_images() -> None:
         engine = ComfyUIEngine(fake.url)
         progress = Progress()
         try:
-            outputs = await engine.run(job("a lighthouse", width=1024, height=768, batch_size=2, seed=7,
-                                           negative_prompt="blurry"), JobContext(progress))
+            outputs = await engine.run(
+                job("a lighthouse", width=1024, height=768, batch_size=2, seed=7, negative_prompt="blurry"),
+                JobContext(progress),
+            )
             assert "sd_xl_base_1.0.safetensors" in await engine.checkpoints_available()
             assert await engine.vram() == {"vram_total": 85_000_000_000, "vram_free": 60_000_000_000}
         finally:
@@ -92,8 +97,9 @@ async def test_two_hundred_fast_jobs_in_a_row_never_fail_spuriously() -> None:
         try:
             for n in range(200):
                 try:
-                    [image] = await engine.run(job(f"quick {n}", model="flux-schnell", width=64, height=64),
-                                               JobContext(Progress()))
+                    [image] = await engine.run(
+                        job(f"quick {n}", model="flux-schnell", width=64, height=64), JobContext(Progress())
+                    )
                     assert image.data is not None and image.data.startswith(b"\x89PNG")
                 except EngineError as error:
                     failures.append(error.message)
@@ -146,9 +152,16 @@ async def test_video_renders_the_frames_its_duration_asks_for() -> None:
         engine = ComfyUIEngine(fake.url)
         try:
             assert engine.capabilities == ("image", "video")
-            [video] = await engine.run(JobInput(job_id=uuid.uuid4(), attempt=1, capability="video", model="ltx-video",
-                                                params={"prompt": "waves", "duration_seconds": 5}),
-                                       JobContext(Progress()))
+            [video] = await engine.run(
+                JobInput(
+                    job_id=uuid.uuid4(),
+                    attempt=1,
+                    capability="video",
+                    model="ltx-video",
+                    params={"prompt": "waves", "duration_seconds": 5},
+                ),
+                JobContext(Progress()),
+            )
         finally:
             await engine.close()
     sent = fake.prompts[0]
@@ -158,15 +171,23 @@ async def test_video_renders_the_frames_its_duration_asks_for() -> None:
     assert video.duration_seconds == video.usage["duration_seconds"] == round(121 / 24, 3)
 
 
-@pytest.mark.parametrize(("prompt", "models", "code", "words"), [
-    ("a cat", {"sdxl": "missing.safetensors"}, "ENGINE_REJECTED",
-     "Prompt outputs failed validation; node 4 (CheckpointLoaderSimple): Value not in list: "
-     "ckpt_name: 'missing.safetensors' not in"),
-    ("explode", None, "ENGINE_ERROR", "ComfyUI node 3 (KSampler): torch.OutOfMemoryError: CUDA out of memory"),
-    ("vanish", None, "ENGINE_DISCONNECTED", "dropped the websocket"),
-])
-async def test_comfyui_failures_become_job_errors(prompt: str, models: dict[str, str] | None, code: str,
-                                                  words: str) -> None:
+@pytest.mark.parametrize(
+    ("prompt", "models", "code", "words"),
+    [
+        (
+            "a cat",
+            {"sdxl": "missing.safetensors"},
+            "ENGINE_REJECTED",
+            "Prompt outputs failed validation; node 4 (CheckpointLoaderSimple): Value not in list: "
+            "ckpt_name: 'missing.safetensors' not in",
+        ),
+        ("explode", None, "ENGINE_ERROR", "ComfyUI node 3 (KSampler): torch.OutOfMemoryError: CUDA out of memory"),
+        ("vanish", None, "ENGINE_DISCONNECTED", "dropped the websocket"),
+    ],
+)
+async def test_comfyui_failures_become_job_errors(
+    prompt: str, models: dict[str, str] | None, code: str, words: str
+) -> None:
     async with FakeComfyUI() as fake:
         engine = ComfyUIEngine(fake.url, models)
         try:
@@ -178,9 +199,14 @@ async def test_comfyui_failures_become_job_errors(prompt: str, models: dict[str,
 
 
 async def test_a_refused_workflow_names_comfyuis_reason(tmp_path: Path) -> None:
-    (tmp_path / "odd.json").write_text(json.dumps({
-        "1": {"class_type": "NoSuchNode", "inputs": {"text": "{{prompt}}"}},
-        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}))
+    (tmp_path / "odd.json").write_text(
+        json.dumps(
+            {
+                "1": {"class_type": "NoSuchNode", "inputs": {"text": "{{prompt}}"}},
+                "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}},
+            }
+        )
+    )
     async with FakeComfyUI() as fake:
         engine = ComfyUIEngine(fake.url, {"odd": ""}, templates_dir=str(tmp_path))
         try:
@@ -322,7 +348,10 @@ async def test_loaded_comes_only_from_a_success_and_is_forgotten_when_comfyui_re
 
 def test_templates_fill_typed_values_and_operators_add_their_own(tmp_path: Path) -> None:
     assert fill({"a": "{{width}}", "b": ["{{prompt}}", 1], "c": "x{{y}}"}, {"width": 512, "prompt": "p"}) == {
-        "a": 512, "b": ["p", 1], "c": "x{{y}}"}
+        "a": 512,
+        "b": ["p", 1],
+        "c": "x{{y}}",
+    }
     with pytest.raises(EngineError, match="lora"):
         fill({"a": "{{lora}}"}, {})
     (tmp_path / "my-model.json").write_text(json.dumps({"1": {"class_type": "X", "inputs": {"t": "{{prompt}}"}}}))
@@ -334,16 +363,23 @@ def test_templates_fill_typed_values_and_operators_add_their_own(tmp_path: Path)
 
 
 def test_an_operator_template_is_a_model_of_its_own_without_a_model_list(tmp_path: Path) -> None:
-    (tmp_path / "my-anime.json").write_text(json.dumps({
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "anime.safetensors"}},
-        "9": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "{{prompt}}"}}}))
-    (tmp_path / "my-clip.json").write_text(json.dumps({
-        "1": {"class_type": "SaveAnimatedWEBP", "inputs": {"fps": "{{fps}}"}}}))
+    (tmp_path / "my-anime.json").write_text(
+        json.dumps(
+            {
+                "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "anime.safetensors"}},
+                "9": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "{{prompt}}"}},
+            }
+        )
+    )
+    (tmp_path / "my-clip.json").write_text(
+        json.dumps({"1": {"class_type": "SaveAnimatedWEBP", "inputs": {"fps": "{{fps}}"}}})
+    )
     engine = ComfyUIEngine("http://127.0.0.1:1", templates_dir=str(tmp_path))
     assert set(engine.models) == {"sdxl", "flux-schnell", "flux-dev", "ltx-video", "my-anime", "my-clip"}
     assert engine.video_models == {"ltx-video", "my-clip"}
-    (tmp_path / "my-other.json").write_text(json.dumps({
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "{{checkpoint}}"}}}))
+    (tmp_path / "my-other.json").write_text(
+        json.dumps({"4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "{{checkpoint}}"}}})
+    )
     with pytest.raises(ValueError, match="my-other=<file>"):
         ComfyUIEngine("http://127.0.0.1:1", templates_dir=str(tmp_path))
     explicit = ComfyUIEngine("http://127.0.0.1:1", {"my-other": "other.safetensors"}, templates_dir=str(tmp_path))
@@ -365,16 +401,18 @@ async def comfyui_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
         yield fake.url
 
 
-async def test_model_free_workflows_run_back_to_back_and_refusals_name_the_input(comfyui_url: str,
-                                                                                tmp_path: Path) -> None:
+async def test_model_free_workflows_run_back_to_back_and_refusals_name_the_input(
+    comfyui_url: str, tmp_path: Path
+) -> None:
     (tmp_path / "plain.json").write_text(json.dumps(PLAIN))
     engine = ComfyUIEngine(comfyui_url, {"plain": ""}, templates_dir=str(tmp_path))
     seed = uuid.uuid4().int % 0xFFF000  # EmptyImage's color: a new one per run, so nothing is cached
     try:
         assert await engine.probe() is True
         for n in range(50):
-            [image] = await engine.run(job("", model="plain", seed=seed + n, width=64, height=48),
-                                       JobContext(Progress()))
+            [image] = await engine.run(
+                job("", model="plain", seed=seed + n, width=64, height=48), JobContext(Progress())
+            )
             assert image.data is not None and image.data.startswith(b"\x89PNG")
         assert engine.loaded == ("plain",)
         with pytest.raises(EngineError) as error:
@@ -412,8 +450,14 @@ def recorded(scenario: str, client: str) -> tuple[list[dict[str, Any]], list[dic
     transcript = json.loads((TRANSCRIPTS / f"{scenario}.json").read_text())
     assert transcript["comfyui_version"] == "0.8.0"
     events = [e for e in transcript["events"] if e["channel"] == f"ws:{client}" and e["kind"] in ("text", "binary")]
-    posts = [e for e in transcript["events"] if e["channel"] == "http" and e["path"] == "/prompt"
-             and e["status"] == 200 and e["body"]["client_id"].startswith(client)]
+    posts = [
+        e
+        for e in transcript["events"]
+        if e["channel"] == "http"
+        and e["path"] == "/prompt"
+        and e["status"] == 200
+        and e["body"]["client_id"].startswith(client)
+    ]
     return events, posts
 
 
@@ -423,7 +467,8 @@ async def replay(fake: FakeComfyUI, workflow: dict[str, Any]) -> tuple[list[dict
     async with connect(fake.url.replace("http", "ws", 1) + f"/ws?clientId={client_id}") as ws:
         async with httpx.AsyncClient(base_url=fake.url) as client:
             prompt_id = (await client.post("/prompt", json={"prompt": workflow, "client_id": client_id})).json()[
-                "prompt_id"]
+                "prompt_id"
+            ]
         async for raw in ws:
             if isinstance(raw, bytes):
                 events.append({"kind": "binary", "event_type": struct.unpack(">I", raw[:4])[0]})
@@ -455,18 +500,31 @@ async def test_the_fake_refuses_as_the_recorded_comfyui_refused() -> None:
 
 async def test_an_image_job_through_the_platform(platform_parts: Platform) -> None:
     """Submit over HTTP, render on (fake) ComfyUI, download the PNG with its real size."""
-    await platform_parts.start("scheduler", Scheduler(platform_parts.settings, nats_url=platform_parts.nats_url,
-                                                      database_url=platform_parts.database_url))
+    await platform_parts.start(
+        "scheduler",
+        Scheduler(platform_parts.settings, nats_url=platform_parts.nats_url, database_url=platform_parts.database_url),
+    )
     async with FakeComfyUI() as fake:
-        worker = Worker(nats_url=platform_parts.nats_url, worker_id="gpu0", heartbeat_interval_s=0.3,
-                        engines=[ComfyUIEngine(fake.url)])
+        worker = Worker(
+            nats_url=platform_parts.nats_url,
+            worker_id="gpu0",
+            heartbeat_interval_s=0.3,
+            engines=[ComfyUIEngine(fake.url)],
+        )
         await platform_parts.start("worker:gpu0", worker)
         await asyncio.wait_for(worker.ready.wait(), 10)
         await asyncio.sleep(0.5)  # the scheduler hears of the worker
         key = await platform_parts.user_key(plan="pro")
         async with platform_parts.client(key) as client:
-            submitted = (await client.post("/api/v1/jobs", json={"capability": "image", "params": {
-                "prompt": "a lighthouse at dusk", "width": 1280, "height": 768}})).json()
+            submitted = (
+                await client.post(
+                    "/api/v1/jobs",
+                    json={
+                        "capability": "image",
+                        "params": {"prompt": "a lighthouse at dusk", "width": 1280, "height": 768},
+                    },
+                )
+            ).json()
             assert submitted["cost_tokens"] == 0.94  # 1280 x 768 / 1024^2, rounded up
             done = await platform_parts.wait_status(client, submitted["job_id"], {"COMPLETED"})
             artifact = done["artifacts"][0]
@@ -481,12 +539,17 @@ async def test_comfyui_down_withdraws_its_models_requeues_the_job_and_recovers(p
     """ComfyUI dies mid-prompt (no close frame): the job is requeued, not failed; the worker stops
     offering sdxl, so a new image job is refused at admission; ComfyUI comes back, the model is
     offered again and the requeued job completes on its second attempt."""
-    scheduler = Scheduler(platform_parts.settings, nats_url=platform_parts.nats_url,
-                          database_url=platform_parts.database_url)
+    scheduler = Scheduler(
+        platform_parts.settings, nats_url=platform_parts.nats_url, database_url=platform_parts.database_url
+    )
     await platform_parts.start("scheduler", scheduler)
     async with FakeComfyUI(step_s=0.2) as fake:
-        worker = Worker(nats_url=platform_parts.nats_url, worker_id="gpu-flaky", heartbeat_interval_s=0.3,
-                        engines=[ComfyUIEngine(fake.url, {"sdxl": "sd_xl_base_1.0.safetensors"})])
+        worker = Worker(
+            nats_url=platform_parts.nats_url,
+            worker_id="gpu-flaky",
+            heartbeat_interval_s=0.3,
+            engines=[ComfyUIEngine(fake.url, {"sdxl": "sd_xl_base_1.0.safetensors"})],
+        )
         await platform_parts.start("worker:gpu-flaky", worker)
         await asyncio.wait_for(worker.ready.wait(), 10)
 
@@ -504,8 +567,11 @@ async def test_comfyui_down_withdraws_its_models_requeues_the_job_and_recovers(p
         await until(lambda: "sdxl" in offered(), "the worker's announcement")
         key = await platform_parts.user_key(plan="pro")
         async with platform_parts.client(key) as client:
-            job_id = (await client.post("/api/v1/jobs", json={"capability": "image", "params": {
-                "prompt": "a lighthouse", "steps": 20}})).json()["job_id"]
+            job_id = (
+                await client.post(
+                    "/api/v1/jobs", json={"capability": "image", "params": {"prompt": "a lighthouse", "steps": 20}}
+                )
+            ).json()["job_id"]
             await until(lambda: bool(fake.started), "the prompt to run")
             await fake.kill()
             await platform_parts.wait_status(client, job_id, {"QUEUED"}, timeout=15)
@@ -519,14 +585,16 @@ async def test_comfyui_down_withdraws_its_models_requeues_the_job_and_recovers(p
             done = await platform_parts.wait_status(client, job_id, {"COMPLETED"}, timeout=20)
         await platform_parts.stop("worker:gpu-flaky")
     assert done["attempt"] == 2 and done["artifacts"][0]["content_type"] == "image/png"
-    events = (await histories_of(platform_parts.database_url, job_id))
+    events = await histories_of(platform_parts.database_url, job_id)
     assert events.count("JobRequeued.v1") == 1 and "JobFailed.v1" not in events
 
 
 async def histories_of(database_url: str, job_id: str) -> list[str]:
     conn = await asyncpg.connect(database_url)
     try:
-        return [r["type"] for r in await conn.fetch("SELECT type FROM events WHERE stream_id = $1::uuid"
-                                                    " ORDER BY version", job_id)]
+        return [
+            r["type"]
+            for r in await conn.fetch("SELECT type FROM events WHERE stream_id = $1::uuid ORDER BY version", job_id)
+        ]
     finally:
         await conn.close()

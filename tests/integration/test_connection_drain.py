@@ -25,8 +25,7 @@ async def test_a_message_published_just_before_exit_is_delivered(nats_url: str) 
         assert (await sub.next_msg(timeout=2)).data == b"goodbye"
 
 
-async def test_handlers_in_flight_finish_and_their_replies_go_out_before_the_connection_closes(
-        nats_url: str) -> None:
+async def test_handlers_in_flight_finish_and_their_replies_go_out_before_the_connection_closes(nats_url: str) -> None:
     async with connection.opened_once(nats_url, "client") as client:
         replies = await client.subscribe("test.drain.replies")
         started = asyncio.Event()

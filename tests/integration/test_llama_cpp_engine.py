@@ -16,11 +16,19 @@ from worker_node.engines.llama_cpp import LlamaCppEngine, completion_prompt, gem
 
 def test_prompts_use_gemmas_turn_format() -> None:
     assert gemma_prompt({"prompt": "Hi"}) == "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
-    assert gemma_prompt({"system": "Be brief.", "messages": [
-        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
-        {"role": "user", "content": "Bye"}]}) == (
+    assert gemma_prompt(
+        {
+            "system": "Be brief.",
+            "messages": [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello"},
+                {"role": "user", "content": "Bye"},
+            ],
+        }
+    ) == (
         "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n"
-        "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n")
+        "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"
+    )
     with pytest.raises(EngineError):
         gemma_prompt({"messages": "nope"})
     assert completion_prompt({"prompt": "Once upon a time"}) == "Once upon a time"
@@ -47,8 +55,13 @@ async def test_the_packaged_model_answers_and_streams(engine_and_model: tuple[ty
         if partial:
             partials.append(partial)
 
-    job = JobInput(job_id=uuid.uuid4(), attempt=1, capability="text", model="gemma3-270m",
-                   params={"prompt": "The capital of France is", "max_tokens": 12, "temperature": 0})
+    job = JobInput(
+        job_id=uuid.uuid4(),
+        attempt=1,
+        capability="text",
+        model="gemma3-270m",
+        params={"prompt": "The capital of France is", "max_tokens": 12, "temperature": 0},
+    )
     try:
         [output] = await engine.run(job, JobContext(progress))
     finally:
@@ -67,12 +80,18 @@ def alive(pid: int) -> bool:
 
 
 def text_job(prompt: str, max_tokens: int) -> JobInput:
-    return JobInput(job_id=uuid.uuid4(), attempt=1, capability="text", model="gemma3-270m",
-                    params={"prompt": prompt, "max_tokens": max_tokens, "temperature": 0})
+    return JobInput(
+        job_id=uuid.uuid4(),
+        attempt=1,
+        capability="text",
+        model="gemma3-270m",
+        params={"prompt": prompt, "max_tokens": max_tokens, "temperature": 0},
+    )
 
 
 async def test_cancelling_stops_the_models_process_and_the_next_job_runs(
-        engine_and_model: tuple[type[LlamaCppEngine], Path]) -> None:
+    engine_and_model: tuple[type[LlamaCppEngine], Path],
+) -> None:
     engine_class, path = engine_and_model
     engine = engine_class(path, threads=2)
     seen: list[str] = []
@@ -81,8 +100,9 @@ async def test_cancelling_stops_the_models_process_and_the_next_job_runs(
         seen.append(partial or "")
 
     try:
-        task = asyncio.create_task(engine.run(text_job("Write a long story about the sea.", 2000),
-                                              JobContext(progress)))
+        task = asyncio.create_task(
+            engine.run(text_job("Write a long story about the sea.", 2000), JobContext(progress))
+        )
         while not seen:
             await asyncio.sleep(0.05)
         pid = engine.process.pid
@@ -98,7 +118,8 @@ async def test_cancelling_stops_the_models_process_and_the_next_job_runs(
 
 
 async def test_a_timed_out_generation_stops_the_models_process(
-        engine_and_model: tuple[type[LlamaCppEngine], Path]) -> None:
+    engine_and_model: tuple[type[LlamaCppEngine], Path],
+) -> None:
     engine_class, path = engine_and_model
     engine = engine_class(path, threads=2)
 

@@ -27,8 +27,7 @@ class Progress:
 
 
 def job(prompt: str, model: str = "chat", **params: object) -> JobInput:
-    return JobInput(job_id=uuid.uuid4(), attempt=1, capability="text", model=model,
-                    params={"prompt": prompt, **params})
+    return JobInput(job_id=uuid.uuid4(), attempt=1, capability="text", model=model, params={"prompt": prompt, **params})
 
 
 def test_model_map_reads_the_operator_setting() -> None:
@@ -54,11 +53,14 @@ async def test_openai_streams_partial_text_and_reports_the_servers_token_count()
     assert sent["messages"] == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
 
 
-@pytest.mark.parametrize(("prompt", "model", "code", "words"), [
-    ("hello", "unknown", "ENGINE_REJECTED", "not found"),  # the server's own 404 message
-    ("fail", "chat", "ENGINE_REJECTED", "context length exceeded"),
-    ("drop", "chat", "ENGINE_DISCONNECTED", "dropped"),
-])
+@pytest.mark.parametrize(
+    ("prompt", "model", "code", "words"),
+    [
+        ("hello", "unknown", "ENGINE_REJECTED", "not found"),  # the server's own 404 message
+        ("fail", "chat", "ENGINE_REJECTED", "context length exceeded"),
+        ("drop", "chat", "ENGINE_DISCONNECTED", "dropped"),
+    ],
+)
 async def test_openai_errors_say_what_the_server_said(prompt: str, model: str, code: str, words: str) -> None:
     async with serve(openai_app(Recorder())) as url:
         engine = OpenAIChatEngine(url, {"chat": "served-model", "unknown": "missing-model"})
@@ -158,19 +160,27 @@ async def test_cancelling_a_kobold_job_aborts_its_generation() -> None:
 
 async def test_a_text_job_through_the_platform_is_charged_by_generated_tokens(platform_parts: Platform) -> None:
     """Submit over HTTP, run on an OpenAI-compatible server, charge what was generated."""
-    scheduler = Scheduler(platform_parts.settings, nats_url=platform_parts.nats_url,
-                          database_url=platform_parts.database_url)
+    scheduler = Scheduler(
+        platform_parts.settings, nats_url=platform_parts.nats_url, database_url=platform_parts.database_url
+    )
     await platform_parts.start("scheduler", scheduler)
     async with serve(openai_app(Recorder())) as url:
-        worker = Worker(nats_url=platform_parts.nats_url, worker_id="llm", heartbeat_interval_s=0.3,
-                        engines=[OpenAIChatEngine(url, {"gemma3-270m": "served-model"})])
+        worker = Worker(
+            nats_url=platform_parts.nats_url,
+            worker_id="llm",
+            heartbeat_interval_s=0.3,
+            engines=[OpenAIChatEngine(url, {"gemma3-270m": "served-model"})],
+        )
         await platform_parts.start("worker:llm", worker)
         await asyncio.wait_for(worker.ready.wait(), 10)
         await asyncio.sleep(0.5)  # the scheduler hears of the worker
         key = await platform_parts.user_key(plan="free")
         async with platform_parts.client(key) as client:
-            submitted = (await client.post("/api/v1/jobs", json={"capability": "text", "params": {
-                "prompt": "What is the answer?"}})).json()
+            submitted = (
+                await client.post(
+                    "/api/v1/jobs", json={"capability": "text", "params": {"prompt": "What is the answer?"}}
+                )
+            ).json()
             assert submitted["cost_tokens"] == 0.04  # reserved: 0.01 + 0.1 x 256/1000, rounded up
             done = await platform_parts.wait_status(client, submitted["job_id"], {"COMPLETED"})
         await platform_parts.stop("worker:llm")

@@ -14,10 +14,25 @@ from streams import subjects as s
 
 
 def recorded(seq: int) -> RecordedEvent:
-    data = JobSubmitted(user_id=uuid.uuid4(), frontend="api", capability="echo", model="echo",
-                        params={"prompt": f"event {seq}"}, priority=0, cost_tokens=0)
-    return RecordedEvent(seq=seq, event_id=uuid.uuid4(), stream_type="job", stream_id=uuid.uuid4(), version=1,
-                         recorded_at=datetime.now(UTC), causation_id=None, data=data)
+    data = JobSubmitted(
+        user_id=uuid.uuid4(),
+        frontend="api",
+        capability="echo",
+        model="echo",
+        params={"prompt": f"event {seq}"},
+        priority=0,
+        cost_tokens=0,
+    )
+    return RecordedEvent(
+        seq=seq,
+        event_id=uuid.uuid4(),
+        stream_type="job",
+        stream_id=uuid.uuid4(),
+        version=1,
+        recorded_at=datetime.now(UTC),
+        causation_id=None,
+        data=data,
+    )
 
 
 async def stored_seqs(js) -> list[int]:  # type: ignore[no-untyped-def]

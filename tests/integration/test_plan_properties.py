@@ -19,21 +19,25 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from base import catalog
+from base.db import init_connection
 from events.types import user_stream_id
 from scheduler.service import Scheduler
 from streams import subjects as s
 from streams.commands import CommandBus
 from streams.messages import CancelJob, CreateUser, Decision, DefinePlan, SubmitJob
-from base import catalog
-from base.db import init_connection
 from tests.conftest import test_settings as settings_for_tests
 from tests.scripted_worker import ScriptedWorker
 
 # Against live services a failing example is reported as found: shrinking it would replay the
 # whole platform hundreds of times.
-PROPERTY_SETTINGS = settings(max_examples=8, deadline=None, derandomize=True,
-                             phases=[Phase.explicit, Phase.reuse, Phase.generate],
-                             suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+PROPERTY_SETTINGS = settings(
+    max_examples=8,
+    deadline=None,
+    derandomize=True,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 @dataclass
@@ -48,18 +52,37 @@ class Harness:
 
     async def new_user(self, plan: str) -> uuid.UUID:
         name = f"prop-{uuid.uuid4().hex[:10]}"
-        decision = await self.send(s.admin("user-create"), CreateUser(
-            command_id=uuid.uuid4(), platform="web", platform_user_id=name, plan=plan, key_id=uuid.uuid4(),
-            key_hash=uuid.uuid4().hex * 2, key_prefix="tsk_prop"))
+        decision = await self.send(
+            s.admin("user-create"),
+            CreateUser(
+                command_id=uuid.uuid4(),
+                platform="web",
+                platform_user_id=name,
+                plan=plan,
+                key_id=uuid.uuid4(),
+                key_hash=uuid.uuid4().hex * 2,
+                key_prefix="tsk_prop",
+            ),
+        )
         assert decision.ok, decision
         return user_stream_id("web", name)
 
-    async def submit(self, user_id: uuid.UUID, capability: str, params: dict[str, object]) -> tuple[uuid.UUID,
-                                                                                                    Decision]:
+    async def submit(
+        self, user_id: uuid.UUID, capability: str, params: dict[str, object]
+    ) -> tuple[uuid.UUID, Decision]:
         job_id = uuid.uuid4()
-        decision = await self.send(s.CMD_SUBMIT, SubmitJob(
-            command_id=uuid.uuid4(), job_id=job_id, user_id=user_id, frontend="api", capability=capability,
-            params={"prompt": "p", **params}, deadline=datetime.now(UTC) + timedelta(seconds=30)))
+        decision = await self.send(
+            s.CMD_SUBMIT,
+            SubmitJob(
+                command_id=uuid.uuid4(),
+                job_id=job_id,
+                user_id=user_id,
+                frontend="api",
+                capability=capability,
+                params={"prompt": "p", **params},
+                deadline=datetime.now(UTC) + timedelta(seconds=30),
+            ),
+        )
         return job_id, decision
 
     async def define_plan(self, tier: str, **terms: object) -> None:
@@ -110,23 +133,36 @@ async def block_the_slot(harness: Harness) -> int:
 
 
 def job_spec() -> st.SearchStrategy[tuple[str, dict[str, object]]]:
-    image = st.builds(lambda side, batch: ("image", {"width": side, "height": side, "batch_size": batch}),
-                      st.sampled_from([512, 768, 1024]), st.integers(1, 4))
+    image = st.builds(
+        lambda side, batch: ("image", {"width": side, "height": side, "batch_size": batch}),
+        st.sampled_from([512, 768, 1024]),
+        st.integers(1, 4),
+    )
     text = st.builds(lambda tokens: ("text", {"max_tokens": tokens}), st.integers(1, 8000))
     return st.one_of(image, text)
 
 
 @PROPERTY_SETTINGS
-@given(limit=st.integers(1, 12), jobs=st.lists(job_spec(), min_size=1, max_size=10),
-       outcomes=st.lists(st.sampled_from(["complete", "fail", "cancel"]), min_size=10, max_size=10),
-       measured=st.lists(st.integers(0, 9000), min_size=10, max_size=10))
+@given(
+    limit=st.integers(1, 12),
+    jobs=st.lists(job_spec(), min_size=1, max_size=10),
+    outcomes=st.lists(st.sampled_from(["complete", "fail", "cancel"]), min_size=10, max_size=10),
+    measured=st.lists(st.integers(0, 9000), min_size=10, max_size=10),
+)
 async def test_concurrent_submits_never_exceed_the_quota_and_only_completed_work_is_charged(
-        harness: Harness, limit: int, jobs: list[tuple[str, dict[str, object]]], outcomes: list[str],
-        measured: list[int]) -> None:
+    harness: Harness, limit: int, jobs: list[tuple[str, dict[str, object]]], outcomes: list[str], measured: list[int]
+) -> None:
     harness.worker.slots = 64
-    await harness.define_plan("prop-quota", daily_token_limit=limit, requests_per_minute=10_000,
-                              max_concurrent_jobs=64, max_queued_jobs=1000, priority=1, max_resolution=1024,
-                              allowed_models=["sdxl"])
+    await harness.define_plan(
+        "prop-quota",
+        daily_token_limit=limit,
+        requests_per_minute=10_000,
+        max_concurrent_jobs=64,
+        max_queued_jobs=1000,
+        priority=1,
+        max_resolution=1024,
+        allowed_models=["sdxl"],
+    )
     user = await harness.new_user("prop-quota")
     results = await asyncio.gather(*(harness.submit(user, capability, params) for capability, params in jobs))
     costs = {job_id: decision.job.cost_tokens for job_id, decision in results if decision.ok and decision.job}
@@ -145,8 +181,7 @@ async def test_concurrent_submits_never_exceed_the_quota_and_only_completed_work
     for n, job_id in enumerate(costs):
         outcome = outcomes[n]
         if outcome == "cancel":
-            decision = await harness.send(s.CMD_CANCEL, CancelJob(command_id=uuid.uuid4(), job_id=job_id,
-                                                                  user_id=user))
+            decision = await harness.send(s.CMD_CANCEL, CancelJob(command_id=uuid.uuid4(), job_id=job_id, user_id=user))
             assert decision.ok, decision
             await harness.worker.finish(dispatches[job_id])  # a late result: refused, never charged
         elif outcome == "fail":
@@ -164,7 +199,9 @@ async def test_concurrent_submits_never_exceed_the_quota_and_only_completed_work
         for _ in range(200):
             rows = await conn.fetch(
                 "SELECT e.stream_id, e.type, e.data FROM events e WHERE e.stream_id = ANY($1::uuid[])"
-                " AND e.type IN ('JobCompleted.v1', 'JobFailed.v1', 'JobCancelled.v1')", list(costs))
+                " AND e.type IN ('JobCompleted.v1', 'JobFailed.v1', 'JobCancelled.v1')",
+                list(costs),
+            )
             if len(rows) == len(costs):
                 break
             await asyncio.sleep(0.05)
@@ -176,8 +213,10 @@ async def test_concurrent_submits_never_exceed_the_quota_and_only_completed_work
     for r in rows:
         if r["type"] != "JobCompleted.v1":  # failed or cancelled: the whole reservation comes back
             assert r["data"]["released_tokens"] == pytest.approx(costs[r["stream_id"]])
-        assert r["data"]["cost_tokens" if r["type"] == "JobCompleted.v1" else "released_tokens"] <= costs[
-            r["stream_id"]] + 1e-9
+        assert (
+            r["data"]["cost_tokens" if r["type"] == "JobCompleted.v1" else "released_tokens"]
+            <= costs[r["stream_id"]] + 1e-9
+        )
     state = harness.scheduler.state
     assert state is not None
     ledger = state.ledger[(user, state.quota_day())]
@@ -203,7 +242,8 @@ async def test_a_higher_tier_is_dispatched_first_when_both_wait(harness: Harness
 @PROPERTY_SETTINGS
 @given(backlogs=st.lists(st.integers(1, 5), min_size=2, max_size=4), interleave=st.randoms(use_true_random=False))
 async def test_no_user_waits_behind_more_than_a_bounded_number_of_another_users_jobs(
-        harness: Harness, backlogs: list[int], interleave) -> None:  # type: ignore[no-untyped-def]
+    harness: Harness, backlogs: list[int], interleave
+) -> None:  # type: ignore[no-untyped-def]
     harness.worker.slots = 1
     before = await block_the_slot(harness)
     users = [await harness.new_user("pro") for _ in backlogs]

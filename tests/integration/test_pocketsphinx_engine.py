@@ -19,8 +19,7 @@ UPLOAD = {"object": "uploads/u/a", "content_type": "audio/wav"}
 
 
 def stt_job() -> JobInput:
-    return JobInput(job_id=uuid.uuid4(), attempt=1, capability="stt", model="pocketsphinx-en",
-                    params={"input": UPLOAD})
+    return JobInput(job_id=uuid.uuid4(), attempt=1, capability="stt", model="pocketsphinx-en", params={"input": UPLOAD})
 
 
 def context(wav: bytes, decoding: asyncio.Event | None = None) -> JobContext:
@@ -87,7 +86,8 @@ async def test_the_event_loop_stays_responsive_during_a_long_transcription(engin
 
 
 async def test_a_cancelled_transcription_kills_its_process_and_the_next_job_runs(
-        engine: PocketSphinxEngine, long_wav: bytes, short_wav: bytes) -> None:
+    engine: PocketSphinxEngine, long_wav: bytes, short_wav: bytes
+) -> None:
     task, pid = await decoding(engine, long_wav)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -98,7 +98,8 @@ async def test_a_cancelled_transcription_kills_its_process_and_the_next_job_runs
 
 
 async def test_a_timed_out_transcription_kills_its_process(
-        engine: PocketSphinxEngine, long_wav: bytes, short_wav: bytes) -> None:
+    engine: PocketSphinxEngine, long_wav: bytes, short_wav: bytes
+) -> None:
     await engine.run(stt_job(), context(short_wav))
     pid = engine.process.pid
     assert pid is not None
@@ -111,7 +112,8 @@ async def test_a_timed_out_transcription_kills_its_process(
 
 
 async def test_a_decoder_process_that_dies_fails_the_job_as_disconnected(
-        engine: PocketSphinxEngine, long_wav: bytes, short_wav: bytes) -> None:
+    engine: PocketSphinxEngine, long_wav: bytes, short_wav: bytes
+) -> None:
     task, pid = await decoding(engine, long_wav)
     os.kill(pid, signal.SIGKILL)  # as the kernel's OOM killer would
     with pytest.raises(EngineError) as failure:

@@ -36,10 +36,12 @@ async def test_real_comfyui_renders_an_image() -> None:
 
     engine = ComfyUIEngine(needs("COMFYUI_URL"))
     try:
-        model = next(m for m, checkpoint in engine.checkpoints.items()
-                     if checkpoint in await engine.checkpoints_available())
-        [image] = await engine.run(job("image", model, prompt="a red cube", width=512, height=512, steps=4),
-                                   JobContext(no_progress))
+        model = next(
+            m for m, checkpoint in engine.checkpoints.items() if checkpoint in await engine.checkpoints_available()
+        )
+        [image] = await engine.run(
+            job("image", model, prompt="a red cube", width=512, height=512, steps=4), JobContext(no_progress)
+        )
     finally:
         await engine.close()
     assert image.content_type == "image/png" and (image.width, image.height) == (512, 512)
@@ -50,8 +52,9 @@ async def test_real_kobold_generates() -> None:
 
     engine = KoboldEngine(needs("KOBOLD_URL"), {"text": "any"})
     try:
-        [output] = await engine.run(job("text", "text", prompt="Once upon a time", max_tokens=16),
-                                    JobContext(no_progress))
+        [output] = await engine.run(
+            job("text", "text", prompt="Once upon a time", max_tokens=16), JobContext(no_progress)
+        )
     finally:
         await engine.close()
     assert output.text and 0 < output.usage["output_tokens"] <= 16
@@ -60,8 +63,9 @@ async def test_real_kobold_generates() -> None:
 async def test_real_openai_compatible_server_generates() -> None:
     from worker_node.engines.llm_http import OpenAIChatEngine
 
-    engine = OpenAIChatEngine(needs("OPENAI_URL"), {"text": needs("OPENAI_MODEL")},
-                              api_key=os.environ.get("OPENAI_API_KEY"))
+    engine = OpenAIChatEngine(
+        needs("OPENAI_URL"), {"text": needs("OPENAI_MODEL")}, api_key=os.environ.get("OPENAI_API_KEY")
+    )
     try:
         [output] = await engine.run(job("text", "text", prompt="Say hello.", max_tokens=16), JobContext(no_progress))
     finally:
@@ -73,15 +77,20 @@ async def test_real_openai_compatible_server_generates() -> None:
 async def test_real_whisper_transcribes() -> None:
     from worker_node.engines.speech_http import WhisperEngine
 
-    engine = WhisperEngine(needs("WHISPER_URL"), {"stt": os.environ.get("WHISPER_MODEL", "whisper-1")},
-                           api=os.environ.get("WHISPER_API", "openai"))
+    engine = WhisperEngine(
+        needs("WHISPER_URL"),
+        {"stt": os.environ.get("WHISPER_MODEL", "whisper-1")},
+        api=os.environ.get("WHISPER_API", "openai"),
+    )
 
     async def fetch(_name: str) -> bytes:
         return silent_wav(1.0)
 
     try:
-        [output] = await engine.run(job("stt", "stt", input={"object": "uploads/x/y", "content_type": "audio/wav"}),
-                                    JobContext(no_progress, fetch))
+        [output] = await engine.run(
+            job("stt", "stt", input={"object": "uploads/x/y", "content_type": "audio/wav"}),
+            JobContext(no_progress, fetch),
+        )
     finally:
         await engine.close()
     assert output.text is not None and output.usage["audio_seconds"] == pytest.approx(1.0, abs=0.1)
@@ -90,8 +99,9 @@ async def test_real_whisper_transcribes() -> None:
 async def test_real_tts_speaks() -> None:
     from worker_node.engines.speech_http import SpeechEngine
 
-    engine = SpeechEngine(needs("TTS_URL"), {"tts": os.environ.get("TTS_MODEL", "tts-1")},
-                          api=os.environ.get("TTS_API", "openai"))
+    engine = SpeechEngine(
+        needs("TTS_URL"), {"tts": os.environ.get("TTS_MODEL", "tts-1")}, api=os.environ.get("TTS_API", "openai")
+    )
     try:
         [audio] = await engine.run(job("tts", "tts", prompt="Hello from Tessera."), JobContext(no_progress))
     finally:

@@ -18,14 +18,20 @@ async def no_progress(*_args: object) -> None:
 
 
 def stt_job(model: str = "whisper-large", **params: object) -> JobInput:
-    return JobInput(job_id=uuid.uuid4(), attempt=1, capability="stt", model=model,
-                    params={"input": {"object": "uploads/u/1", "content_type": "audio/wav"}, **params})
+    return JobInput(
+        job_id=uuid.uuid4(),
+        attempt=1,
+        capability="stt",
+        model=model,
+        params={"input": {"object": "uploads/u/1", "content_type": "audio/wav"}, **params},
+    )
 
 
 def context(data: bytes) -> JobContext:
     async def fetch(name: str) -> bytes:
         assert name == "uploads/u/1"
         return data
+
     return JobContext(progress=no_progress, fetch=fetch)
 
 
@@ -51,8 +57,10 @@ async def test_speech_to_text_errors_and_missing_input() -> None:
             with pytest.raises(EngineError) as bad:
                 await engine.run(stt_job(), context(b"not audio"))
             with pytest.raises(EngineError) as missing:
-                await engine.run(JobInput(job_id=uuid.uuid4(), attempt=1, capability="stt", model="whisper-large",
-                                          params={}), context(b""))
+                await engine.run(
+                    JobInput(job_id=uuid.uuid4(), attempt=1, capability="stt", model="whisper-large", params={}),
+                    context(b""),
+                )
         finally:
             await engine.close()
     assert bad.value.code == "ENGINE_REJECTED" and "Invalid file format" in bad.value.message
@@ -70,14 +78,24 @@ async def test_text_to_speech_returns_a_wav_with_its_length(api: str, seconds: f
     async with serve(speech_app(state)) as url:
         engine = SpeechEngine(url, {"voice-http": "tts-1"}, api=api, default_voice="amy")
         try:
-            [output] = await engine.run(JobInput(job_id=uuid.uuid4(), attempt=1, capability="tts",
-                                                 model="voice-http", params={"prompt": "hello world"}),
-                                        JobContext(no_progress))
+            [output] = await engine.run(
+                JobInput(
+                    job_id=uuid.uuid4(),
+                    attempt=1,
+                    capability="tts",
+                    model="voice-http",
+                    params={"prompt": "hello world"},
+                ),
+                JobContext(no_progress),
+            )
         finally:
             await engine.close()
     assert output.content_type == "audio/wav" and output.duration_seconds == seconds
-    assert state.requests[0] == ({"model": "tts-1", "input": "hello world", "voice": "amy", "response_format": "wav"}
-                                 if api == "openai" else {"text": "hello world", "voice": "amy"})
+    assert state.requests[0] == (
+        {"model": "tts-1", "input": "hello world", "voice": "amy", "response_format": "wav"}
+        if api == "openai"
+        else {"text": "hello world", "voice": "amy"}
+    )
 
 
 async def test_text_to_speech_server_errors_say_why() -> None:
@@ -85,8 +103,16 @@ async def test_text_to_speech_server_errors_say_why() -> None:
         engine = SpeechEngine(url, {"voice-http": "tts-1"})
         try:
             with pytest.raises(EngineError) as error:
-                await engine.run(JobInput(job_id=uuid.uuid4(), attempt=1, capability="tts", model="voice-http",
-                                          params={"prompt": "x", "voice": "nobody"}), JobContext(no_progress))
+                await engine.run(
+                    JobInput(
+                        job_id=uuid.uuid4(),
+                        attempt=1,
+                        capability="tts",
+                        model="voice-http",
+                        params={"prompt": "x", "voice": "nobody"},
+                    ),
+                    JobContext(no_progress),
+                )
         finally:
             await engine.close()
     assert error.value.code == "ENGINE_REJECTED" and "voice 'nobody' not found" in error.value.message
@@ -97,8 +123,12 @@ async def test_a_dropped_connection_is_engine_disconnected() -> None:
         engine = SpeechEngine(url, {"voice-http": "piper"}, api="piper")
         try:
             with pytest.raises(EngineError) as error:
-                await engine.run(JobInput(job_id=uuid.uuid4(), attempt=1, capability="tts", model="voice-http",
-                                          params={"prompt": "drop"}), JobContext(no_progress))
+                await engine.run(
+                    JobInput(
+                        job_id=uuid.uuid4(), attempt=1, capability="tts", model="voice-http", params={"prompt": "drop"}
+                    ),
+                    JobContext(no_progress),
+                )
         finally:
             await engine.close()
     assert error.value.code == "ENGINE_DISCONNECTED"

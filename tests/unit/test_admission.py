@@ -41,9 +41,17 @@ NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 UTC_ZONE = ZoneInfo("UTC")
 CATALOG = Catalog.load()
 
-PLAN = PlanDefined(tier="starter", name="Starter", daily_token_limit=10, requests_per_minute=3,
-                   max_concurrent_jobs=1, max_queued_jobs=2, priority=1, max_resolution=1024,
-                   allowed_models=["sdxl"])
+PLAN = PlanDefined(
+    tier="starter",
+    name="Starter",
+    daily_token_limit=10,
+    requests_per_minute=3,
+    max_concurrent_jobs=1,
+    max_queued_jobs=2,
+    priority=1,
+    max_resolution=1024,
+    allowed_models=["sdxl"],
+)
 
 
 class Fleet:
@@ -57,11 +65,22 @@ class Fleet:
         return model in self.serves and side <= self.serves[model]
 
 
-def command(capability: str = "image", model: str | None = None, params: dict[str, object] | None = None,
-            deadline_s: float = 30.0) -> SubmitJob:
-    return SubmitJob(command_id=uuid.uuid4(), job_id=uuid.uuid4(), user_id=uuid.uuid4(), frontend="api",
-                     capability=capability, model=model, params={"prompt": "a cat", **(params or {})},
-                     deadline=datetime.fromtimestamp(NOW + deadline_s, UTC))
+def command(
+    capability: str = "image",
+    model: str | None = None,
+    params: dict[str, object] | None = None,
+    deadline_s: float = 30.0,
+) -> SubmitJob:
+    return SubmitJob(
+        command_id=uuid.uuid4(),
+        job_id=uuid.uuid4(),
+        user_id=uuid.uuid4(),
+        frontend="api",
+        capability=capability,
+        model=model,
+        params={"prompt": "a cat", **(params or {})},
+        deadline=datetime.fromtimestamp(NOW + deadline_s, UTC),
+    )
 
 
 def quoted(capability: str = "image", model: str | None = None, **params: object) -> Quote:
@@ -70,13 +89,19 @@ def quoted(capability: str = "image", model: str | None = None, **params: object
     return result
 
 
-def standing(requests: tuple[float, ...] = (), queued: int = 0, used: float = 0.0, reserved: float = 0.0,
-             plan: PlanDefined = PLAN) -> Standing:
+def standing(
+    requests: tuple[float, ...] = (),
+    queued: int = 0,
+    used: float = 0.0,
+    reserved: float = 0.0,
+    plan: PlanDefined = PLAN,
+) -> Standing:
     return Standing(plan=plan, requests=requests, queued=queued, used=used, reserved=reserved)
 
 
-def admit(quote: Quote, user: Standing | None, fleet: Fleet | None = None,
-          typical_seconds: float = 20.0) -> Admitted | Refused:
+def admit(
+    quote: Quote, user: Standing | None, fleet: Fleet | None = None, typical_seconds: float = 20.0
+) -> Admitted | Refused:
     return admission.admit(quote, user, fleet or Fleet(), now=NOW, zone=UTC_ZONE, typical_seconds=typical_seconds)
 
 
@@ -94,15 +119,31 @@ def test_a_submit_that_arrives_after_its_deadline_is_refused_before_anything_els
     assert (result.rate, result.retry_after, result.counted) == (None, None, False)
 
 
-@pytest.mark.parametrize(("cmd", "code", "detail"), [
-    (command("hologram"), RefusalCode.UNKNOWN_CAPABILITY, "unknown capability 'hologram'; known: image, video"),
-    (command("image", "espeak-ng"), RefusalCode.UNKNOWN_MODEL, "model 'espeak-ng' does not serve capability 'image'"),
-    (command("image", "no-such"), RefusalCode.UNKNOWN_MODEL, "model 'no-such' does not serve capability 'image'"),
-    (command("image", params={"width": 10}), RefusalCode.VALIDATION_ERROR, "params.width must be between 64 and 16384"),
-    (command("image", params={"batch_size": 1.5}), RefusalCode.VALIDATION_ERROR, "params.batch_size must be an integer"),
-])
-def test_a_request_the_catalog_cannot_serve_is_refused_with_the_catalog_code(cmd: SubmitJob, code: RefusalCode,
-                                                                               detail: str) -> None:
+@pytest.mark.parametrize(
+    ("cmd", "code", "detail"),
+    [
+        (command("hologram"), RefusalCode.UNKNOWN_CAPABILITY, "unknown capability 'hologram'; known: image, video"),
+        (
+            command("image", "espeak-ng"),
+            RefusalCode.UNKNOWN_MODEL,
+            "model 'espeak-ng' does not serve capability 'image'",
+        ),
+        (command("image", "no-such"), RefusalCode.UNKNOWN_MODEL, "model 'no-such' does not serve capability 'image'"),
+        (
+            command("image", params={"width": 10}),
+            RefusalCode.VALIDATION_ERROR,
+            "params.width must be between 64 and 16384",
+        ),
+        (
+            command("image", params={"batch_size": 1.5}),
+            RefusalCode.VALIDATION_ERROR,
+            "params.batch_size must be an integer",
+        ),
+    ],
+)
+def test_a_request_the_catalog_cannot_serve_is_refused_with_the_catalog_code(
+    cmd: SubmitJob, code: RefusalCode, detail: str
+) -> None:
     result = refused(admission.quote(cmd, CATALOG, NOW))
     assert result.code is code and result.detail.startswith(detail)
     assert (result.rate, result.retry_after, result.counted) == (None, None, False)
@@ -170,8 +211,10 @@ def test_a_job_above_todays_tokens_is_refused_until_the_quota_resets() -> None:
     resets = datetime(2027, 1, 16, tzinfo=UTC)
     assert result.retry_after == math.ceil(resets.timestamp() - NOW)
     assert result.rate is not None and result.rate.remaining == 2
-    assert result.detail == ("this job costs 1 tokens and 0.75 of today's 10 are left (6.5 used, 2.75 held by "
-                             f"unfinished jobs); the quota resets at {resets.isoformat()}")
+    assert result.detail == (
+        "this job costs 1 tokens and 0.75 of today's 10 are left (6.5 used, 2.75 held by "
+        f"unfinished jobs); the quota resets at {resets.isoformat()}"
+    )
     # The quota is reached exactly, not exceeded: admitted.
     assert isinstance(admit(quoted(), standing(used=6.25, reserved=2.75)), Admitted)
 
@@ -202,11 +245,20 @@ def state_with_users() -> tuple[SchedulerState, uuid.UUID]:
     state = SchedulerState(wall_clock=lambda: NOW)
     upload_limits = {"uploads_per_day": 1, "upload_bytes_per_day": 1000, "max_upload_bytes": 800}
     for seq, plan in enumerate((msgspec.structs.replace(PLAN, tier="free", name="Free", **upload_limits), PLAN), 1):
-        state.apply(PendingEvent(stream_type=StreamType.PLAN, stream_id=plan_stream_id(plan.tier), version=1,
-                                 data=plan).recorded(seq))
+        state.apply(
+            PendingEvent(
+                stream_type=StreamType.PLAN, stream_id=plan_stream_id(plan.tier), version=1, data=plan
+            ).recorded(seq)
+        )
     user_id = user_stream_id("web", "alice")
-    state.apply(PendingEvent(stream_type=StreamType.USER, stream_id=user_id, version=1,
-                             data=UserRegistered(platform="web", platform_user_id="alice", plan="free")).recorded(3))
+    state.apply(
+        PendingEvent(
+            stream_type=StreamType.USER,
+            stream_id=user_id,
+            version=1,
+            data=UserRegistered(platform="web", platform_user_id="alice", plan="free"),
+        ).recorded(3)
+    )
     return state, user_id
 
 
@@ -221,13 +273,21 @@ def submit(user_id: uuid.UUID, job_id: uuid.UUID) -> SubmitJob:
 
 
 def key(user_id: uuid.UUID, replaces: uuid.UUID | None = None) -> IssueApiKey:
-    return IssueApiKey(command_id=uuid.uuid4(), user_id=user_id, key_id=uuid.uuid4(), key_hash="h", key_prefix="p",
-                       replaces=replaces)
+    return IssueApiKey(
+        command_id=uuid.uuid4(), user_id=user_id, key_id=uuid.uuid4(), key_hash="h", key_prefix="p", replaces=replaces
+    )
 
 
 def upload(user_id: uuid.UUID, size: int) -> StoreUpload:
-    return StoreUpload(command_id=uuid.uuid4(), user_id=user_id, upload_id=uuid.uuid4(), object_name="uploads/x",
-                       content_type="audio/wav", size_bytes=size, expires_at=datetime.fromtimestamp(NOW, UTC))
+    return StoreUpload(
+        command_id=uuid.uuid4(),
+        user_id=user_id,
+        upload_id=uuid.uuid4(),
+        object_name="uploads/x",
+        content_type="audio/wav",
+        size_bytes=size,
+        expires_at=datetime.fromtimestamp(NOW, UTC),
+    )
 
 
 def test_jobs_accounts_keys_and_uploads_refuse_with_their_codes() -> None:
@@ -243,20 +303,49 @@ def test_jobs_accounts_keys_and_uploads_refuse_with_their_codes() -> None:
     assert answer(state, state.submit, submit(alice, job_id)).ok
     assert answer(state, state.submit, submit(alice, job_id)).ok  # the same submit again: one job
     expect(RefusalCode.JOB_ID_CONFLICT, answer(state, state.submit, submit(uuid.uuid4(), job_id)))
-    expect(RefusalCode.JOB_NOT_FOUND, answer(state, state.cancel, CancelJob(
-        command_id=uuid.uuid4(), job_id=job_id, user_id=uuid.uuid4())))
+    expect(
+        RefusalCode.JOB_NOT_FOUND,
+        answer(state, state.cancel, CancelJob(command_id=uuid.uuid4(), job_id=job_id, user_id=uuid.uuid4())),
+    )
     assert answer(state, state.cancel, CancelJob(command_id=uuid.uuid4(), job_id=job_id, user_id=alice)).ok
-    expect(RefusalCode.JOB_TERMINAL, answer(state, state.cancel, CancelJob(
-        command_id=uuid.uuid4(), job_id=job_id, user_id=alice)))
+    expect(
+        RefusalCode.JOB_TERMINAL,
+        answer(state, state.cancel, CancelJob(command_id=uuid.uuid4(), job_id=job_id, user_id=alice)),
+    )
     assert codes[RefusalCode.JOB_TERMINAL] == "job is already CANCELLED"
 
-    expect(RefusalCode.UNKNOWN_PLAN, answer(state, state.create_user, CreateUser(
-        command_id=uuid.uuid4(), platform="web", platform_user_id="bob", plan="gold", key_id=uuid.uuid4(),
-        key_hash="h", key_prefix="p")))
-    expect(RefusalCode.USER_NOT_FOUND, answer(state, state.change_user_plan, ChangeUserPlan(
-        command_id=uuid.uuid4(), platform="web", platform_user_id="bob", plan="starter")))
-    expect(RefusalCode.INVALID_PLAN, answer(state, state.define_plan, DefinePlan(
-        command_id=uuid.uuid4(), tier="starter", allowed_models=["no-such-model"])))
+    expect(
+        RefusalCode.UNKNOWN_PLAN,
+        answer(
+            state,
+            state.create_user,
+            CreateUser(
+                command_id=uuid.uuid4(),
+                platform="web",
+                platform_user_id="bob",
+                plan="gold",
+                key_id=uuid.uuid4(),
+                key_hash="h",
+                key_prefix="p",
+            ),
+        ),
+    )
+    expect(
+        RefusalCode.USER_NOT_FOUND,
+        answer(
+            state,
+            state.change_user_plan,
+            ChangeUserPlan(command_id=uuid.uuid4(), platform="web", platform_user_id="bob", plan="starter"),
+        ),
+    )
+    expect(
+        RefusalCode.INVALID_PLAN,
+        answer(
+            state,
+            state.define_plan,
+            DefinePlan(command_id=uuid.uuid4(), tier="starter", allowed_models=["no-such-model"]),
+        ),
+    )
     assert codes[RefusalCode.INVALID_PLAN] == "plan 'starter': unknown models no-such-model"
 
     expect(RefusalCode.USER_NOT_FOUND, answer(state, state.issue_api_key, key(uuid.uuid4())))
@@ -264,33 +353,54 @@ def test_jobs_accounts_keys_and_uploads_refuse_with_their_codes() -> None:
     for _ in range(MAX_KEYS_PER_USER):
         assert answer(state, state.issue_api_key, key(alice)).ok
     expect(RefusalCode.TOO_MANY_KEYS, answer(state, state.issue_api_key, key(alice)))
-    expect(RefusalCode.KEY_NOT_FOUND, answer(state, state.revoke_key, RevokeKey(
-        command_id=uuid.uuid4(), key_id=uuid.uuid4(), user_id=alice)))
+    expect(
+        RefusalCode.KEY_NOT_FOUND,
+        answer(state, state.revoke_key, RevokeKey(command_id=uuid.uuid4(), key_id=uuid.uuid4(), user_id=alice)),
+    )
 
     expect(RefusalCode.UPLOAD_TOO_LARGE, answer(state, state.store_upload, upload(alice, 900)))
     assert answer(state, state.store_upload, upload(alice, 500)).ok
     decision = answer(state, state.store_upload, upload(alice, 100))  # the plan's one upload a day is used
     expect(RefusalCode.UPLOAD_QUOTA_EXCEEDED, decision)
     assert decision.retry_after == math.ceil(datetime(2027, 1, 16, tzinfo=UTC).timestamp() - NOW)
-    expect(RefusalCode.UPLOAD_NOT_FOUND, answer(state, state.delete_upload, DeleteUpload(
-        command_id=uuid.uuid4(), user_id=alice, upload_id=uuid.uuid4())))
+    expect(
+        RefusalCode.UPLOAD_NOT_FOUND,
+        answer(
+            state, state.delete_upload, DeleteUpload(command_id=uuid.uuid4(), user_id=alice, upload_id=uuid.uuid4())
+        ),
+    )
 
     # With what admission covers above and the two the service answers for a command it sets aside
     # (UNSTORABLE_INPUT, COMMAND_FAILED: tests/e2e/test_poison.py), every code is exercised.
-    admission_codes = {RefusalCode.SUBMIT_EXPIRED, RefusalCode.UNKNOWN_CAPABILITY, RefusalCode.UNKNOWN_MODEL,
-                       RefusalCode.VALIDATION_ERROR, RefusalCode.UNKNOWN_USER, RefusalCode.RATE_LIMITED,
-                       RefusalCode.MODEL_NOT_ALLOWED, RefusalCode.RESOLUTION_TOO_HIGH,
-                       RefusalCode.TOO_MANY_QUEUED_JOBS, RefusalCode.NO_CAPABLE_WORKER, RefusalCode.QUOTA_EXCEEDED}
+    admission_codes = {
+        RefusalCode.SUBMIT_EXPIRED,
+        RefusalCode.UNKNOWN_CAPABILITY,
+        RefusalCode.UNKNOWN_MODEL,
+        RefusalCode.VALIDATION_ERROR,
+        RefusalCode.UNKNOWN_USER,
+        RefusalCode.RATE_LIMITED,
+        RefusalCode.MODEL_NOT_ALLOWED,
+        RefusalCode.RESOLUTION_TOO_HIGH,
+        RefusalCode.TOO_MANY_QUEUED_JOBS,
+        RefusalCode.NO_CAPABLE_WORKER,
+        RefusalCode.QUOTA_EXCEEDED,
+    }
     service_codes = {RefusalCode.UNSTORABLE_INPUT, RefusalCode.COMMAND_FAILED}
     assert set(codes) | admission_codes | service_codes == set(RefusalCode)
 
 
 def test_the_gateway_has_one_http_status_for_every_code() -> None:
     assert set(HTTP_STATUS) == set(RefusalCode)
-    assert {code: http_status(code) for code in ("UNKNOWN_USER", "MODEL_NOT_ALLOWED", "UPLOAD_TOO_LARGE",
-                                                 "SUBMIT_EXPIRED", "COMMAND_FAILED")} == {
-        "UNKNOWN_USER": 401, "MODEL_NOT_ALLOWED": 403, "UPLOAD_TOO_LARGE": 413, "SUBMIT_EXPIRED": 503,
-        "COMMAND_FAILED": 500}
+    assert {
+        code: http_status(code)
+        for code in ("UNKNOWN_USER", "MODEL_NOT_ALLOWED", "UPLOAD_TOO_LARGE", "SUBMIT_EXPIRED", "COMMAND_FAILED")
+    } == {
+        "UNKNOWN_USER": 401,
+        "MODEL_NOT_ALLOWED": 403,
+        "UPLOAD_TOO_LARGE": 413,
+        "SUBMIT_EXPIRED": 503,
+        "COMMAND_FAILED": 500,
+    }
     assert http_status("A_CODE_FROM_A_NEWER_SCHEDULER") == 500
 
 

@@ -99,8 +99,7 @@ async def test_partials_arrive_in_order_and_the_process_is_kept_between_calls(en
     assert await engine.call("count", 0) == (pid, 2)  # the same target, built once
 
 
-async def test_a_cancelled_call_kills_the_process_and_the_next_call_starts_a_fresh_one(
-        engine: EngineProcess) -> None:
+async def test_a_cancelled_call_kills_the_process_and_the_next_call_starts_a_fresh_one(engine: EngineProcess) -> None:
     task, pid = await started(engine, "spin", 60)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -191,8 +190,9 @@ asyncio.run(main())
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the kernel's parent-death signal is Linux's")
 async def test_a_killed_worker_takes_its_engine_process_with_it() -> None:
-    worker = await asyncio.create_subprocess_exec(sys.executable, "-c", WORKER, stdout=asyncio.subprocess.PIPE,
-                                                  cwd=Path(__file__).resolve().parents[2])
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", WORKER, stdout=asyncio.subprocess.PIPE, cwd=Path(__file__).resolve().parents[2]
+    )
     assert worker.stdout is not None
     child = int(await asyncio.wait_for(worker.stdout.readline(), 30))
     assert alive(child)
@@ -211,4 +211,3 @@ async def test_close_stops_the_process(engine: EngineProcess) -> None:
     assert pid is not None
     await engine.close()
     assert not alive(pid) and engine.pid is None
-

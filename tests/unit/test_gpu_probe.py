@@ -14,9 +14,15 @@ SMI = """0, NVIDIA H100 80GB HBM3, 81559, 1024, 80535, 37
 
 
 def test_the_worker_reads_its_own_gpu_from_nvidia_smi() -> None:
-    assert gpu.parse_smi(SMI, 0) == {"index": 0, "name": "NVIDIA H100 80GB HBM3", "memory_total_mib": 81559,
-                                     "memory_used_mib": 1024, "memory_free_mib": 80535, "utilization_percent": 37,
-                                     "source": "nvidia-smi"}
+    assert gpu.parse_smi(SMI, 0) == {
+        "index": 0,
+        "name": "NVIDIA H100 80GB HBM3",
+        "memory_total_mib": 81559,
+        "memory_used_mib": 1024,
+        "memory_free_mib": 80535,
+        "utilization_percent": 37,
+        "source": "nvidia-smi",
+    }
     assert gpu.parse_smi(SMI, 1) is None  # a field it cannot read: no figures rather than wrong ones
     assert gpu.parse_smi(SMI, 2) is None and gpu.parse_smi("", None) is None
 

@@ -27,12 +27,27 @@ JOB = uuid.uuid4()
 
 
 def rec(version: int, data: object) -> RecordedEvent:
-    return RecordedEvent(seq=version, event_id=uuid.uuid4(), stream_type="job", stream_id=JOB, version=version,
-                         recorded_at=datetime.now(UTC), causation_id=None, data=data)  # type: ignore[arg-type]
+    return RecordedEvent(
+        seq=version,
+        event_id=uuid.uuid4(),
+        stream_type="job",
+        stream_id=JOB,
+        version=version,
+        recorded_at=datetime.now(UTC),
+        causation_id=None,
+        data=data,
+    )  # type: ignore[arg-type]
 
 
-SUBMITTED = JobSubmitted(user_id=uuid.uuid4(), frontend="api", capability="echo", model="echo",
-                         params={"prompt": "hi"}, priority=0, cost_tokens=0)
+SUBMITTED = JobSubmitted(
+    user_id=uuid.uuid4(),
+    frontend="api",
+    capability="echo",
+    model="echo",
+    params={"prompt": "hi"},
+    priority=0,
+    cost_tokens=0,
+)
 EVENTS = {
     "queued": JobQueued(priority=0),
     "dispatched": JobDispatched(worker_id="w", attempt=1, reason="test"),
@@ -45,8 +60,15 @@ EVENTS = {
 
 
 def test_happy_path_reaches_completed() -> None:
-    job = fold([rec(1, SUBMITTED), rec(2, EVENTS["queued"]), rec(3, EVENTS["dispatched"]), rec(4, EVENTS["started"]),
-                rec(5, EVENTS["completed"])])
+    job = fold(
+        [
+            rec(1, SUBMITTED),
+            rec(2, EVENTS["queued"]),
+            rec(3, EVENTS["dispatched"]),
+            rec(4, EVENTS["started"]),
+            rec(5, EVENTS["completed"]),
+        ]
+    )
     assert job is not None and job.status is JobStatus.COMPLETED and job.version == 5 and job.attempt == 1
 
 

@@ -69,8 +69,9 @@ def _imports(path: Path, *, top_level_only: bool) -> list[tuple[int, str]]:
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             # `from pkg import mod` imports pkg.mod when that is a module, else a name of pkg.
-            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module
-                     for a in node.names]
+            names = [
+                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module for a in node.names
+            ]
         else:
             continue
         found += [(node.lineno, name) for name in names if name.split(".")[0] in LAYERS]
@@ -91,18 +92,25 @@ def test_no_import_runs_up_or_sideways() -> None:
             if target_package == package or package == "tessera":
                 continue
             if LAYERS[target_package] >= LAYERS[package]:
-                wrong.append(f"{path.relative_to(ROOT)}:{line} imports {target} (layer {LAYERS[target_package]}"
-                             f" from layer {LAYERS[package]})")
-            elif target_package in PUBLIC and not any(target == m or target.startswith(m + ".")
-                                                      for m in PUBLIC[target_package]):
-                wrong.append(f"{path.relative_to(ROOT)}:{line} imports {target}, which is not among "
-                             f"{target_package}'s public modules {sorted(PUBLIC[target_package])}")
+                wrong.append(
+                    f"{path.relative_to(ROOT)}:{line} imports {target} (layer {LAYERS[target_package]}"
+                    f" from layer {LAYERS[package]})"
+                )
+            elif target_package in PUBLIC and not any(
+                target == m or target.startswith(m + ".") for m in PUBLIC[target_package]
+            ):
+                wrong.append(
+                    f"{path.relative_to(ROOT)}:{line} imports {target}, which is not among "
+                    f"{target_package}'s public modules {sorted(PUBLIC[target_package])}"
+                )
     assert not wrong, "\n".join(wrong)
 
 
 def test_no_import_cycle() -> None:
-    graph = {name: {t for _, t in _imports(path, top_level_only=True) if t in MODULES and t != name}
-             for name, path in MODULES.items()}
+    graph = {
+        name: {t for _, t in _imports(path, top_level_only=True) if t in MODULES and t != name}
+        for name, path in MODULES.items()
+    }
     cycles = []
     state: dict[str, int] = {}  # 1: on the current path, 2: done
     path: list[str] = []
@@ -112,7 +120,7 @@ def test_no_import_cycle() -> None:
         path.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                cycles.append(" -> ".join([*path[path.index(nxt):], nxt]))
+                cycles.append(" -> ".join([*path[path.index(nxt) :], nxt]))
             elif nxt not in state:
                 visit(nxt)
         path.pop()
@@ -132,4 +140,5 @@ def test_module_size(name: str) -> None:
         head = text.splitlines()[:3]
         assert any(line.startswith(SIZE_REASON) for line in head), (
             f"{MODULES[name].relative_to(ROOT)} has {lines} lines: split it, or say why at its top "
-            f"('{SIZE_REASON} <reason>')")
+            f"('{SIZE_REASON} <reason>')"
+        )

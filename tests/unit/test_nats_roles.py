@@ -18,8 +18,9 @@ def test_every_command_has_its_own_subject_and_each_report_names_its_worker() ->
     others = [kind for kind in typing.get_args(AnyCommand) if not kind.__name__.startswith("Report")]
     assert sorted(kind.__name__ for kind in messages._SUBJECTS) == sorted(kind.__name__ for kind in others)
     assert len(set(messages._SUBJECTS.values())) == len(others)
-    report = ReportCompleted(job_id=uuid.uuid4(), worker_id="gpu-1", attempt=1, artifacts=[],
-                             execution_time_seconds=0.1)
+    report = ReportCompleted(
+        job_id=uuid.uuid4(), worker_id="gpu-1", attempt=1, artifacts=[], execution_time_seconds=0.1
+    )
     assert subject_of(report) == "tessera.cmd.job.completed.gpu-1"
     with pytest.raises(ValueError):
         subject_of(msgspec.structs.replace(report, worker_id="gpu-1.>"))
@@ -31,8 +32,10 @@ def test_a_worker_may_touch_only_its_own_subjects() -> None:
     assert role.subscribe == ("_INBOX_worker-gpu-1.>", "tessera.control.gpu-1")
     assert s.CMD_SUBMIT not in (role.publish or ())
     assert "$JS.API.CONSUMER.CREATE.TESSERA_DISPATCH.worker-gpu-1.tessera.dispatch.gpu-1" in (role.publish or ())
-    assert not any(p.startswith(("tessera.events", "tessera.dispatch", "$JS.API.STREAM.CREATE", "$JS.API.>"))
-                   for p in role.publish or ())
+    assert not any(
+        p.startswith(("tessera.events", "tessera.dispatch", "$JS.API.STREAM.CREATE", "$JS.API.>"))
+        for p in role.publish or ()
+    )
 
 
 def test_role_names_are_checked() -> None:

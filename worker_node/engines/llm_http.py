@@ -31,8 +31,9 @@ def _messages(params: dict[str, Any]) -> list[dict[str, str]]:
     messages = params.get("messages")
     if messages is not None:
         if not isinstance(messages, list) or not all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in messages):
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages
+        ):
             raise EngineError("INVALID_PARAMS", "params.messages must be a list of {role, content} strings")
         return messages
     out = []
@@ -87,15 +88,24 @@ class _HttpTextEngine:
     probe_path = "/"
     capabilities: tuple[str, ...] = ("text",)
 
-    def __init__(self, *, name: str, base_url: str, models: dict[str, str], slots: int, timeout_s: float,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        base_url: str,
+        models: dict[str, str],
+        slots: int,
+        timeout_s: float,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
         self.model_map = dict(models)
         self.models = tuple(models)
         self.slots = slots
-        self._client = httpx.AsyncClient(base_url=self.base_url, headers=headers,
-                                         timeout=httpx.Timeout(timeout_s, connect=10.0))
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url, headers=headers, timeout=httpx.Timeout(timeout_s, connect=10.0)
+        )
 
     def _max_tokens(self, params: dict[str, Any]) -> int:
         value = params.get("max_tokens", 256)
@@ -111,8 +121,15 @@ class _HttpTextEngine:
         return await answers(self._client, self.probe_path)
 
     def _output(self, partial: _Partial) -> list[Output]:
-        return [Output(kind="text", format="txt", content_type="text/plain; charset=utf-8", text=partial.text,
-                       usage={"output_tokens": float(partial.tokens)})]
+        return [
+            Output(
+                kind="text",
+                format="txt",
+                content_type="text/plain; charset=utf-8",
+                text=partial.text,
+                usage={"output_tokens": float(partial.tokens)},
+            )
+        ]
 
 
 class OpenAIChatEngine(_HttpTextEngine):
@@ -120,16 +137,30 @@ class OpenAIChatEngine(_HttpTextEngine):
     """`POST /v1/chat/completions` with `stream: true`: llama.cpp's llama-server, vLLM,
     llama-cpp-python's server, and other OpenAI-compatible servers."""
 
-    def __init__(self, base_url: str, models: dict[str, str], *, api_key: str | None = None, slots: int = 4,
-                 timeout_s: float = 300.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        models: dict[str, str],
+        *,
+        api_key: str | None = None,
+        slots: int = 4,
+        timeout_s: float = 300.0,
+    ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
-        super().__init__(name="openai", base_url=base_url, models=models, slots=slots, timeout_s=timeout_s,
-                         headers=headers)
+        super().__init__(
+            name="openai", base_url=base_url, models=models, slots=slots, timeout_s=timeout_s, headers=headers
+        )
 
     async def run(self, job: JobInput, ctx: JobContext) -> list[Output]:
         max_tokens = self._max_tokens(job.params)
-        body = {"model": self.model_map[job.model], "messages": _messages(job.params), "max_tokens": max_tokens,
-                "stream": True, "stream_options": {"include_usage": True}, **_sampling(job.params)}
+        body = {
+            "model": self.model_map[job.model],
+            "messages": _messages(job.params),
+            "max_tokens": max_tokens,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            **_sampling(job.params),
+        }
         partial = _Partial(ctx, max_tokens)
         reported: int | None = None
         finished = False
@@ -166,8 +197,9 @@ class KoboldEngine(_HttpTextEngine):
     """KoboldCPP's native API: `POST /api/extra/generate/stream` (one token per event), with
     `/api/extra/abort` on cancel and `/api/v1/model` to check what is loaded."""
 
-    def __init__(self, base_url: str, models: dict[str, str], *, slots: int = 1, timeout_s: float = 300.0,
-                 stream: bool = True) -> None:
+    def __init__(
+        self, base_url: str, models: dict[str, str], *, slots: int = 1, timeout_s: float = 300.0, stream: bool = True
+    ) -> None:
         super().__init__(name="kobold", base_url=base_url, models=models, slots=slots, timeout_s=timeout_s)
         self.stream = stream  # False: the blocking /api/v1/generate, for servers without streaming
 
@@ -189,8 +221,7 @@ class KoboldEngine(_HttpTextEngine):
     async def run(self, job: JobInput, ctx: JobContext) -> list[Output]:
         max_tokens = self._max_tokens(job.params)
         genkey = f"tessera-{job.job_id.hex[:12]}-{uuid.uuid4().hex[:6]}"
-        body = {"prompt": self._prompt(job.params), "max_length": max_tokens, "genkey": genkey,
-                **_sampling(job.params)}
+        body = {"prompt": self._prompt(job.params), "max_length": max_tokens, "genkey": genkey, **_sampling(job.params)}
         partial = _Partial(ctx, max_tokens)
         if not self.stream:
             return await self._generate(body, genkey, partial)

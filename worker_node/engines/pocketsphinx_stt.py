@@ -81,8 +81,15 @@ class PocketSphinxEngine:
             await ctx.progress(0.1, f"{seconds:.1f}s of audio", None)
 
         text, seconds = await self.process.call("transcribe", data, partial=measured)
-        return [Output(kind="text", format="txt", content_type="text/plain; charset=utf-8", text=text,
-                       usage={"audio_seconds": round(seconds, 3)})]
+        return [
+            Output(
+                kind="text",
+                format="txt",
+                content_type="text/plain; charset=utf-8",
+                text=text,
+                usage={"audio_seconds": round(seconds, 3)},
+            )
+        ]
 
     async def close(self) -> None:
         await self.process.close()

@@ -111,8 +111,14 @@ class EngineProcess:
             # worker alone, which drains its jobs and then closes this process, rather than the
             # signal killing the job under it.
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", __name__, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                env=env, start_new_session=True)
+                sys.executable,
+                "-m",
+                __name__,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                env=env,
+                start_new_session=True,
+            )
         except OSError as exc:
             raise EngineError("ENGINE_UNAVAILABLE", f"{self.name}'s process could not start: {exc}") from exc
         self._process = process
@@ -143,8 +149,9 @@ class EngineProcess:
     async def _disconnected(self, process: asyncio.subprocess.Process) -> EngineError:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(process.wait(), self._stop_grace_s)
-        return EngineError("ENGINE_DISCONNECTED",
-                           f"{self.name}'s process ended unexpectedly (exit status {process.returncode})")
+        return EngineError(
+            "ENGINE_DISCONNECTED", f"{self.name}'s process ended unexpectedly (exit status {process.returncode})"
+        )
 
     async def _stop_shielded(self, process: asyncio.subprocess.Process, *, gently: bool = False) -> None:
         """Stop `process`, even when the caller is cancelled again meanwhile; the next call starts another."""

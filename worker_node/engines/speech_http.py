@@ -34,8 +34,18 @@ def wav_seconds(data: bytes) -> float | None:
 
 
 class _HttpSpeech:
-    def __init__(self, *, name: str, base_url: str, models: dict[str, str], api: str, apis: tuple[str, ...],
-                 slots: int, timeout_s: float, api_key: str | None) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        base_url: str,
+        models: dict[str, str],
+        api: str,
+        apis: tuple[str, ...],
+        slots: int,
+        timeout_s: float,
+        api_key: str | None,
+    ) -> None:
         if api not in apis:
             raise ValueError(f"{name}: api must be one of {', '.join(apis)}")
         self.name = name
@@ -45,8 +55,9 @@ class _HttpSpeech:
         self.models = tuple(models)
         self.slots = slots
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
-        self._client = httpx.AsyncClient(base_url=self.base_url, headers=headers,
-                                         timeout=httpx.Timeout(timeout_s, connect=10.0))
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url, headers=headers, timeout=httpx.Timeout(timeout_s, connect=10.0)
+        )
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -66,10 +77,26 @@ class _HttpSpeech:
 class WhisperEngine(_HttpSpeech):
     capabilities: tuple[str, ...] = ("stt",)
 
-    def __init__(self, base_url: str, models: dict[str, str], *, api: str = "openai", slots: int = 2,
-                 timeout_s: float = 600.0, api_key: str | None = None) -> None:
-        super().__init__(name="whisper", base_url=base_url, models=models, api=api, apis=("openai", "whisper.cpp"),
-                         slots=slots, timeout_s=timeout_s, api_key=api_key)
+    def __init__(
+        self,
+        base_url: str,
+        models: dict[str, str],
+        *,
+        api: str = "openai",
+        slots: int = 2,
+        timeout_s: float = 600.0,
+        api_key: str | None = None,
+    ) -> None:
+        super().__init__(
+            name="whisper",
+            base_url=base_url,
+            models=models,
+            api=api,
+            apis=("openai", "whisper.cpp"),
+            slots=slots,
+            timeout_s=timeout_s,
+            api_key=api_key,
+        )
 
     async def run(self, job: JobInput, ctx: JobContext) -> list[Output]:
         data, content_type = await read_input(job, ctx)
@@ -81,8 +108,9 @@ class WhisperEngine(_HttpSpeech):
                 form[name] = job.params[name]
         path = "/v1/audio/transcriptions" if self.api == "openai" else "/inference"
         await ctx.progress(None, "transcribing", None)
-        response = await self._post("the speech-to-text server", path, data=form,
-                                    files={"file": ("input", data, content_type)})
+        response = await self._post(
+            "the speech-to-text server", path, data=form, files={"file": ("input", data, content_type)}
+        )
         try:
             body = response.json()
             text = str(body["text"]).strip()
@@ -96,18 +124,39 @@ class WhisperEngine(_HttpSpeech):
 class SpeechEngine(_HttpSpeech):
     capabilities: tuple[str, ...] = ("tts",)
 
-    def __init__(self, base_url: str, models: dict[str, str], *, api: str = "openai", slots: int = 2,
-                 timeout_s: float = 300.0, api_key: str | None = None, default_voice: str | None = None) -> None:
-        super().__init__(name="tts-http", base_url=base_url, models=models, api=api, apis=("openai", "piper"),
-                         slots=slots, timeout_s=timeout_s, api_key=api_key)
+    def __init__(
+        self,
+        base_url: str,
+        models: dict[str, str],
+        *,
+        api: str = "openai",
+        slots: int = 2,
+        timeout_s: float = 300.0,
+        api_key: str | None = None,
+        default_voice: str | None = None,
+    ) -> None:
+        super().__init__(
+            name="tts-http",
+            base_url=base_url,
+            models=models,
+            api=api,
+            apis=("openai", "piper"),
+            slots=slots,
+            timeout_s=timeout_s,
+            api_key=api_key,
+        )
         self.default_voice = default_voice
 
     async def run(self, job: JobInput, ctx: JobContext) -> list[Output]:
         text = str(job.params.get("prompt", ""))
         voice = job.params.get("voice") or self.default_voice
         if self.api == "openai":
-            body: dict[str, Any] = {"model": self.model_map[job.model], "input": text, "voice": voice or "alloy",
-                                    "response_format": "wav"}
+            body: dict[str, Any] = {
+                "model": self.model_map[job.model],
+                "input": text,
+                "voice": voice or "alloy",
+                "response_format": "wav",
+            }
             if isinstance(job.params.get("speed"), int | float):
                 body["speed"] = job.params["speed"]
             response = await self._post("the text-to-speech server", "/v1/audio/speech", json=body)
@@ -118,5 +167,6 @@ class SpeechEngine(_HttpSpeech):
         seconds = wav_seconds(audio)
         if seconds is None:
             raise EngineError("ENGINE_ERROR", "the text-to-speech server did not answer with a WAV file")
-        return [Output(kind="audio", format="wav", content_type="audio/wav", data=audio,
-                       duration_seconds=round(seconds, 3))]
+        return [
+            Output(kind="audio", format="wav", content_type="audio/wav", data=audio, duration_seconds=round(seconds, 3))
+        ]

@@ -13,14 +13,16 @@ from PIL import Image
 class TesseraSlowProgress:
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "image": ("IMAGE",),
-            "steps": ("INT", {"default": 4, "min": 1, "max": 1000}),
-            "seconds_per_step": ("FLOAT", {"default": 0.2, "min": 0.0, "max": 60.0, "step": 0.01}),
-            "preview": ("BOOLEAN", {"default": True}),
-            "fail": ("BOOLEAN", {"default": False}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 2**48}),
-        }}
+        return {
+            "required": {
+                "image": ("IMAGE",),
+                "steps": ("INT", {"default": 4, "min": 1, "max": 1000}),
+                "seconds_per_step": ("FLOAT", {"default": 0.2, "min": 0.0, "max": 60.0, "step": 0.01}),
+                "preview": ("BOOLEAN", {"default": True}),
+                "fail": ("BOOLEAN", {"default": False}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**48}),
+            }
+        }
 
     RETURN_TYPES = ("IMAGE",)
     FUNCTION = "run"
