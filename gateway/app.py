@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from base import db
 from base.config import Settings
-from events.types import decode_recorded
+from events.types import ApiKeyRevoked, FrontendKeyRevoked, decode_recorded
 from gateway import errors
 from gateway.deps import Services
 from gateway.fleet import Fleet
@@ -77,7 +77,9 @@ def create_app(settings: Settings, *, nats_url: str, database_url: str) -> FastA
 
             async def on_revoked(msg: Msg) -> None:  # a key revoked on any gateway, by anyone
                 with contextlib.suppress(msgspec.DecodeError):
-                    services.key_revoked(decode_recorded(msg.data).data.key_id)  # type: ignore[union-attr]
+                    event = decode_recorded(msg.data).data
+                    if isinstance(event, ApiKeyRevoked | FrontendKeyRevoked):
+                        services.key_revoked(event.key_id)
 
             revocations = [await nc.subscribe(subject, cb=on_revoked) for subject in s.KEYS_REVOKED]
             try:

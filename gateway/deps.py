@@ -49,7 +49,8 @@ class Services:
 
 
 async def _services(request: Request) -> Services:  # async: a sync dependency costs a thread hop
-    return request.app.state.services  # type: ignore[no-any-return]
+    services: Services = request.app.state.services  # Starlette's app state is untyped
+    return services
 
 
 _NUMERIC_IDS = ("telegram", "discord")  # their user ids are integers (Discord's snowflakes too)
@@ -86,14 +87,14 @@ def parse_user_ref(user_ref: str, frontend: str) -> tuple[str, str]:
 class KeyHolder:
     """A valid key: a user's own (`user_id`), or a frontend's (`frontend`, `bot_id`)."""
 
-    user_id: object | None
+    user_id: uuid.UUID | None
     frontend: str
     bot_id: str | None
     key_id: uuid.UUID | None = None
 
     def acting_for(self, user_ref: str | None) -> Principal:
         if self.user_id is not None:
-            return Principal(user_id=self.user_id, frontend="api", bot_id=None, user_ref=None)  # type: ignore[arg-type]
+            return Principal(user_id=self.user_id, frontend="api", bot_id=None, user_ref=None)
         if not user_ref:
             raise Problem(
                 422,

@@ -27,8 +27,11 @@ class Fleet:
         return sum(w.slots_for(model) for w in self.online())
 
     async def start(self, js: JetStreamContext) -> None:
-        self._feed = WorkersFeed(js, on_status=self._seen, on_gone=lambda key: self._workers.pop(key, None))
+        self._feed = WorkersFeed(js, on_status=self._seen, on_gone=self._gone)
         self._task = asyncio.create_task(self._feed.run(), name="gateway-fleet")
+
+    def _gone(self, worker_id: str) -> None:
+        self._workers.pop(worker_id, None)
 
     def reconnected(self) -> None:
         """Back on NATS: workers were silent only to us; follow the bucket anew."""

@@ -14,6 +14,7 @@ import uuid
 from collections import defaultdict
 from datetime import UTC
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -123,7 +124,7 @@ _ARTIFACT_COLUMN_TYPES = {
 _INSERT_ARTIFACTS = _unnest_insert("artifacts", _ARTIFACT_COLUMN_TYPES) + " ON CONFLICT (id) DO NOTHING"
 
 
-def _job_arrays(jobs: list[Job]) -> list[list]:
+def _job_arrays(jobs: list[Job]) -> list[list[object]]:
     """One list per column of `jobs`, in column order, for `_UPSERT_JOBS`."""
     arrays = []
     for column in _JOB_COLUMNS:
@@ -191,9 +192,11 @@ async def _apply_jobs(conn: asyncpg.Connection, records: list[RecordedEvent]) ->
         return
     await conn.execute(_UPSERT_JOBS, *_job_arrays(list(folded.values())))
 
-    queue_rows, dequeued, artifacts = [], [], []
+    queue_rows: list[tuple[object, ...]] = []
+    dequeued: list[uuid.UUID] = []
+    artifacts: list[tuple[object, ...]] = []
     usage: dict[tuple[uuid.UUID, object], list[float]] = defaultdict(lambda: [0.0, 0, 0, 0.0, 0.0, 0.0, 0.0])
-    model_stats: dict[str, list] = defaultdict(lambda: [0, Decimal(0)])
+    model_stats: dict[str, list[Any]] = defaultdict(lambda: [0, Decimal(0)])
     for job_id, job in folded.items():
         recs = applied[job_id]
         if job.status is JobStatus.QUEUED:
@@ -262,7 +265,7 @@ async def _apply_jobs(conn: asyncpg.Connection, records: list[RecordedEvent]) ->
     await _apply_model_stats(conn, model_stats)
 
 
-async def _apply_model_stats(conn: asyncpg.Connection, model_stats: dict[str, list]) -> None:
+async def _apply_model_stats(conn: asyncpg.Connection, model_stats: dict[str, list[Any]]) -> None:
     if model_stats:
         await conn.executemany(
             "INSERT INTO model_stats AS m (model, jobs_completed, total_execution_seconds) VALUES ($1, $2, $3)"

@@ -57,7 +57,8 @@ async def jobs_of(
 ) -> list[asyncpg.Record]:
     return list(
         await conn.fetch(
-            "SELECT id, status, capability, model, cost_tokens, frontend, bot_id, worker_id, created_at, ended_at, error"
+            "SELECT id, status, capability, model, cost_tokens, frontend, bot_id, worker_id, created_at, ended_at,"
+            " error"
             " FROM jobs WHERE user_id = $1 AND ($2::timestamptz IS NULL OR created_at < $2)"
             " AND ($3::text IS NULL OR status = $3) ORDER BY created_at DESC, id LIMIT $4",
             user_id,

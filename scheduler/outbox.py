@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from dataclasses import dataclass, field
 
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
@@ -95,7 +97,7 @@ class _Acks:
         self._nc = nc
         self._prefix = f"{nc.new_inbox()}."
         self._rounds: dict[str, _Round] = {}
-        self._sub = None
+        self._sub: Subscription | None = None
         self._n = 0
 
     async def expect(self) -> _Round:
@@ -211,7 +213,7 @@ class Outbox:
                     log.info("discarding refused artifact %s: %s", name, exc)
 
 
-def terminal_notifications(records: list[RecordedEvent], jobs: dict) -> list[tuple[RecordedEvent, Job]]:
+def terminal_notifications(records: list[RecordedEvent], jobs: dict[uuid.UUID, Job]) -> list[tuple[RecordedEvent, Job]]:
     """The terminal events of a batch, paired with the job state they produced."""
     out = []
     for rec in records:

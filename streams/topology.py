@@ -79,6 +79,7 @@ def stream_configs(events_max_age_s: float = 30 * DAY) -> list[StreamConfig]:
 async def ensure(js: JetStreamContext, *, artifact_ttl_s: float = 7 * DAY) -> None:
     """Bring streams and buckets to the configuration above; safe to run from every process."""
     for config in stream_configs():
+        assert config.name is not None  # every configuration above names its stream
         try:
             await js.stream_info(config.name)
         except NotFoundError:

@@ -13,15 +13,25 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 import msgspec
 import nats.errors
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 
 from streams import subjects as s
 from streams.messages import WorkerStatus
 
 log = logging.getLogger(__name__)
+
+
+class Watcher(Protocol):
+    """What the feed uses of nats-py's `KeyValue.KeyWatcher`, whose methods carry no types."""
+
+    async def updates(self, timeout: float = 5.0) -> KeyValue.Entry | None: ...
+
+    async def stop(self) -> None: ...
 
 
 class WorkersFeed:
@@ -55,7 +65,7 @@ class WorkersFeed:
             self._restart.clear()
             try:
                 kv = await self._js.key_value(s.WORKERS_BUCKET)
-                watcher = await kv.watchall()
+                watcher: Watcher = await kv.watchall()
             except (nats.errors.Error, TimeoutError) as exc:
                 log.warning("cannot watch the workers bucket (%s); retrying", exc)
                 await asyncio.sleep(0.5)
@@ -69,7 +79,7 @@ class WorkersFeed:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(watcher.stop(), 2)
 
-    async def _follow(self, watcher, decoder: msgspec.json.Decoder) -> None:  # type: ignore[no-untyped-def]
+    async def _follow(self, watcher: Watcher, decoder: msgspec.json.Decoder[WorkerStatus]) -> None:
         silent = 0.0
         while not self._restart.is_set():
             try:

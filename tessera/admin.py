@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 import asyncpg
+import msgspec
 
 from base import db
 from base.keys import FRONTEND_KEY_PREFIX, PLATFORMS, USER_KEY_PREFIX, new_key
@@ -18,7 +20,15 @@ from projector.queries import wait_for_projection
 from streams import connection, topology
 from streams import subjects as s
 from streams.commands import CommandBus
-from streams.messages import ChangeUserPlan, CreateFrontendKey, CreateUser, DefinePlan, IssueApiKey, RevokeKey
+from streams.messages import (
+    ChangeUserPlan,
+    CreateFrontendKey,
+    CreateUser,
+    Decision,
+    DefinePlan,
+    IssueApiKey,
+    RevokeKey,
+)
 
 
 async def migrate(database_url: str, nats_url: str | None = None) -> list[str]:
@@ -29,7 +39,7 @@ async def migrate(database_url: str, nats_url: str | None = None) -> list[str]:
     return applied
 
 
-async def _send_and_wait(nats_url: str, database_url: str, subject: str, command: object, msg_id: str) -> object:
+async def _send_and_wait(nats_url: str, database_url: str, subject: str, command: object, msg_id: str) -> Decision:
     async with connection.opened_once(nats_url, "tessera-admin") as nc:
         bus = await CommandBus(nc).start()
         try:
@@ -63,7 +73,8 @@ async def create_user(
     decision = await _send_and_wait(
         nats_url, database_url, s.admin("user-create"), command, f"user-create:{command.command_id}"
     )
-    return decision.user_id, key  # type: ignore[attr-defined]
+    assert decision.user_id is not None  # the scheduler names the user it registered
+    return decision.user_id, key
 
 
 async def create_frontend_key(nats_url: str, database_url: str, *, frontend: str, bot_id: str | None) -> str:
@@ -86,7 +97,9 @@ async def create_frontend_key(nats_url: str, database_url: str, *, frontend: str
     return key
 
 
-async def list_keys(database_url: str, *, platform: str | None = None, user_id: str | None = None) -> list[dict]:
+async def list_keys(
+    database_url: str, *, platform: str | None = None, user_id: str | None = None
+) -> list[dict[str, Any]]:
     """A user's API keys, or (no user named) every frontend key; never the keys themselves."""
     async with db.connection(database_url, json_codec=False) as conn:
         if platform and user_id:
@@ -174,7 +187,8 @@ async def change_user_plan(nats_url: str, database_url: str, *, platform: str, u
     decision = await _send_and_wait(
         nats_url, database_url, s.admin("user-plan"), command, f"user-plan:{command.command_id}"
     )
-    return decision.user_id  # type: ignore[attr-defined]
+    assert decision.user_id is not None  # the scheduler names the user whose plan changed
+    return decision.user_id
 
 
 async def define_plan(nats_url: str, database_url: str, command: DefinePlan) -> None:
@@ -182,7 +196,7 @@ async def define_plan(nats_url: str, database_url: str, command: DefinePlan) -> 
     await _send_and_wait(nats_url, database_url, s.admin("plan-define"), command, f"plan-define:{command.command_id}")
 
 
-async def list_plans(database_url: str) -> list[dict[str, object]]:
+async def list_plans(database_url: str) -> list[dict[str, Any]]:
     async with db.connection(database_url, json_codec=False) as conn:
         rows = await queries.all_plans(conn)
     return [dict(r) for r in rows]
@@ -215,8 +229,8 @@ async def job_history(database_url: str, job_id: uuid.UUID) -> list[str]:
     return lines
 
 
-def _fields(event: object) -> dict[str, object]:
-    return {f: getattr(event, f) for f in event.__struct_fields__}  # type: ignore[attr-defined]
+def _fields(event: msgspec.Struct) -> dict[str, object]:
+    return msgspec.structs.asdict(event)
 
 
 def _kv(values: dict[str, object]) -> str:

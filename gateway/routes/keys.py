@@ -29,7 +29,7 @@ router = APIRouter(prefix="/api/v1/keys", tags=["keys"])
 def _owner(holder: KeyHolder) -> uuid.UUID:
     if holder.user_id is None:
         raise Problem(403, "USER_KEY_REQUIRED", "keys are managed with the user's own API key, not a frontend's")
-    return holder.user_id  # type: ignore[return-value]
+    return holder.user_id
 
 
 def _key_id(raw: str) -> uuid.UUID:

@@ -47,8 +47,8 @@ class _Espeak:
                 cls._instance = _Espeak()
             return cls._instance
 
-    def _on_samples(self, wav: ctypes.POINTER(ctypes.c_short), count: int, _events: int) -> int:  # type: ignore[valid-type]
-        if wav and count > 0:
+    def _on_samples(self, wav: ctypes._Pointer[ctypes.c_short], count: int, _events: int) -> int:
+        if bool(wav) and count > 0:  # a NULL pointer is false
             self._chunks.append(ctypes.string_at(wav, count * 2))
         return 0
 
