@@ -243,6 +243,12 @@ class FakeComfyUI:
 
     def _api(self) -> FastAPI:
         app = FastAPI()
+        self._socket_route(app)
+        self._prompt_routes(app)
+        self._read_routes(app)
+        return app
+
+    def _socket_route(self, app: FastAPI) -> None:
         memory = self.memory
 
         @app.websocket("/ws")
@@ -272,6 +278,10 @@ class FakeComfyUI:
             finally:
                 if memory.sockets.get(sid) is socket:
                     del memory.sockets[sid]
+
+    def _prompt_routes(self, app: FastAPI) -> None:
+        """Queueing, the queue and interrupting."""
+        memory = self.memory
 
         @app.post("/prompt")
         async def prompt(request: Request) -> JSONResponse:
@@ -320,6 +330,10 @@ class FakeComfyUI:
             if prompt_id is None or (memory.running is not None and memory.running.prompt_id == prompt_id):
                 memory.interrupt = True
             return Response(status_code=200)
+
+    def _read_routes(self, app: FastAPI) -> None:
+        """History, outputs and what the server holds."""
+        memory = self.memory
 
         @app.get("/history")
         async def history_all() -> dict[str, Any]:
@@ -375,8 +389,6 @@ class FakeComfyUI:
                     }
                 ],
             }
-
-        return app
 
     # --- the prompt worker ----------------------------------------------------------------------
 

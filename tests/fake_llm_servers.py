@@ -174,6 +174,13 @@ def kobold_app(recorder: Recorder) -> FastAPI:
             running[genkey].set()
         return {"success": "true", "done": "true"}
 
+    _kobold_stream_route(app, recorder, running)
+    return app
+
+
+def _kobold_stream_route(app: FastAPI, recorder: Recorder, running: dict[str, asyncio.Event]) -> None:
+    """KoboldCPP's streaming generate: server-sent tokens, stopped by /api/extra/abort."""
+
     @app.post("/api/extra/generate/stream")
     async def generate(request: Request):  # type: ignore[no-untyped-def]
         body = await request.json()
@@ -202,8 +209,6 @@ def kobold_app(recorder: Recorder) -> FastAPI:
             yield event("", "length" if len(tokens) == body.get("max_length") else "stop")
 
         return StreamingResponse(stream(), media_type="text/event-stream")
-
-    return app
 
 
 @contextlib.asynccontextmanager
