@@ -17,7 +17,7 @@ from events.types import ApiKeyRevoked, FrontendKeyRevoked, decode_recorded
 from gateway import errors
 from gateway.deps import Services
 from gateway.fleet import Fleet
-from gateway.routes import artifacts, jobs, keys, meta, uploads, users
+from gateway.routes import artifacts, job_stream, jobs, keys, meta, uploads, users
 from streams import connection
 from streams import subjects as s
 from streams.commands import CommandBus
@@ -99,7 +99,15 @@ def create_app(settings: Settings, *, nats_url: str, database_url: str) -> FastA
         "Errors are application/problem+json with a stable `code`.",
     )
     errors.install(app)
-    for router in (jobs.router, uploads.router, artifacts.router, users.router, keys.router, meta.router):
+    for router in (
+        jobs.router,
+        job_stream.router,
+        uploads.router,
+        artifacts.router,
+        users.router,
+        keys.router,
+        meta.router,
+    ):
         app.include_router(router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes, larger={"/api/v1/uploads": settings.max_upload_bytes})
     return app

@@ -1,22 +1,20 @@
-"""/api/v1/jobs: submit, read, list, cancel, audit history and follow a job."""
+"""/api/v1/jobs: submit, read, list, cancel and audit history of a job. Following a job as
+server-sent events is `gateway.routes.job_stream`."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
 import pydantic
-from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
 
 from base.catalog import Catalog, Model, QuoteRefused
-from events.job import Job, JobStatus, evolve, fold
-from events.types import JobQueued, JobRequeued, RecordedEvent, decode_recorded
+from events.job import Job, JobStatus, fold
+from events.types import JobQueued, JobRequeued, RecordedEvent
 from gateway.decisions import decide, quote_refusal, rate_headers, refusal
 from gateway.deps import CurrentPrincipal, Services, ServicesDep, key_holder
 from gateway.errors import Problem
@@ -27,7 +25,7 @@ from gateway.views import event_view, job_view
 from projector import queries
 from scheduler import rules
 from streams import subjects as s
-from streams.messages import CancelJob, Progress, SubmitJob
+from streams.messages import CancelJob, SubmitJob
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
@@ -223,7 +221,7 @@ async def load_own_job(services: Services, job_id: uuid.UUID, user_id: uuid.UUID
     return job, records
 
 
-async def _position_and_estimate(
+async def position_and_estimate(
     services: Services, job: Job, records: list[RecordedEvent]
 ) -> tuple[int | None, float | None]:
     """Jobs ahead at this tier or above for the same capability, and the time to completion from
@@ -243,7 +241,7 @@ async def _position_and_estimate(
 @router.get("/{job_id}", response_model=JobView, summary="Read a job")
 async def get_job(job_id: str, request: Request, services: ServicesDep, principal: CurrentPrincipal) -> JobView:
     job, records = await load_own_job(services, parse_job_id(job_id), principal.user_id)
-    position, estimate = await _position_and_estimate(services, job, records)
+    position, estimate = await position_and_estimate(services, job, records)
     return job_view(job, records, base_url(request, services), position, estimate)
 
 
@@ -298,113 +296,3 @@ async def cancel_job(job_id: str, services: ServicesDep, principal: CurrentPrinc
 async def job_history(job_id: str, services: ServicesDep, principal: CurrentPrincipal) -> list[EventView]:
     _, records = await load_own_job(services, parse_job_id(job_id), principal.user_id)
     return [event_view(r) for r in records]
-
-
-def _sse(event: str, data: bytes, event_id: int | None = None) -> bytes:
-    head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {event}\ndata: ".encode() + data + b"\n\n"
-
-
-@router.get(
-    "/{job_id}/stream",
-    summary="Follow a job as server-sent events",
-    response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
-)
-async def stream_job(
-    job_id: str,
-    request: Request,
-    services: ServicesDep,
-    principal: CurrentPrincipal,
-    last_event_id: Annotated[str | None, Header()] = None,
-) -> StreamingResponse:
-    """One `event` per transition (`id` = the event's version; resume with `Last-Event-ID`), `progress`
-    events while it runs; the stream closes after the terminal event."""
-    parsed = parse_job_id(job_id)
-    await load_own_job(services, parsed, principal.user_id)  # 404 before the stream starts
-    try:
-        after = int(last_event_id) if last_event_id else 0
-    except ValueError:
-        raise Problem(400, "INVALID_LAST_EVENT_ID", "Last-Event-ID must be an event version number") from None
-    return StreamingResponse(
-        _follow(services, request, parsed, after),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
-
-
-async def _follow(services: Services, request: Request, job_id: uuid.UUID, after: int) -> AsyncIterator[bytes]:
-    live: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
-
-    async def on_event(msg: Any) -> None:
-        await live.put(("event", msg.data))
-
-    async def on_progress(msg: Any) -> None:
-        await live.put(("progress", msg.data))
-
-    # Subscribe first, then read the store: nothing committed in between can be missed.
-    subs = [
-        await services.nc.subscribe(s.job_events(str(job_id)), cb=on_event),
-        await services.nc.subscribe(s.progress(str(job_id)), cb=on_progress),
-    ]
-    try:
-        version = after
-        job: Job | None = None
-        async with services.pool.acquire() as conn:
-            records = await queries.job_events(conn, job_id)
-        for rec in records:
-            job = evolve(job, rec)
-            if rec.version > version:
-                version = rec.version
-                yield _sse("transition", _transition(rec, job), rec.version)
-        if job is not None and not job.status.terminal:
-            yield await _status_event(services, job, records)
-        while job is not None and not job.status.terminal:
-            try:
-                kind, data = await asyncio.wait_for(live.get(), 15)
-            except TimeoutError:
-                if await request.is_disconnected():
-                    return
-                yield await _status_event(services, job, records)  # a fresh position doubles as keep-alive
-                continue
-            if kind == "progress":
-                progress = msgspec.json.decode(data, type=Progress)
-                if progress.attempt == job.attempt and job.status is JobStatus.RUNNING:
-                    yield _sse("progress", data)
-                continue
-            rec = decode_recorded(data)
-            if rec.version <= job.version:
-                continue
-            if rec.version > job.version + 1:  # a message we did not see: fill the hole from the store
-                async with services.pool.acquire() as conn:
-                    missing = await queries.job_events(conn, job_id, job.version)
-                pending = [r for r in missing if r.version <= rec.version]
-            else:
-                pending = [rec]
-            for item in pending:
-                job = evolve(job, item)
-                records.append(item)
-                yield _sse("transition", _transition(item, job), item.version)
-            if not job.status.terminal:
-                yield await _status_event(services, job, records)
-    finally:
-        for sub in subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-
-
-async def _status_event(services: Services, job: Job, records: list[RecordedEvent]) -> bytes:
-    """Where an unfinished job stands now: an un-numbered `status` event, not part of the history."""
-    position, estimate = await _position_and_estimate(services, job, records)
-    return _sse(
-        "status",
-        msgspec.json.encode(
-            {"status": job.status.value, "queue_position": position, "estimated_time_seconds": estimate}
-        ),
-    )
-
-
-def _transition(rec: RecordedEvent, job: Job) -> bytes:
-    view = event_view(rec).model_dump(mode="json")
-    view["status"] = job.status.value
-    return msgspec.json.encode(view)

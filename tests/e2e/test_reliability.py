@@ -289,12 +289,15 @@ class FlakyStoreWorker(Worker):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.store_failures = 0
+        store = self.jobs._store  # the job runner stores a finished job's outputs
 
-    async def _store(self, job, output):  # type: ignore[no-untyped-def]
-        if self.store_failures < 2:
-            self.store_failures += 1
-            raise nats.errors.TimeoutError
-        return await super()._store(job, output)
+        async def flaky_store(job, output):  # type: ignore[no-untyped-def]
+            if self.store_failures < 2:
+                self.store_failures += 1
+                raise nats.errors.TimeoutError
+            return await store(job, output)
+
+        self.jobs._store = flaky_store  # type: ignore[method-assign]
 
 
 @pytest.mark.timeout(60)

@@ -14,13 +14,7 @@ Cancelling withdraws this prompt only: `POST /queue {"delete": [id]}` while it w
 `POST /interrupt {"prompt_id": id}` while it runs (ComfyUI ignores either when it does not apply).
 `probe()` asks `/system_stats`; `/object_info` lists the checkpoints the server has.
 
-Workflows are ComfyUI "API format" JSON files with placeholders: `"{{prompt}}"`,
-`"{{negative_prompt}}"`, `"{{width}}"`, `"{{height}}"`, `"{{batch_size}}"`, `"{{steps}}"`,
-`"{{cfg}}"`, `"{{seed}}"` and `"{{checkpoint}}"`. A placeholder is a whole JSON string, and it is
-replaced by a value of the right type. Built-in templates live in `comfyui_templates/` (sdxl,
-flux-schnell, flux-dev, and ltx-video, which also takes `"{{fps}}"` and `"{{frames}}"` and saves
-an animated WebP). An operator's directory (TESSERA_COMFYUI_TEMPLATES) adds templates or
-overrides these; without an explicit model list, each of its templates is a model.
+The workflow templates (loading, placeholders, defaults per model) are `comfyui_workflows`.
 """
 
 from __future__ import annotations
@@ -28,10 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 import struct
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -39,17 +31,16 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from worker_node.engines.base import EngineError, JobContext, JobInput, Output
+from worker_node.engines.comfyui_workflows import (
+    MODEL_DEFAULTS,
+    fill,
+    is_video,
+    load_templates,
+    placeholder_values,
+    placeholders,
+    video_seconds,
+)
 
-BUILT_IN_TEMPLATES = Path(__file__).with_name("comfyui_templates")
-
-# Defaults per model: steps, cfg (guidance for flux-dev), checkpoint file name on the server.
-MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "sdxl": {"steps": 25, "cfg": 7.0, "checkpoint": "sd_xl_base_1.0.safetensors"},
-    "flux-schnell": {"steps": 4, "cfg": 1.0, "checkpoint": "flux1-schnell-fp8.safetensors"},
-    "flux-dev": {"steps": 20, "cfg": 3.5, "checkpoint": "flux1-dev-fp8.safetensors"},
-    "ltx-video": {"steps": 30, "cfg": 3.0, "checkpoint": "ltx-video-2b-v0.9.5.safetensors", "fps": 24},
-}
-VIDEO_SAVERS = {"SaveAnimatedWEBP", "SaveWEBM", "SaveVideo"}
 PROBE_TIMEOUT_S = 3.0
 # After execution_success: how long to wait for `executing {node: null}` (it normally follows within
 # milliseconds), then how long to keep asking /history when that message was missed.
@@ -57,42 +48,6 @@ END_WAIT_S = 1.0
 HISTORY_WAIT_S = 5.0
 # How long a cancelled job waits for its in-flight POST /prompt, to learn whether it was queued.
 SUBMIT_WAIT_S = 10.0
-
-
-def load_templates(extra_dir: str | None = None) -> tuple[dict[str, dict[str, Any]], set[str]]:
-    """Every template by model name, and the names the operator's directory brought."""
-    templates = {p.stem: json.loads(p.read_text()) for p in sorted(BUILT_IN_TEMPLATES.glob("*.json"))}
-    own = {p.stem: json.loads(p.read_text()) for p in sorted(Path(extra_dir).glob("*.json"))} if extra_dir else {}
-    templates.update(own)
-    return templates, set(own)
-
-
-def fill(template: Any, values: dict[str, Any]) -> Any:
-    """The workflow with every `"{{name}}"` string replaced by `values[name]`, keeping its type."""
-    if isinstance(template, dict):
-        return {k: fill(v, values) for k, v in template.items()}
-    if isinstance(template, list):
-        return [fill(v, values) for v in template]
-    if isinstance(template, str) and template.startswith("{{") and template.endswith("}}"):
-        name = template[2:-2]
-        if name not in values:
-            raise EngineError("TEMPLATE_ERROR", f"the workflow asks for {{{{{name}}}}}, which Tessera does not fill")
-        return values[name]
-    return template
-
-
-def placeholders(template: Any) -> set[str]:
-    if isinstance(template, dict):
-        return set().union(*(placeholders(v) for v in template.values()))
-    if isinstance(template, list):
-        return set().union(*(placeholders(v) for v in template))
-    if isinstance(template, str) and template.startswith("{{") and template.endswith("}}"):
-        return {template[2:-2]}
-    return set()
-
-
-def is_video(template: dict[str, Any]) -> bool:
-    return any(isinstance(n, dict) and n.get("class_type") in VIDEO_SAVERS for n in template.values())
 
 
 def png_size(data: bytes) -> tuple[int | None, int | None]:
@@ -192,36 +147,7 @@ class ComfyUIEngine:
     # --- a job -----------------------------------------------------------------------------------
 
     def workflow(self, job: JobInput) -> dict[str, Any]:
-        params, defaults = job.params, MODEL_DEFAULTS.get(job.model, {})
-        seed = params.get("seed")
-        if seed is None:
-            seed = random.randrange(2**48)
-        elif isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise EngineError("INVALID_PARAMS", "params.seed must be a non-negative integer")
-        steps = params.get("steps", defaults.get("steps", 20))
-        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 150:
-            raise EngineError("INVALID_PARAMS", "params.steps must be an integer from 1 to 150")
-        cfg = params.get("cfg", defaults.get("cfg", 7.0))
-        if isinstance(cfg, bool) or not isinstance(cfg, int | float) or not 0 <= cfg <= 30:
-            raise EngineError("INVALID_PARAMS", "params.cfg must be a number from 0 to 30")
-        video = job.model in self.video_models
-        fps = int(defaults.get("fps", 24))
-        seconds = float(params.get("duration_seconds", 4.0))
-        side = 768 if video else 1024
-        values = {
-            "prompt": str(params.get("prompt", "")),
-            "negative_prompt": str(params.get("negative_prompt", "")),
-            "width": int(params.get("width", side)),
-            "height": int(params.get("height", 512 if video else side)),
-            "batch_size": int(params.get("batch_size", 1)),
-            "steps": steps,
-            "cfg": float(cfg),
-            "seed": seed,
-            "checkpoint": self.checkpoints[job.model],
-            "fps": fps,
-            # LTX-Video renders 8k + 1 frames.
-            "frames": max(9, round(seconds * fps / 8) * 8 + 1),
-        }
+        values = placeholder_values(job, self.checkpoints, video=job.model in self.video_models)
         workflow: dict[str, Any] = fill(self.templates[job.model], values)
         return workflow
 
@@ -241,7 +167,7 @@ class ComfyUIEngine:
                     raise _prompt_error(response)
                 self._note_number(response.json().get("number"))
                 await self._follow(ws, prompt_id, ctx)
-            outputs = await self._outputs(prompt_id, _video_seconds(workflow))
+            outputs = await self._outputs(prompt_id, video_seconds(workflow))
         except asyncio.CancelledError:
             await asyncio.shield(self._withdraw(prompt_id, submit))
             raise
@@ -387,22 +313,6 @@ class ComfyUIEngine:
             await self._client.post("/queue", json={"delete": [prompt_id]}, timeout=self.probe_timeout_s)
         with contextlib.suppress(httpx.HTTPError):
             await self._client.post("/interrupt", json={"prompt_id": prompt_id}, timeout=self.probe_timeout_s)
-
-
-def _video_seconds(workflow: dict[str, Any]) -> float | None:
-    """The length of the video a workflow renders: frames / fps, from its latent and its saver."""
-    frames = next((n["inputs"].get("length") for n in workflow.values() if "length" in n.get("inputs", {})), None)
-    fps = next(
-        (
-            n["inputs"].get("fps")
-            for n in workflow.values()
-            if n.get("class_type", "").startswith("Save") and "fps" in n.get("inputs", {})
-        ),
-        None,
-    )
-    if isinstance(frames, int) and isinstance(fps, int | float) and fps > 0:
-        return round(frames / fps, 3)
-    return None
 
 
 def _execution_error(data: dict[str, Any]) -> str:
