@@ -5,8 +5,9 @@ The scheduler publishes a `Notification` to `tessera.done.<frontend>.<bot>.<job>
 there is one per job. A bot consumes its own subjects with a durable consumer, so notifications
 that arrive while it is down wait for it. It acknowledges each one only after its handler has
 replied to the user. A handler that fails gets the notification again after `ack_wait`, so
-handlers must tolerate a repeat. The notification's `reply_context` is what the bot attached at
-submit (chat id, message id).
+handlers must tolerate a repeat. A handler that raises `Undeliverable` (the user blocked the bot,
+the chat is gone) has it logged and acknowledged: it is never retried. The notification's
+`reply_context` is what the bot attached at submit (chat id, message id).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from base.errors import TesseraError
 from base.health import Readiness
 from streams import connection, permissions
 from streams import subjects as s
@@ -28,6 +30,12 @@ from streams.messages import Notification
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Notification], Awaitable[None]]
+
+
+class Undeliverable(TesseraError):
+    """The result can never reach its user (they blocked the bot, the chat was deleted, the bot was
+    removed from it): raised by a handler so the notification is recorded and acknowledged, not
+    retried forever."""
 
 
 class CompletionFeed:
@@ -39,6 +47,7 @@ class CompletionFeed:
         self._stopping = asyncio.Event()
         self._nc: NATS | None = None
         self._following = False
+        self.undeliverable = 0  # notifications acknowledged without reaching their user
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -48,6 +57,11 @@ class CompletionFeed:
         async with connection.opened(self.nats_url, self.durable) as nc:
             self._nc = nc
             await self._consume(nc, handler)
+
+    @property
+    def following(self) -> bool:
+        """Whether it consumes its notifications now."""
+        return self._following
 
     async def readiness(self) -> Readiness:
         """Ready while it hears NATS and follows its notifications."""
@@ -87,6 +101,16 @@ class CompletionFeed:
                         continue
                     try:
                         await handler(notification)
+                    except Undeliverable as exc:  # never will be: record it, do not retry
+                        log.warning(
+                            "%s: job %s's result is undeliverable (%s); acknowledged without a reply",
+                            self.durable,
+                            notification.job_id,
+                            exc,
+                        )
+                        self.undeliverable += 1
+                        await msg.ack()
+                        continue
                     except Exception:  # the user was not told: let NATS deliver it again
                         log.exception(
                             "%s: handling job %s failed; it will come again", self.durable, notification.job_id

@@ -166,4 +166,6 @@ class JobBook(JobReports):
             timeout_seconds=model.timeout_seconds,
             dispatched_at=datetime.now(UTC),
             instance_id=view.status.instance_id if view is not None and not view.gone else None,
+            frontend=job.frontend,
+            bot_id=job.bot_id,
         )

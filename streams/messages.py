@@ -250,6 +250,10 @@ class Dispatch(msgspec.Struct, frozen=True, kw_only=True):
     # The instance of the worker this attempt is meant for: a restarted worker (a new instance)
     # drops the dispatches of its previous life, whose attempts the scheduler has fenced.
     instance_id: uuid.UUID | None = None
+    # Who submitted the job: its progress goes to `subjects.progress(frontend, bot_id, job)`, which
+    # only that bot (and the gateway) may read. None on a dispatch from before this field.
+    frontend: str | None = None
+    bot_id: str | None = None
 
 
 class EnginePool(msgspec.Struct, frozen=True, kw_only=True):

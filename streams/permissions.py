@@ -192,13 +192,14 @@ def bot_user(frontend: str, bot_id: str | None) -> str:
 
 
 def bot(frontend: str, bot_id: str | None) -> Role:
-    """A bot: its own completion notifications and nothing else (it reaches the rest over HTTP)."""
+    """A bot: its own completion notifications and its own jobs' progress, nothing else (it reaches
+    the rest over HTTP)."""
     user = bot_user(frontend, bot_id)
     return Role(
         f"bot:{frontend}:{bot_id or ''}",
         user,
         publish=_pull_consumer(s.NOTIFY_STREAM, user, s.done_for(frontend, bot_id)),
-        subscribe=(f"{inbox_prefix(user)}.>",),
+        subscribe=(f"{inbox_prefix(user)}.>", s.progress_for(frontend, bot_id)),
     )
 
 

@@ -34,7 +34,8 @@ CMD_UPLOAD_DELETE = f"{PREFIX}.cmd.upload.delete"
 # Revocations, as the events stream carries them: gateways drop a revoked key from their caches.
 KEYS_REVOKED = [f"{PREFIX}.events.user.*.ApiKeyRevoked_v1", f"{PREFIX}.events.frontend.*.FrontendKeyRevoked_v1"]
 
-PROGRESS_ALL = f"{PREFIX}.progress.*"
+# Progress: `tessera.progress.<frontend>.<bot>.<job>` (core NATS), so a bot may hear only its own jobs.
+PROGRESS_ALL = f"{PREFIX}.progress.>"
 CONTROL_ALL = f"{PREFIX}.control.*"
 REPLY_ALL = f"{PREFIX}.reply.>"
 DISPATCH_ALL = f"{PREFIX}.dispatch.>"
@@ -94,9 +95,20 @@ def job_events(job_id: str) -> str:
     return f"{PREFIX}.events.job.{job_id}.*"
 
 
-def progress(job_id: str) -> str:
-    """Core NATS subject for ephemeral progress of a running job."""
-    return f"{PREFIX}.progress.{job_id}"
+def progress(frontend: str | None, bot_id: str | None, job_id: str) -> str:
+    """Core NATS subject for ephemeral progress of a running job, scoped by the frontend and bot that
+    submitted it (`tessera.progress.<frontend>.<bot>.<job>`; `_` for none), like its completion."""
+    return f"{PREFIX}.progress.{token(frontend)}.{token(bot_id)}.{job_id}"
+
+
+def job_progress(job_id: str) -> str:
+    """Filter for one job's progress, whoever submitted it (the gateway's SSE)."""
+    return f"{PREFIX}.progress.*.*.{job_id}"
+
+
+def progress_for(frontend: str, bot_id: str | None = None) -> str:
+    """Filter for the progress of one bot's jobs (what its NATS user may subscribe to)."""
+    return f"{PREFIX}.progress.{token(frontend)}.{token(bot_id)}.*"
 
 
 def done(frontend: str, bot_id: str | None, job_id: str) -> str:

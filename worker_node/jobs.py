@@ -81,7 +81,7 @@ class JobRunner:
             try:
                 if engine is None:
                     raise EngineError("MODEL_NOT_SERVED", f"worker {self.worker_id} does not serve {job.model}")
-                context = JobContext(progress=self._progress_fn(job), fetch=self._fetch_input)
+                context = JobContext(progress=self._progress_fn(job, dispatch), fetch=self._fetch_input)
                 async with asyncio.timeout(dispatch.timeout_seconds):
                     outputs = await engine.run(job, context)
             except TimeoutError:
@@ -158,11 +158,14 @@ class JobRunner:
         )
         await self._command(s.report(s.CMD_FAILED, self.worker_id), report, f"{job.job_id}:{job.attempt}:failed")
 
-    def _progress_fn(self, job: JobInput) -> ProgressFn:
+    def _progress_fn(self, job: JobInput, dispatch: Dispatch) -> ProgressFn:
+        """Publish progress on the job's scoped subject: only its own bot and the gateway hear it."""
+        subject = s.progress(dispatch.frontend, dispatch.bot_id, str(job.job_id))
+
         async def progress(fraction: float | None, message: str | None, partial_text: str | None) -> None:
             assert self._nc is not None
             await self._nc.publish(
-                s.progress(str(job.job_id)),
+                subject,
                 encode(
                     Progress(
                         job_id=job.job_id,

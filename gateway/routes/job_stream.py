@@ -117,7 +117,7 @@ async def _subscribe(services: Services, job_id: uuid.UUID, live: Live) -> list[
 
     return [
         await services.nc.subscribe(s.job_events(str(job_id)), cb=on_event),
-        await services.nc.subscribe(s.progress(str(job_id)), cb=on_progress),
+        await services.nc.subscribe(s.job_progress(str(job_id)), cb=on_progress),
     ]
 
 
