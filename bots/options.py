@@ -153,7 +153,7 @@ def aspect_size(ratio: object, area: int) -> tuple[int, int]:
 
 
 def _multiple_of_64(side: float) -> int:
-    return max(64, round(side / 64) * 64)
+    return max(64, math.floor(side / 64 + 0.5) * 64)  # halves round up, not to even
 
 
 def _size(value: object) -> tuple[int, int]:

@@ -169,12 +169,14 @@ class BotRuntime:
 
     # --- jobs -----------------------------------------------------------------------------------
 
-    def params(self, prompt_text: str, options: Mapping[str, object] | None = None) -> dict[str, Any]:
+    def params(
+        self, prompt_text: str, options: Mapping[str, object] | None = None, capability: str | None = None
+    ) -> dict[str, Any]:
         """The API params of a request: options written in `prompt_text` (`--ar 16:9`), then
         `options` (a slash command's), over the bot's defaults. Raises OptionError."""
         prompt, written = opts.parse_text(prompt_text)
         given = {**written, **{k: v for k, v in (options or {}).items() if v is not None and v != ""}}
-        return opts.build_params(self.capability, prompt, given, self.config.defaults)
+        return opts.build_params(capability or self.capability, prompt, given, self.config.defaults)
 
     async def submit(
         self,
@@ -185,6 +187,7 @@ class BotRuntime:
         options: Mapping[str, object] | None = None,
         *,
         idempotency_key: str | None = None,
+        extra_params: Mapping[str, Any] | None = None,
     ) -> JobAccepted:
         """Submit a job for the user; answered once it is accepted (queued, with position and ETA).
 
@@ -193,15 +196,17 @@ class BotRuntime:
         `texts.refusal` or `explain` says why in a sentence; a MODEL_NOT_ALLOWED or
         NO_CAPABLE_WORKER error carries the model asked for in `extra["model"]`).
         `idempotency_key` (say, the platform's update or interaction id) makes a repeated delivery
-        of the same request return the same job.
+        of the same request return the same job. `extra_params` go to the API as they are (an
+        uploaded input, `input_upload`, for speech-to-text).
         """
-        params = self.params(prompt_text, options)
+        capability = capability or self.capability
+        params = {**self.params(prompt_text, options, capability), **(extra_params or {})}
         self.flood.check(user_ref)
         context = reply_context.to_dict() if isinstance(reply_context, ReplyContext) else reply_context
         key = f"{self.bot_id}:{idempotency_key}" if idempotency_key else None
         try:
             return await self.api(user_ref).submit(
-                capability or self.capability,
+                capability,
                 params,
                 reply_context=dict(context) if context else None,
                 idempotency_key=key,

@@ -99,8 +99,8 @@ class BotSupervisor:
         self.status.state = BotState.STOPPED
 
     async def _run_once(self) -> None:
-        platform = self.factory(self.config, self.config.token())
-        key = self.config.frontend_key()
+        token, key = self.config.token(), self.config.frontend_key()  # a missing secret fails before anything starts
+        platform = self.factory(self.config, token)
         async with BotRuntime(self.config, api_url=self.api_url, nats_url=self.nats_url, frontend_key=key) as runtime:
             self.runtime, self._platform = runtime, platform
             try:

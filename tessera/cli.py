@@ -43,6 +43,13 @@ def run_service(spec: ServiceSpec, args: argparse.Namespace) -> None:
     spec.main(args, _settings())
 
 
+def cmd_bots_check(args: argparse.Namespace) -> None:
+    from tessera import bots_setup
+
+    if not bots_setup.run_check(_settings(), args.file):
+        raise SystemExit(1)
+
+
 def cmd_workers_credentials(args: argparse.Namespace) -> None:
     from streams import permissions, subjects
     from tessera import nats_auth, runtime
@@ -277,10 +284,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_up)
 
     sub.add_parser("migrate", help="apply database migrations and create streams").set_defaults(func=cmd_migrate)
+    groups: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]] = {}
     for spec in SERVICES:
-        p = sub.add_parser(spec.name, help=spec.help)
+        if spec.action:  # `tessera bots run`: the service is one action of a command group
+            group = sub.add_parser(spec.name, help=spec.help).add_subparsers(dest="action", required=True)
+            groups[spec.name] = group
+            p = group.add_parser(spec.action, help=f"run {spec.help}")
+        else:
+            p = sub.add_parser(spec.name, help=spec.help)
         spec.options(p)
         p.set_defaults(func=functools.partial(run_service, spec))
+    p = groups["bots"].add_parser(
+        "check", help="check the bots file, each bot's token and key, and each key with the API"
+    )
+    p.add_argument(
+        "--file", default=None, help="the bots file (default: TESSERA_BOTS_FILE, or bots.toml in the data directory)"
+    )
+    p.set_defaults(func=cmd_bots_check)
 
     workers = sub.add_parser("workers", help="remote workers").add_subparsers(dest="action", required=True)
     p = workers.add_parser("credentials", help="make a worker's NATS user and print the URL it joins with")

@@ -25,13 +25,15 @@ class Scale(Enum):
 
     ONE = "one"
     PER_WORKER = "per-worker"  # as many as `tessera up --workers` says
+    IF_CONFIGURED = "if-configured"  # one when its `configured(settings)` says so (the bots: a bots file)
     NONE = "none"  # `tessera up` does not start it; an operator runs it
 
 
 @dataclass(frozen=True, kw_only=True)
 class Instance:
     """One process `tessera up` starts: its name in logs and the banner, its `tessera` arguments,
-    and the NATS role whose user it logs in as."""
+    and the NATS role whose user it logs in as ("" for a process whose parts log in as their own
+    users, the bots: it gets the server's URL without a user)."""
 
     name: str
     args: tuple[str, ...]
@@ -51,12 +53,20 @@ class ServiceSpec:
     scale: Scale = Scale.ONE
     grace_s: float = 30.0  # how long it may take to stop before it is aborted
     before: Callable[[Settings], Awaitable[None]] | None = None  # what its process does first
+    action: str | None = None  # run as `tessera <name> <action>` (`tessera bots run`)
+    configured: Callable[[Settings], bool] | None = None  # Scale.IF_CONFIGURED: whether up starts it
+    nats_roles: Callable[[Settings], list[str]] | None = None  # NATS users up makes for its parts
 
-    def instances(self, *, workers: int, host: str) -> list[Instance]:
+    def instances(self, *, workers: int, host: str, settings: Settings | None = None) -> list[Instance]:
         """The processes `tessera up` starts; workers are `<host>-<n>`, each with its own NATS user."""
         match self.scale:
             case Scale.ONE:
                 return [Instance(name=self.name, args=(self.name,), role=self.name)]
+            case Scale.IF_CONFIGURED:
+                if settings is None or self.configured is None or not self.configured(settings):
+                    return []
+                args = (self.name, self.action) if self.action else (self.name,)
+                return [Instance(name=self.name, args=args, role="")]
             case Scale.PER_WORKER:
                 return [
                     Instance(
@@ -169,6 +179,38 @@ def _worker(args: argparse.Namespace, settings: Settings) -> Service:
     )
 
 
+def _bots_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bot", default=None, help="run only this bot (its id in the bots file)")
+    parser.add_argument(
+        "--file", default=None, help="the bots file (default: TESSERA_BOTS_FILE, or bots.toml in the data directory)"
+    )
+
+
+def _bots(args: argparse.Namespace, settings: Settings) -> Service:
+    from bots.service import BotsService
+    from tessera import bots_setup
+
+    configs = bots_setup.configs(settings, args.file, args.bot)
+    nats_url = bots_setup.nats_url(settings)
+    return BotsService(
+        configs,
+        api_url=bots_setup.api_url(settings),
+        nats_url_for=lambda config: bots_setup.bot_nats_url(settings, nats_url, config),
+    )
+
+
+def _bots_configured(settings: Settings) -> bool:
+    from tessera import bots_setup
+
+    return bots_setup.bots_file(settings).exists()
+
+
+def _bots_roles(settings: Settings) -> list[str]:
+    from tessera import bots_setup
+
+    return bots_setup.roles(settings)
+
+
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec(
         name="scheduler", help="run the scheduler (leader or standby)", build=_scheduler, before=_ensure_streams
@@ -182,6 +224,16 @@ SERVICES: tuple[ServiceSpec, ...] = (
         options=_worker_options,
         scale=Scale.PER_WORKER,
         grace_s=600,
+    ),
+    ServiceSpec(
+        name="bots",
+        help="the Telegram and Discord bots of the bots file",
+        build=_bots,
+        options=_bots_options,
+        scale=Scale.IF_CONFIGURED,
+        action="run",
+        configured=_bots_configured,
+        nats_roles=_bots_roles,
     ),
 )
 

@@ -21,7 +21,7 @@ import httpx
 
 from base.config import Settings
 from streams import connection
-from tessera import nats_auth, runtime
+from tessera import nats_auth, runtime, signing_key
 from tessera.admin import migrate
 from tessera.embedded import EmbeddedPostgres, free_port
 from tessera.registry import SERVICES
@@ -151,6 +151,7 @@ def up(settings: Settings, *, http_port: int | None = None, workers: int = 1) ->
         "TESSERA_HTTP_PORT": str(port),
         "TESSERA_DATA_DIR": str(settings.data_dir),
         "TESSERA_SIDE_HOST": settings.side_host,
+        "TESSERA_URL_SIGNING_KEY": signing_key.ensure(settings),  # every gateway signs links alike
         "PYTHONUNBUFFERED": "1",
     }
     for child in children:

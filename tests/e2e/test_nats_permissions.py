@@ -21,7 +21,7 @@ from bots.completions import CompletionFeed
 from scheduler.service import Scheduler
 from streams import connection, topology
 from streams import subjects as s
-from streams.messages import Notification, ReportCompleted, SubmitJob, encode
+from streams.messages import Notification, Progress, ReportCompleted, SubmitJob, encode
 from tessera.embedded import EmbeddedNats
 from tessera.nats_auth import CORE_ROLES, Credentials
 from tests.conftest import Platform, gateway_and_projector
@@ -208,6 +208,40 @@ async def test_a_bot_consumes_only_its_own_completions(streams: AuthNats) -> Non
 
     await asyncio.wait_for(feed.run(handle), 10)
     assert [n.job_id for n in got] == [mine]
+
+
+async def test_a_bot_hears_only_its_own_jobs_progress(streams: AuthNats) -> None:
+    mine, theirs, web = (uuid.uuid4() for _ in range(3))
+    async with client(streams.url("bot:telegram:tg-1")) as (nc, errors):
+        own = await nc.subscribe(s.progress_for("telegram", "tg-1"))
+        for subject in (
+            s.progress("telegram", "tg-2", str(theirs)),
+            s.progress_for("telegram", "tg-2"),
+            s.job_progress(str(theirs)),
+            s.PROGRESS_ALL,
+        ):
+            await nc.subscribe(subject)
+            assert await refused(errors, subject)
+        async with client(streams.url("worker:w1")) as (worker, worker_errors):
+            for frontend, bot_id, job_id in (
+                ("telegram", "tg-2", theirs),
+                ("web", None, web),
+                ("telegram", "tg-1", mine),
+            ):
+                progress = Progress(job_id=job_id, attempt=1, fraction=0.5)
+                await worker.publish(s.progress(frontend, bot_id, str(job_id)), encode(progress))
+            await worker.flush()
+            assert worker_errors == []
+        msg = await own.next_msg(timeout=5)
+        assert msg.subject == s.progress("telegram", "tg-1", str(mine))
+        with pytest.raises(nats.errors.TimeoutError):  # nothing of another bot's or the website's jobs
+            await own.next_msg(timeout=0.5)
+    async with client(streams.url("gateway")) as (gateway, errors):  # the SSE follows any job's progress
+        sub = await gateway.subscribe(s.job_progress(str(theirs)))
+        async with client(streams.url("worker:w1")) as (worker, _):
+            await worker.publish(s.progress("telegram", "tg-2", str(theirs)), b"{}")
+        assert (await sub.next_msg(timeout=5)).subject == s.progress("telegram", "tg-2", str(theirs))
+        assert errors == []
 
 
 async def test_the_gateway_cannot_consume_dispatches_nor_write_events(streams: AuthNats) -> None:

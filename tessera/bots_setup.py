@@ -1,0 +1,139 @@
+"""The launcher's side of the bots: where the bots file is, each bot's NATS user and Tessera's API,
+and `tessera bots check`.
+
+Each bot logs in to NATS as its own user, `bot:<platform>:<id>` (it may read only its own
+completions and progress). `tessera up` makes those users when the bots file exists, and `tessera
+nats authorization --bot <platform>:<id>` prints them for an external server; both keep the
+passwords in the credentials file, where `bot_nats_url` finds them. A bot without a user there
+uses TESSERA_NATS_URL as it is (a development server without users, say).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from base.config import Settings
+from bots import config as bots_config
+from bots.config import BotConfig, ConfigError
+from gateway.client import ApiError, TesseraClient
+from tessera import nats_auth, runtime
+
+
+def bots_file(settings: Settings, path: str | None = None) -> Path:
+    """The bots file: `path`, else TESSERA_BOTS_FILE, else `<data dir>/bots.toml`."""
+    return Path(path) if path else bots_config.default_path(settings.data_dir)
+
+
+def configs(settings: Settings, path: str | None = None, only: str | None = None) -> list[BotConfig]:
+    """The bots to run (all, or the one `only` names); SystemExit with the file's error."""
+    try:
+        found = bots_config.load(bots_file(settings, path))
+    except ConfigError as exc:
+        raise SystemExit(f"tessera: {exc}") from None
+    if only is None:
+        return found
+    chosen = [c for c in found if c.id == only]
+    if not chosen:
+        raise SystemExit(f"tessera: no bot {only!r} in the bots file (it has {', '.join(c.id for c in found)})")
+    return chosen
+
+
+def role(config: BotConfig) -> str:
+    """The bot's NATS role: `bot:<platform>:<id>`."""
+    return f"bot:{config.frontend}:{config.id}"
+
+
+def roles(settings: Settings) -> list[str]:
+    """The NATS roles of every bot of the bots file (none when it is missing or wrong: the bots
+    process then says what is wrong)."""
+    try:
+        return [role(c) for c in bots_config.load(bots_file(settings))]
+    except ConfigError:
+        return []
+
+
+def nats_url(settings: Settings) -> str:
+    """The NATS server the bots reach: TESSERA_NATS_URL, else the running `tessera up`'s."""
+    return os.environ.get("TESSERA_NATS_URL") or runtime.urls(settings)[0]
+
+
+def bot_nats_url(settings: Settings, server_url: str, config: BotConfig) -> str:
+    """The URL the bot logs in with: its own user when the credentials file has one, else `server_url`."""
+    credentials = nats_auth.Credentials(nats_auth.credentials_file(settings))
+    if role(config) in credentials.passwords:
+        return credentials.url(server_url, role(config))
+    return server_url
+
+
+def api_url(settings: Settings) -> str:
+    """Tessera's API: TESSERA_API_URL, else the running `tessera up`'s, else TESSERA_HTTP_HOST:PORT."""
+    if os.environ.get("TESSERA_API_URL"):
+        return os.environ["TESSERA_API_URL"]
+    path = runtime.runtime_file(settings)
+    if path.exists():
+        found = json.loads(path.read_text()).get("api_url")
+        if isinstance(found, str) and found:
+            return found
+    return f"http://{settings.http_host}:{settings.http_port}"
+
+
+@dataclass(frozen=True)
+class Finding:
+    bot: str | None
+    ok: bool
+    message: str
+
+    def line(self) -> str:
+        return f"{'ok  ' if self.ok else 'FAIL'} {self.bot or 'file'}: {self.message}"
+
+
+async def check(settings: Settings, path: str | None = None) -> list[Finding]:
+    """What `tessera bots check` reports: the file parses; each bot's token and key are where the
+    file says; each frontend key is accepted by the API (a read of /api/v1/user/me acting for a
+    user of its platform, which registers nobody)."""
+    file = bots_file(settings, path)
+    try:
+        found = bots_config.load(file)
+    except ConfigError as exc:
+        return [Finding(None, False, str(exc))]
+    findings = [Finding(None, True, f"{file}: {len(found)} bots")]
+    default_api = api_url(settings)
+    for config in found:
+        findings += await _check_bot(config, config.tessera_url or default_api)
+    return findings
+
+
+async def _check_bot(config: BotConfig, api: str) -> list[Finding]:
+    out = []
+    try:
+        config.token()
+        out.append(Finding(config.id, True, f"token found in {config.token_source.describe()}"))
+    except ConfigError as exc:
+        out.append(Finding(config.id, False, str(exc)))
+    try:
+        key = config.frontend_key()
+    except ConfigError as exc:
+        return [*out, Finding(config.id, False, str(exc))]
+    try:
+        async with TesseraClient(api, key, user_ref=config.user_ref("0"), timeout=10) as client:
+            await client.me()
+        out.append(Finding(config.id, True, f"frontend key accepted by {api}"))
+    except ApiError as exc:
+        out.append(Finding(config.id, False, f"frontend key refused by {api}: {exc.code} {exc.detail}"))
+    except httpx.HTTPError as exc:
+        out.append(Finding(config.id, False, f"cannot reach Tessera at {api}: {exc}"))
+    return out
+
+
+def run_check(settings: Settings, path: str | None = None) -> bool:
+    """Print the findings; True when all are fine."""
+    findings = asyncio.run(check(settings, path))
+    for finding in findings:
+        print(finding.line())
+    return all(f.ok for f in findings)
