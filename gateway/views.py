@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from events.job import Job
 from events.types import Artifact, JobCompleted, RecordedEvent, encode
+from gateway.links import LinkSigner
 from gateway.schemas import ArtifactView, EventView, JobView
 
 
-def artifact_view(artifact: Artifact, base_url: str) -> ArtifactView:
+def artifact_view(artifact: Artifact, base_url: str, links: LinkSigner) -> ArtifactView:
+    signed_url, signed_url_expires_at = links.link(base_url, artifact.id, artifact.expires_at)
     return ArtifactView(
         id=artifact.id,
         type=artifact.kind,
@@ -21,6 +23,8 @@ def artifact_view(artifact: Artifact, base_url: str) -> ArtifactView:
         height=artifact.height,
         duration_seconds=artifact.duration_seconds,
         expires_at=artifact.expires_at,
+        signed_url=signed_url,
+        signed_url_expires_at=signed_url_expires_at,
     )
 
 
@@ -32,7 +36,12 @@ def completed_artifacts(records: list[RecordedEvent]) -> list[Artifact]:
 
 
 def job_view(
-    job: Job, records: list[RecordedEvent], base_url: str, queue_position: int | None, estimate: float | None
+    job: Job,
+    records: list[RecordedEvent],
+    base_url: str,
+    queue_position: int | None,
+    estimate: float | None,
+    links: LinkSigner,
 ) -> JobView:
     return JobView(
         job_id=job.id,
@@ -56,7 +65,7 @@ def job_view(
         ended_at=job.ended_at,
         execution_time_seconds=job.execution_time_seconds,
         error=job.error,
-        artifacts=[artifact_view(a, base_url) for a in completed_artifacts(records)],
+        artifacts=[artifact_view(a, base_url, links) for a in completed_artifacts(records)],
     )
 
 

@@ -89,6 +89,9 @@ async def nats_url(servers: tuple[str, EmbeddedPostgres]) -> str:
     return url
 
 
+TEST_URL_SIGNING_KEY = "tessera-tests-url-signing-key"  # the tests' gateways sign artifact links with it
+
+
 def test_settings(**overrides: object) -> Settings:
     values: dict[str, object] = {
         "heartbeat_interval_s": 0.3,
@@ -96,6 +99,7 @@ def test_settings(**overrides: object) -> Settings:
         "submit_timeout_s": 5.0,
         "max_attempts": 3,
         "reconcile_grace_s": 3.0,
+        "url_signing_key": TEST_URL_SIGNING_KEY,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

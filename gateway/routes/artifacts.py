@@ -1,14 +1,16 @@
-"""/api/v1/artifacts/{id}: the bytes of a job's output, to its owner only."""
+"""/api/v1/artifacts/{id}: the bytes of a job's output, to its owner, or to anyone holding a signed
+link to it that has not expired (gateway.links)."""
 
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Header, Query
 from fastapi.responses import Response
 from nats.js.errors import NotFoundError
 
-from gateway.deps import CurrentPrincipal, ServicesDep
+from gateway.deps import ServicesDep, key_holder
 from gateway.errors import Problem
 from projector import queries
 from streams import subjects as s
@@ -16,23 +18,41 @@ from streams import subjects as s
 router = APIRouter(prefix="/api/v1/artifacts", tags=["artifacts"])
 
 
+def _artifact_id(raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise Problem(400, "INVALID_ARTIFACT_ID", f"{raw!r} is not an artifact id (a UUID)") from None
+
+
 @router.get(
     "/{artifact_id}",
     summary="Download an artifact",
     response_class=Response,
-    responses={200: {"content": {"audio/wav": {}, "image/png": {}, "text/plain": {}}}},
+    responses={200: {"content": {"audio/wav": {}, "image/png": {}, "image/webp": {}, "text/plain": {}}}},
 )
-async def get_artifact(artifact_id: str, services: ServicesDep, principal: CurrentPrincipal) -> Response:
-    try:
-        parsed = uuid.UUID(artifact_id)
-    except ValueError:
-        raise Problem(400, "INVALID_ARTIFACT_ID", f"{artifact_id!r} is not an artifact id (a UUID)") from None
+async def get_artifact(
+    artifact_id: str,
+    services: ServicesDep,
+    expires: Annotated[str | None, Query(description="A signed link's expiry (Unix seconds)")] = None,
+    signature: Annotated[str | None, Query(description="A signed link's signature; no key is needed then")] = None,
+    authorization: Annotated[str | None, Header(description="Bearer <key>, unless the link is signed")] = None,
+    tessera_user_ref: Annotated[str | None, Header(description="With a frontend key: the user acted for")] = None,
+) -> Response:
+    """The artifact's bytes: with the key of its owner (or of a frontend acting for them), or with no
+    key through its `signed_url` until that link expires (403 LINK_EXPIRED, LINK_INVALID)."""
+    owner: uuid.UUID | None = None
+    if expires is None and signature is None:  # no link: the owner's key
+        owner = (await key_holder(services, authorization)).acting_for(tessera_user_ref).user_id
+    parsed = _artifact_id(artifact_id)
+    if owner is None:
+        services.links.check(parsed, expires, signature)
     async with services.pool.acquire() as conn:
         row = await queries.artifact(conn, parsed)
     if row is None and await queries.wait_for_projection(services.pool):  # just completed: let the read model catch up
         async with services.pool.acquire() as conn:
             row = await queries.artifact(conn, parsed)
-    if row is None or row["user_id"] != principal.user_id:
+    if row is None or (owner is not None and row["user_id"] != owner):
         raise Problem(404, "ARTIFACT_NOT_FOUND", f"no artifact {artifact_id}")
     if row["expired_at"] is not None:
         raise Problem(410, "ARTIFACT_EXPIRED", f"artifact {artifact_id} expired at {row['expired_at'].isoformat()}")

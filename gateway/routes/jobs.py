@@ -19,6 +19,7 @@ from gateway.decisions import decide, quote_refusal, rate_headers, refusal
 from gateway.deps import CurrentPrincipal, Services, ServicesDep, key_holder
 from gateway.errors import Problem
 from gateway.inputs import check_storable, utc_time
+from gateway.job_request import canonical
 from gateway.routes.uploads import resolve_input
 from gateway.schemas import EventView, JobAccepted, JobCancelled, JobCreate, JobList, JobView
 from gateway.views import event_view, job_view
@@ -158,6 +159,7 @@ async def submit_job(request: Request) -> Response:
     check_storable(body.params, "params")
     check_storable(body.reply_context, "reply_context")
     check_storable(body.user_ref or tessera_user_ref, "user_ref")
+    body = canonical(body)
     _validate(body, services.settings.max_prompt_chars, services.catalog)
     holder.check_frontend_fields(body.frontend, body.bot_id, body.reply_context, body.user_ref)
     principal = holder.acting_for(body.user_ref or tessera_user_ref)
@@ -242,7 +244,7 @@ async def position_and_estimate(
 async def get_job(job_id: str, request: Request, services: ServicesDep, principal: CurrentPrincipal) -> JobView:
     job, records = await load_own_job(services, parse_job_id(job_id), principal.user_id)
     position, estimate = await position_and_estimate(services, job, records)
-    return job_view(job, records, base_url(request, services), position, estimate)
+    return job_view(job, records, base_url(request, services), position, estimate, services.links)
 
 
 @router.get("", response_model=JobList, summary="List your jobs, newest first")

@@ -46,6 +46,7 @@ PARAM_NAMES = (
             "input_upload",
             "input",
             "voice",
+            "resolution",
         ]
     )
     | TEXT
@@ -62,13 +63,14 @@ NEAR_VALID = st.fixed_dictionaries(
     }
 )
 BODIES = st.fixed_dictionaries(
-    {"capability": st.sampled_from([*catalog.CAPABILITIES, "hologram"]) | TEXT},
+    {"capability": st.sampled_from([*catalog.CAPABILITIES, *catalog.CAPABILITY_ALIASES, "hologram"]) | TEXT},
     optional={
         "params": PARAMS | JSON,
         "frontend": JSON,
         "bot_id": JSON,
         "user_ref": JSON,
         "reply_context": JSON,
+        "model": JSON,
         "extra": JSON,
     },
 )

@@ -132,6 +132,21 @@ async def test_tessera_up_serves_speech_and_text_offline(tmp_path: Path) -> None
             transcript = (await wait_until(client, stt["job_id"]))["artifacts"][0]["text"]
             assert set(transcript.split()) & set(SENTENCE.split()) - {"the", "to", "her", "a"}, transcript
 
+            # Images and video with no GPU, and a link to one that opens without a key, signed with
+            # the secret `tessera up` keeps in its data dir.
+            for capability, size in (("image", "640x480"), ("video", "320x240")):
+                request = {
+                    "capability": capability,
+                    "model": f"diagnostic-{capability}",
+                    "params": {"prompt": "a kite", "resolution": size},
+                }
+                picture = await wait_until(client, (await client.post("/api/v1/jobs", json=request)).json()["job_id"])
+                assert picture["status"] == "COMPLETED", picture
+                async with httpx.AsyncClient(timeout=30) as anyone:
+                    shared = await anyone.get(picture["artifacts"][0]["signed_url"])
+                assert shared.status_code == 200 and shared.content[:4] in (b"\x89PNG", b"RIFF"), shared.text[:200]
+            assert (tmp_path / "data" / "url-signing.key").stat().st_mode & 0o077 == 0
+
             text = await client.post(
                 "/api/v1/jobs", json={"capability": "text", "params": {"prompt": "Once upon a time", "max_tokens": 16}}
             )

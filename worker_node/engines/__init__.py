@@ -7,7 +7,19 @@ from pathlib import Path
 
 from worker_node.engines.base import Engine, EngineError, JobContext, JobInput, Output
 
-BUILT_IN = ("echo", "espeak", "pocketsphinx", "llama-cpp", "comfyui", "openai", "kobold", "whisper", "tts-http")
+BUILT_IN = (
+    "echo",
+    "diagnostic-image",
+    "diagnostic-video",
+    "espeak",
+    "pocketsphinx",
+    "llama-cpp",
+    "comfyui",
+    "openai",
+    "kobold",
+    "whisper",
+    "tts-http",
+)
 
 
 def _required(variable: str, engine: str) -> str:
@@ -23,6 +35,10 @@ def build(name: str) -> Engine:
         from worker_node.engines.echo import EchoEngine
 
         return EchoEngine()
+    if name in ("diagnostic-image", "diagnostic-video"):
+        from worker_node.engines.diagnostic import DiagnosticImageEngine, DiagnosticVideoEngine
+
+        return DiagnosticImageEngine() if name == "diagnostic-image" else DiagnosticVideoEngine()
     if name == "espeak":
         from worker_node.engines.espeak import EspeakEngine
 
