@@ -68,7 +68,7 @@ def _children(settings: Settings, workers: int) -> list[Child]:
             side_url=f"http://{url_host}:{free_port(None, side_host)}",
         )
         for spec in SERVICES
-        for instance in spec.instances(workers=workers, host=host)
+        for instance in spec.instances(workers=workers, host=host, settings=settings)
     ]
 
 
@@ -132,11 +132,16 @@ def up(settings: Settings, *, http_port: int | None = None, workers: int = 1) ->
     children = _children(settings, workers)
     if not nats_url:  # an embedded server: one user per role, each service with its own
         credentials = nats_auth.Credentials(nats_auth.credentials_file(settings))
-        credentials.ensure([*nats_auth.CORE_ROLES, *(child.role for child in children)])
+        parts = [role for spec in SERVICES if spec.nats_roles for role in spec.nats_roles(settings)]  # the bots
+        credentials.ensure([*nats_auth.CORE_ROLES, *(child.role for child in children if child.role), *parts])
         embedded_nats = nats_auth.embedded_server(settings, credentials).start()
         nats_url = credentials.url(embedded_nats.url, "admin")
-        for child in children:
-            child.nats_url = credentials.url(embedded_nats.url, child.role)
+        for child in children:  # a child without a role of its own (the bots) gets the server, no user
+            child.nats_url = (
+                credentials.url(embedded_nats.url, child.role)
+                if child.role
+                else nats_auth.without_user(embedded_nats.url)
+            )
     if not database_url:
         embedded_pg = EmbeddedPostgres(settings.data_dir / "postgres").start()
         database_url = embedded_pg.url
@@ -149,6 +154,7 @@ def up(settings: Settings, *, http_port: int | None = None, workers: int = 1) ->
         "TESSERA_NATS_URL": nats_url,
         "TESSERA_DATABASE_URL": database_url,
         "TESSERA_HTTP_PORT": str(port),
+        "TESSERA_API_URL": api_url,  # the bots' Tessera
         "TESSERA_DATA_DIR": str(settings.data_dir),
         "TESSERA_SIDE_HOST": settings.side_host,
         "TESSERA_URL_SIGNING_KEY": signing_key.ensure(settings),  # every gateway signs links alike
