@@ -46,11 +46,15 @@ LOADING = 1 << 7  # message flag: "<bot> is thinking..."
 EPHEMERAL = 1 << 6
 HEARTBEAT_INTERVAL_MS = 41250
 
-_snowflakes = itertools.count(1_300_000_000_000_000_000)
+DISCORD_EPOCH_MS = 1_420_070_400_000
+_increment = itertools.count()
 
 
 def snowflake() -> str:
-    return str(next(_snowflakes))
+    """An id as Discord makes them: milliseconds since Discord's epoch, then a counter (so a client
+    reads the creation time from the id, as discord.py's `created_at` does)."""
+    ms = int(time.time() * 1000) - DISCORD_EPOCH_MS
+    return str((ms << 22) | (next(_increment) & 0xFFF))
 
 
 class DiscordError(Exception):
@@ -79,8 +83,9 @@ class SeenMessage:
     flags: int = 0
     components: list[dict[str, Any]] = field(default_factory=list)
     attachments: list[Attachment] = field(default_factory=list)
-    history: list[str] = field(default_factory=list)  # each content it showed, oldest first
+    history: list[str] = field(default_factory=list)  # its text at each visible change, oldest first
     edits: int = 0
+    identical_edits: int = 0  # edits that changed nothing a user could see
 
     @property
     def loading(self) -> bool:
@@ -245,9 +250,12 @@ class FakeDiscord:
                 session.transport = session.socket = session.send = None
 
     async def wait_for(self, predicate: Callable[[], object], timeout: float = 20) -> None:
-        """Wait until `predicate()` holds; it is checked after every change the bot makes."""
+        """Wait until `predicate()` holds; checked after every change the bot makes, and every 0.1 s
+        (for a predicate that also reads things outside the fake)."""
         async with asyncio.timeout(timeout), self._changed:
-            await self._changed.wait_for(predicate)
+            while not predicate():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), 0.1)
 
     def connected(self) -> bool:
         return any(s.socket is not None for s in self.sessions.values())
@@ -614,6 +622,7 @@ class FakeDiscord:
         return message
 
     def _edit(self, message: SeenMessage, body: dict[str, Any], files: list[Attachment]) -> None:
+        before = _visible(message)
         if "content" in body:
             message.content = body["content"] or ""
         if "components" in body:
@@ -621,7 +630,10 @@ class FakeDiscord:
         message.attachments = _attached(body, files, message.attachments)
         message.flags &= ~LOADING
         message.edits += 1
-        message.history.append(message.content)
+        if _visible(message) == before:
+            message.identical_edits += 1
+        else:
+            message.history.append(message.content)
 
     # -- errors and rate limits --------------------------------------------------------------
     @web.middleware
@@ -738,3 +750,8 @@ def _attached(body: dict[str, Any], files: list[Attachment], existing: list[Atta
         elif key in kept:
             result.append(kept[key])
     return result
+
+
+def _visible(message: SeenMessage) -> object:
+    attachments = [(a.filename, a.data) for a in message.attachments]
+    return message.content, json.dumps(message.components, sort_keys=True), attachments, message.loading

@@ -1,0 +1,180 @@
+"""The Discord bot end to end: the real discord.py client against the fake Discord, the real platform
+behind it (gateway, scheduler, projector, a diagnostic image worker), nothing mocked."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from bots import discord as discord_bot
+from bots.config import BotConfig, BotPlatform, Secret
+from bots.platform import PlatformFactory
+from bots.service import BotSupervisor
+from tests.conftest import Platform
+from tests.fake_discord import FakeDiscord, Interaction, SeenMessage
+from tests.scripted_worker import ScriptedWorker
+
+PNG = b"\x89PNG\r\n\x1a\n"
+DEFAULTS = {"model": "diagnostic-image", "size": "256x256"}
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeDiscord]:
+    fake = await FakeDiscord().start()
+    try:
+        yield fake
+    finally:
+        await fake.close()
+
+
+@pytest.fixture
+async def bot_config(platform: Platform, fake: FakeDiscord, monkeypatch: pytest.MonkeyPatch) -> BotConfig:
+    monkeypatch.setenv("DC_IMG_TOKEN", fake.token)
+    monkeypatch.setenv("DC_IMG_KEY", await platform.frontend_key("discord", "dc-img-1"))
+    return BotConfig(
+        id="dc-img-1",
+        platform=BotPlatform.DISCORD,
+        capability="image",
+        token_source=Secret(env="DC_IMG_TOKEN"),
+        frontend_key_source=Secret(env="DC_IMG_KEY"),
+        defaults=DEFAULTS,
+        api_base_url=fake.rest_base,
+        gateway_url=fake.gateway_url,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(
+    platform: Platform, fake: FakeDiscord, config: BotConfig, factory: PlatformFactory = discord_bot.create
+) -> AsyncIterator[BotSupervisor]:
+    """The bot as `tessera bots run` runs it (its supervisor), until the block ends."""
+    supervisor = BotSupervisor(config, api_url=platform.api_url, nats_url=platform.nats_url, factory=factory)
+    identified = fake.identified
+    task = asyncio.create_task(supervisor.run())
+    try:
+        await fake.wait_for(lambda: fake.identified > identified and fake.commands and supervisor.ready, timeout=30)
+        yield supervisor
+    finally:
+        await supervisor.stop()
+        await asyncio.wait_for(task, 20)
+
+
+async def kill(supervisor: BotSupervisor, fake: FakeDiscord) -> None:
+    """As near a SIGKILL as one process gets: the socket dies without a close frame, the tasks are cancelled."""
+    await fake.drop()
+    for task in asyncio.all_tasks():
+        if task.get_name() in (f"supervise-{supervisor.config.id}",) or task.get_name().startswith("bot-dc-img-1"):
+            task.cancel()
+
+
+async def image_worker(platform: Platform) -> None:
+    await platform.start_worker("w-img", engines=("diagnostic-image",))
+
+
+def no_repeats(message: SeenMessage) -> bool:
+    """The bot never edited a message into what it already showed."""
+    return message.identical_edits == 0
+
+
+def done(interaction: Interaction) -> Callable[[], bool]:
+    return lambda: (
+        interaction.original is not None and interaction.original.content.startswith(("Done", "Cancelled", "Sorry"))
+    )
+
+
+async def test_imagine_becomes_an_attachment_after_a_queued_message(
+    platform: Platform, fake: FakeDiscord, bot_config: BotConfig
+) -> None:
+    await image_worker(platform)
+    async with running(platform, fake, bot_config):
+        assert {c["name"] for c in fake.commands} == {"imagine", "me", "plans", "cancel", "help"}
+        imagine = next(c for c in fake.commands if c["name"] == "imagine")
+        assert [o["name"] for o in imagine["options"]][:2] == ["prompt", "model"]
+        interaction = await fake.command("imagine", {"prompt": "a lighthouse at dusk", "seed": 7})
+        await fake.wait_for(done(interaction), timeout=30)
+
+    assert interaction.response_type == 5  # deferred within the 3 seconds
+    message = interaction.original
+    assert message is not None and fake.channel("700").messages == [message]
+    assert message.history[0] == "" and message.history[1].startswith("Queued")  # "thinking...", then queued
+    assert message.content.startswith("Done")
+    assert len(message.attachments) == 1 and message.attachments[0].data.startswith(PNG)
+    assert message.attachments[0].filename.endswith(".png")
+    assert message.buttons() == []  # the Cancel button went with the result
+    assert no_repeats(message)
+
+
+async def test_cancel_by_button(platform: Platform, fake: FakeDiscord, bot_config: BotConfig) -> None:
+    worker = await ScriptedWorker(platform.nats_url, "w-slow", ["diagnostic-image"]).start()
+    try:
+        async with running(platform, fake, bot_config):
+            interaction = await fake.command("imagine", {"prompt": "never finished"})
+            await worker.wait_for(1)
+            await fake.wait_for(lambda: interaction.original is not None and interaction.original.buttons())
+            message = interaction.original
+            assert message is not None
+            button = message.buttons()[0]
+            assert button["label"] == "Cancel"
+            click = await fake.click(message, button["custom_id"])
+            await fake.wait_for(done(interaction), timeout=30)
+    finally:
+        await worker.stop()
+    assert click.response_type == 7  # the click updated the message (its button went)
+    assert message.content.startswith("Cancelled") and message.buttons() == [] and not message.attachments
+    assert no_repeats(message)
+
+
+async def test_a_refusal_is_a_sentence(platform: Platform, fake: FakeDiscord, bot_config: BotConfig) -> None:
+    async with running(platform, fake, bot_config):
+        interaction = await fake.command("imagine", {"prompt": "a cat", "model": "flux-dev"})
+        await fake.wait_for(lambda: interaction.original is not None and not interaction.original.loading)
+    message = interaction.original
+    assert message is not None and "flux-dev" in message.content and "plan" in message.content
+    assert message.buttons() == [] and not message.attachments
+
+
+async def test_the_bot_resumes_after_its_socket_drops(
+    platform: Platform, fake: FakeDiscord, bot_config: BotConfig
+) -> None:
+    await image_worker(platform)
+    async with running(platform, fake, bot_config):
+        await fake.drop()
+        interaction = await fake.command("imagine", {"prompt": "sent while the socket was down"})
+        await fake.wait_for(done(interaction), timeout=30)
+    assert fake.resumed >= 1 and fake.identified == 1
+    assert interaction.original is not None and len(interaction.original.attachments) == 1
+
+
+async def test_a_bot_killed_mid_job_delivers_the_result_once_after_its_restart(
+    platform: Platform, fake: FakeDiscord, bot_config: BotConfig
+) -> None:
+    holder = await ScriptedWorker(platform.nats_url, "w-doomed", ["diagnostic-image"]).start()
+    supervisor = BotSupervisor(
+        bot_config, api_url=platform.api_url, nats_url=platform.nats_url, factory=discord_bot.create
+    )
+    task = asyncio.create_task(supervisor.run(), name=f"supervise-{bot_config.id}")
+    await fake.wait_for(lambda: fake.identified and fake.commands and supervisor.ready, timeout=30)
+    interaction = await fake.command("imagine", {"prompt": "across a restart"})
+    await holder.wait_for(1)
+    await fake.wait_for(lambda: interaction.original is not None and interaction.original.buttons())
+
+    await kill(supervisor, fake)  # the bot dies with the job running
+    await asyncio.gather(task, return_exceptions=True)
+    await holder.crash()  # and so does its worker: the job is requeued to a real one, and completes
+    await image_worker(platform)
+    async with platform.client(await platform.frontend_key("discord", "dc-img-1")) as api:
+        api.headers["Tessera-User-Ref"] = f"discord:{interaction.user_id}"
+        job_id = (await api.get("/api/v1/jobs")).json()["jobs"][0]["job_id"]
+        await platform.wait_status(api, job_id, {"COMPLETED"}, timeout=30)
+    assert interaction.original is not None and not interaction.original.attachments  # nobody told the user yet
+
+    async with running(platform, fake, bot_config):
+        await fake.wait_for(done(interaction), timeout=30)
+        await asyncio.sleep(1.0)  # time for a second delivery, were there one
+    message = interaction.original
+    assert fake.channel("700").messages == [message]  # the same message, no second one
+    assert len(message.attachments) == 1 and message.attachments[0].data.startswith(PNG)
+    assert sum(text.startswith("Done") for text in message.history) == 1
