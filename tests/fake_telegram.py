@@ -164,6 +164,7 @@ class Call:
     method: str
     params: dict[str, Any]
     error_code: int = 0
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
