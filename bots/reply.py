@@ -70,8 +70,8 @@ class ReplyContext:
 @dataclass(frozen=True, kw_only=True)
 class Delivery:
     """An artifact as the bot can hand it on: its bytes when they fit the platform's limit, else a
-    link (a signed, expiring one when the API gives it; else the artifact's own URL, which needs the
-    key, so the user sees it expire rather than fail)."""
+    link: the API's signed, expiring `signed_url`, which needs no key (`url_expires_at` says until
+    when); from an API that signs no links, the artifact's own URL."""
 
     artifact_id: uuid.UUID
     kind: str  # image | video | audio | text

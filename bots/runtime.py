@@ -314,9 +314,9 @@ class BotRuntime:
         if size <= max_bytes:
             return _with(base, data=await api.artifact(artifact.id))
         view = artifact if isinstance(artifact, ArtifactView) else await self._view(api, job_id, artifact.id)
-        signed = getattr(view, "signed_url", None)
-        expires = getattr(view, "signed_url_expires_at", None) if signed else view.expires_at
-        return _with(base, url=signed or view.url, url_expires_at=expires)
+        if view.signed_url:  # a link anyone may follow until it expires
+            return _with(base, url=view.signed_url, url_expires_at=view.signed_url_expires_at)
+        return _with(base, url=view.url, url_expires_at=view.expires_at)  # an API without signed links
 
     async def _view(self, api: TesseraClient, job_id: Id, artifact_id: uuid.UUID) -> ArtifactView:
         job = await api.job(job_id)

@@ -10,18 +10,16 @@ uses TESSERA_NATS_URL as it is (a development server without users, say).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from base.config import Settings
 from bots import config as bots_config
 from bots.config import BotConfig, ConfigError
-from gateway.client import ApiError, TesseraClient
 from tessera import nats_auth, runtime
 
 
@@ -110,6 +108,10 @@ async def check(settings: Settings, path: str | None = None) -> list[Finding]:
 
 
 async def _check_bot(config: BotConfig, api: str) -> list[Finding]:
+    import httpx  # here: the CLI imports this module to build its parser
+
+    from gateway.client import ApiError, TesseraClient
+
     out = []
     try:
         config.token()
@@ -137,3 +139,17 @@ def run_check(settings: Settings, path: str | None = None) -> bool:
     for finding in findings:
         print(finding.line())
     return all(f.ok for f in findings)
+
+
+def add_check_command(group: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`tessera bots check [--file PATH]`, exiting 1 when anything is wrong."""
+    parser = group.add_parser("check", help="check the bots file, each bot's token and key, and each key with the API")
+    parser.add_argument(
+        "--file", default=None, help="the bots file (default: TESSERA_BOTS_FILE, or bots.toml in the data directory)"
+    )
+
+    def cmd_check(args: argparse.Namespace) -> None:
+        if not run_check(Settings.from_env(), args.file):
+            raise SystemExit(1)
+
+    parser.set_defaults(func=cmd_check)

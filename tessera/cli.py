@@ -43,13 +43,6 @@ def run_service(spec: ServiceSpec, args: argparse.Namespace) -> None:
     spec.main(args, _settings())
 
 
-def cmd_bots_check(args: argparse.Namespace) -> None:
-    from tessera import bots_setup
-
-    if not bots_setup.run_check(_settings(), args.file):
-        raise SystemExit(1)
-
-
 def cmd_workers_credentials(args: argparse.Namespace) -> None:
     from streams import permissions, subjects
     from tessera import nats_auth, runtime
@@ -294,13 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
             p = sub.add_parser(spec.name, help=spec.help)
         spec.options(p)
         p.set_defaults(func=functools.partial(run_service, spec))
-    p = groups["bots"].add_parser(
-        "check", help="check the bots file, each bot's token and key, and each key with the API"
-    )
-    p.add_argument(
-        "--file", default=None, help="the bots file (default: TESSERA_BOTS_FILE, or bots.toml in the data directory)"
-    )
-    p.set_defaults(func=cmd_bots_check)
+    from tessera.bots_setup import add_check_command
+
+    add_check_command(groups["bots"])
 
     workers = sub.add_parser("workers", help="remote workers").add_subparsers(dest="action", required=True)
     p = workers.add_parser("credentials", help="make a worker's NATS user and print the URL it joins with")

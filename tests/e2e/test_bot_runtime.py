@@ -103,6 +103,7 @@ async def test_a_bot_submits_for_its_user_follows_progress_and_hands_over_result
         assert small.data is not None and small.data[:4] == b"RIFF" and small.url is None
         large = await runtime.artifact(user, speech.job_id, artifact, max_bytes=10)
         assert large.data is None and large.url and str(artifact.id) in large.url
+        assert "signature=" in large.url and large.url_expires_at is not None  # a link that needs no key
 
         with pytest.raises(OptionError):
             await runtime.submit(user, None, "a fox --ar banana", context)
