@@ -19,6 +19,7 @@ import pytest
 
 from bots.config import BotConfig, BotPlatform, Secret
 from bots.limits import EditThrottle
+from bots.reply import Delivery, ReplyContext
 from bots.runtime import BotRuntime
 from bots.telegram import TelegramBot, create
 from streams.messages import DefinePlan
@@ -309,3 +310,23 @@ async def test_a_bot_killed_mid_job_edits_the_same_message_and_sends_the_photo_o
     bot_messages = fake.messages(ADA, from_bot=True)
     assert [m.kind for m in bot_messages] == ["text", "photo"]  # one progress message, edited; one photo
     assert len([c for c in fake.calls_of("sendMessage") if c.error_code == 0]) == 1
+
+
+async def test_a_result_too_large_for_a_photo_goes_as_a_document_and_one_too_large_to_upload_as_a_link(
+    telegram: tuple[FakeTelegram, str],
+) -> None:
+    fake, url = telegram
+    token = fake.add_bot("tessera_img_bot")
+    fake.user(ADA, "Ada")
+    bot = create(bot_config(url), token)
+    reply = ReplyContext(chat_id=ADA, message_id=None)
+    big = b"\x89PNG\r\n\x1a\n" + b"\0" * 10_000_000  # past the photo limit, within the upload limit
+    common = {"artifact_id": uuid.uuid4(), "kind": "image", "content_type": "image/png", "filename": "big.png"}
+    async with bot.app:
+        await bot._post(reply, Delivery(**common, size_bytes=len(big), data=big))
+        link = "http://tessera.example/api/v1/artifacts/x?expires=1&signature=s"
+        await bot._post(reply, Delivery(**common, size_bytes=60_000_000, url=link))
+    document, linked = fake.messages(ADA, from_bot=True)
+    assert document.kind == "document" and document.file is not None and document.file.data == big
+    assert linked.kind == "text" and link in (linked.text or "") and "60.0 MB" in (linked.text or "")
+    assert not fake.calls_of("sendPhoto")
