@@ -33,6 +33,7 @@ from dataclasses import replace
 from typing import Any
 
 import discord
+import httpx
 import yarl
 from discord import app_commands
 from discord.gateway import DiscordWebSocket
@@ -241,7 +242,7 @@ class DiscordBot:
                 if update.terminal or not self._in_window(context):
                     return
                 await self._edit_reply(context, texts.status(update), None, final=False)
-        except (ApiError, discord.HTTPException, OSError) as exc:
+        except (ApiError, discord.HTTPException, httpx.HTTPError, OSError) as exc:  # the result comes anyway
             log.info("%s: stopped following job %s: %s", self.config.id, job_id, exc)
 
     def _context(self, interaction: discord.Interaction, message_id: int | None) -> ReplyContext:

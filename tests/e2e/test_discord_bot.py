@@ -178,3 +178,75 @@ async def test_a_bot_killed_mid_job_delivers_the_result_once_after_its_restart(
     assert fake.channel("700").messages == [message]  # the same message, no second one
     assert len(message.attachments) == 1 and message.attachments[0].data.startswith(PNG)
     assert sum(text.startswith("Done") for text in message.history) == 1
+
+
+async def listed(platform: Platform, user_id: str) -> None:
+    """Wait until the user's job shows in the API's job list (the projector's read model)."""
+    async with platform.client(await platform.frontend_key("discord", "dc-img-1")) as api:
+        api.headers["Tessera-User-Ref"] = f"discord:{user_id}"
+        for _ in range(200):
+            if (await api.get("/api/v1/jobs")).json()["jobs"]:
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"discord:{user_id} has no job listed")
+
+
+def short_window(config: BotConfig, token: str) -> discord_bot.DiscordBot:
+    return discord_bot.DiscordBot(config, token, window_s=1.0)
+
+
+async def test_after_the_token_window_the_result_is_posted_in_the_channel_or_given_up(
+    platform: Platform, fake: FakeDiscord, bot_config: BotConfig
+) -> None:
+    fake.token_lifetime_s = 1.5  # the fake's interaction tokens expire too
+    worker = await ScriptedWorker(platform.nats_url, "w-slow", ["diagnostic-image"], slots=2).start()
+    try:
+        async with running(platform, fake, bot_config, short_window):
+            first = await fake.command("imagine", {"prompt": "slow"})
+            second = await fake.command("imagine", {"prompt": "slower"}, channel_id="701", user_id="4343")
+            dispatches = await worker.wait_for(2)
+            await asyncio.sleep(1.6)
+            fake.channel("701").forbidden = True  # the bot was removed from the second channel
+            for dispatch in dispatches:
+                await worker.finish(dispatch)
+            await fake.wait_for(lambda: len(fake.channel("700").messages) == 2, timeout=30)
+            await asyncio.sleep(2.5)  # a retried delivery would come after 1 s
+    finally:
+        await worker.stop()
+    posted = fake.channel("700").messages[1]
+    assert posted.webhook_id is None  # the bot's own token, not the interaction's
+    assert posted.content.startswith(f"<@{first.user_id}> Done")
+    assert [m for m in fake.channel("701").messages if m is not second.original] == []
+    assert fake.requests.count(("POST", "/api/v10/channels/701/messages")) == 1  # undeliverable: not retried
+
+
+async def test_a_result_larger_than_the_interaction_allows_is_a_link(
+    platform: Platform, fake: FakeDiscord, bot_config: BotConfig
+) -> None:
+    await image_worker(platform)
+    async with running(platform, fake, bot_config):
+        interaction = await fake.command("imagine", {"prompt": "too big"}, attachment_size_limit=100)
+        await fake.wait_for(done(interaction), timeout=30)
+    message = interaction.original
+    assert message is not None and not message.attachments
+    assert "too large to send here" in message.content and "http" in message.content
+
+
+async def test_me_plans_and_cancel_answer_only_the_user(
+    platform: Platform, fake: FakeDiscord, bot_config: BotConfig
+) -> None:
+    worker = await ScriptedWorker(platform.nats_url, "w-slow", ["diagnostic-image"]).start()
+    try:
+        async with running(platform, fake, bot_config):
+            job = await fake.command("imagine", {"prompt": "to be cancelled"})
+            await worker.wait_for(1)
+            await listed(platform, job.user_id)  # /cancel finds the job in the read model
+            answers = [await fake.command(name) for name in ("me", "plans", "cancel")]
+            await fake.wait_for(lambda: all(a.followups for a in answers) and done(job)(), timeout=30)
+    finally:
+        await worker.stop()
+    me, plans, cancel = (a.followups[0] for a in answers)
+    assert all(m.flags & 64 for m in (me, plans, cancel))  # ephemeral
+    assert me.content.startswith("Plan: ") and "Plans:" in plans.content
+    assert cancel.content.startswith("Cancelled")
+    assert job.original is not None and job.original.content.startswith("Cancelled")
