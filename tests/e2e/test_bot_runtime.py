@@ -105,6 +105,16 @@ async def test_a_bot_submits_for_its_user_follows_progress_and_hands_over_result
         assert large.data is None and large.url and str(artifact.id) in large.url
         assert "signature=" in large.url and large.url_expires_at is not None  # a link that needs no key
 
+        slow = await runtime.submit(user, "echo", "slow", context, extra_params={"delay_seconds": 30})
+        await runtime.job(user, slow.job_id)
+        for _ in range(100):  # /cancel finds the job in the read model
+            if (await runtime.api(user).jobs(status=(await runtime.job(user, slow.job_id)).status)).jobs:
+                break
+            await asyncio.sleep(0.05)
+        cancelled = await runtime.cancel_latest(user)
+        assert cancelled is not None and cancelled.job_id == slow.job_id
+        assert (await runtime.job(user, slow.job_id)).status == "CANCELLED"
+
         with pytest.raises(OptionError):
             await runtime.submit(user, None, "a fox --ar banana", context)
         with pytest.raises(ApiError) as refused:
