@@ -50,7 +50,7 @@ from bots.progress import JobUpdate, follow, progress_messages
 from bots.reply import Delivery, ReplyContext
 from events.types import Artifact
 from gateway.client import ApiError, TesseraClient
-from gateway.schemas import ArtifactView, JobAccepted, JobCancelled, JobView, Me, ModelList, PlanList
+from gateway.schemas import ArtifactView, JobAccepted, JobCancelled, JobView, Me, ModelList, PlanList, StreamEvent
 from streams import connection, permissions
 from streams.messages import Progress
 
@@ -89,13 +89,11 @@ class BotRuntime:
         nats_url: str,
         frontend_key: str,
         http: httpx.AsyncClient | None = None,
-        poll_s: float = 5.0,
         ack_wait_s: float = 30.0,
     ) -> None:
         self.config = config
         self.api_url = api_url.rstrip("/")
         self.nats_url = nats_url
-        self.poll_s = poll_s
         self.ack_wait_s = ack_wait_s
         self.edits = EditThrottle()
         self.flood = FloodGuard(per_minute=config.flood_per_minute, burst=config.flood_burst)
@@ -279,11 +277,12 @@ class BotRuntime:
     def follow(self, user_ref: str, job_id: Id) -> AsyncIterator[JobUpdate]:
         """Updates of the job (queue position and ETA, then progress %) until its terminal one."""
         job = _uuid(job_id)
+        client = self.api(user_ref)
 
-        async def read() -> JobView:
-            return await self.job(user_ref, job)
+        def stream(last_event_id: int | None) -> AsyncIterator[StreamEvent]:
+            return client.stream(job, last_event_id=last_event_id)
 
-        return follow(self._require_nc(), self.frontend, self.bot_id, job, read, poll_s=self.poll_s)
+        return follow(self._require_nc(), self.frontend, self.bot_id, job, stream)
 
     async def completions(self, handler: Handler) -> None:
         """Call `handler` with each finished job of this bot until `stop()`: durable, so a job that

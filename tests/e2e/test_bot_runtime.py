@@ -61,7 +61,7 @@ async def until(condition: Callable[[], bool], timeout: float = 20) -> None:
 async def runtime_for(platform: Platform, config: BotConfig) -> BotRuntime:
     key = await platform.frontend_key(config.frontend, config.id)
     config.frontend_key_source.file.write_text(key)  # type: ignore[union-attr]  # made with a file above
-    return BotRuntime(config, api_url=platform.api_url, nats_url=platform.nats_url, frontend_key=key, poll_s=0.2)
+    return BotRuntime(config, api_url=platform.api_url, nats_url=platform.nats_url, frontend_key=key)
 
 
 async def test_a_bot_submits_for_its_user_follows_progress_and_hands_over_results(

@@ -104,7 +104,6 @@ async def running_bot(platform: Platform, url: str, token: str) -> AsyncIterator
     key = await platform.frontend_key("telegram", BOT_ID)
     bot = create(config, token)
     async with BotRuntime(config, api_url=platform.api_url, nats_url=platform.nats_url, frontend_key=key) as runtime:
-        runtime.poll_s = 0.5
         runtime.edits = EditThrottle(min_interval_s=1.0)
         tasks = [asyncio.create_task(bot.run(runtime)), asyncio.create_task(runtime.completions(bot.deliver))]
         try:
