@@ -4,10 +4,14 @@ The scheduler publishes a `Notification` to `tessera.done.<frontend>.<bot>.<job>
 `TESSERA_NOTIFY` stream when a job reaches its terminal state. The message id is `done:<job>`, so
 there is one per job. A bot consumes its own subjects with a durable consumer, so notifications
 that arrive while it is down wait for it. It acknowledges each one only after its handler has
-replied to the user. A handler that fails gets the notification again after `ack_wait`, so
-handlers must tolerate a repeat. A handler that raises `Undeliverable` (the user blocked the bot,
-the chat is gone) has it logged and acknowledged: it is never retried. The notification's
-`reply_context` is what the bot attached at submit (chat id, message id).
+replied to the user. While a handler runs (an upload of 50 MB can outlast `ack_wait`) the feed
+tells JetStream every third of `ack_wait` that the notification, and each one fetched with it and
+still waiting its turn, is in progress, so a slow delivery is not handed out again meanwhile. A
+handler that fails gets the notification again after a second, so handlers must tolerate a repeat
+(a bot killed between the platform taking the reply and NATS taking the acknowledgement repeats
+it too). A handler that raises `Undeliverable` (the user blocked the bot, the chat is gone) has it
+logged and acknowledged: it is never retried. The notification's `reply_context` is what the bot
+attached at submit (chat id, message id).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from base.errors import TesseraError
@@ -92,31 +97,55 @@ class CompletionFeed:
                     log.warning("%s: cannot fetch notifications (%r); retrying", self.durable, exc)
                     await asyncio.sleep(0.5)
                     continue
-                for msg in msgs:
-                    try:
-                        notification = decoder.decode(msg.data)
-                    except msgspec.DecodeError as exc:
-                        log.error("%s: dropping an undecodable notification on %s: %s", self.durable, msg.subject, exc)
-                        await msg.term()
-                        continue
-                    try:
-                        await handler(notification)
-                    except Undeliverable as exc:  # never will be: record it, do not retry
-                        log.warning(
-                            "%s: job %s's result is undeliverable (%s); acknowledged without a reply",
-                            self.durable,
-                            notification.job_id,
-                            exc,
-                        )
-                        self.undeliverable += 1
-                        await msg.ack()
-                        continue
-                    except Exception:  # the user was not told: let NATS deliver it again
-                        log.exception(
-                            "%s: handling job %s failed; it will come again", self.durable, notification.job_id
-                        )
-                        await msg.nak(delay=1.0)
-                        continue
-                    await msg.ack()
+                await self._handle_batch(msgs, decoder, handler)
         finally:
             self._following = False
+
+    async def _handle_batch(
+        self, msgs: list[Msg], decoder: msgspec.json.Decoder[Notification], handler: Handler
+    ) -> None:
+        """Handle a fetched batch in order, keeping the messages not yet answered in progress."""
+        waiting = list(msgs)
+        keeper = asyncio.create_task(self._keep_in_progress(waiting), name=f"in-progress-{self.durable}")
+        try:
+            for msg in msgs:
+                await self._handle(msg, decoder, handler)
+                waiting.remove(msg)
+        finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+
+    async def _keep_in_progress(self, waiting: list[Msg]) -> None:
+        """Tell JetStream every third of `ack_wait` that these messages are being worked on."""
+        while True:
+            await asyncio.sleep(self.ack_wait_s / 3)
+            for msg in list(waiting):
+                try:
+                    await msg.in_progress()
+                except nats.errors.Error as exc:  # NATS away: it may come again, handlers tolerate that
+                    log.warning("%s: cannot mark a notification in progress (%r)", self.durable, exc)
+
+    async def _handle(self, msg: Msg, decoder: msgspec.json.Decoder[Notification], handler: Handler) -> None:
+        try:
+            notification = decoder.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            log.error("%s: dropping an undecodable notification on %s: %s", self.durable, msg.subject, exc)
+            await msg.term()
+            return
+        try:
+            await handler(notification)
+        except Undeliverable as exc:  # never will be: record it, do not retry
+            log.warning(
+                "%s: job %s's result is undeliverable (%s); acknowledged without a reply",
+                self.durable,
+                notification.job_id,
+                exc,
+            )
+            self.undeliverable += 1
+            await msg.ack()
+            return
+        except Exception:  # the user was not told: let NATS deliver it again
+            log.exception("%s: handling job %s failed; it will come again", self.durable, notification.job_id)
+            await msg.nak(delay=1.0)
+            return
+        await msg.ack()
