@@ -10,7 +10,7 @@ One TOML file lists every bot (`docs/bots.example.toml` has the twelve of the pr
     capability = "image"                       # image | video | text | tts
     token_env = "TG_IMG_1_TOKEN"               # or token_file = "/run/secrets/tg-img-1"
     frontend_key_env = "TG_IMG_1_KEY"          # or frontend_key_file = ...
-    # api_base_url, file_base_url (Telegram), api_base_url, gateway_url (Discord): see below
+    # api_base_url, file_base_url, local (Telegram), api_base_url, gateway_url (Discord): see below
     [bots.defaults]
     model = "sdxl"
     size = "1024x1024"
@@ -24,7 +24,9 @@ bots knows which line to fix.
 A platform's address is per bot, with a global environment fallback for all bots of that platform
 (a local Telegram Bot API server, a proxy, or the tests' fakes): TESSERA_TELEGRAM_API_URL,
 TESSERA_TELEGRAM_FILE_URL, TESSERA_DISCORD_API_URL, TESSERA_DISCORD_GATEWAY_URL. None means the
-platform library's own default (api.telegram.org, discord.com).
+platform library's own default (api.telegram.org, discord.com). Likewise a Telegram bot's `local`
+(true: its Bot API server runs with `--local`, so it uploads up to 2000 MB instead of 50 MB), with
+TESSERA_TELEGRAM_LOCAL (1/true/yes) for all Telegram bots when a bot does not say.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ PLATFORM_URL_ENV = {
     ("discord", "api_base_url"): "TESSERA_DISCORD_API_URL",
     ("discord", "gateway_url"): "TESSERA_DISCORD_GATEWAY_URL",
 }
+TELEGRAM_LOCAL_ENV = "TESSERA_TELEGRAM_LOCAL"
 
 # What `[bots.defaults]` may set; `bots.options.build_params` reads them.
 DEFAULT_KEYS = frozenset({"model", "size", "ar", "steps", "seed", "neg", "seconds", "cfg"})
@@ -65,6 +68,7 @@ _BOT_KEYS = frozenset(
         "api_base_url",
         "file_base_url",
         "gateway_url",
+        "local",
         "tessera_url",
         "flood_per_minute",
         "flood_burst",
@@ -132,6 +136,7 @@ class BotConfig:
     api_base_url: str | None = None  # Telegram Bot API base (".../bot") or Discord REST base (".../api/v10")
     file_base_url: str | None = None  # Telegram only: file downloads (".../file/bot")
     gateway_url: str | None = None  # Discord only: the gateway websocket ("wss://gateway.discord.gg")
+    local: bool = False  # Telegram only: its Bot API server runs with --local (uploads up to 2000 MB)
     tessera_url: str | None = None  # None: the running platform's API (the launcher decides)
     flood_per_minute: int = 6  # requests one user may make of this bot a minute, on top of the plan
     flood_burst: int = 3  # of which this many at once
@@ -238,7 +243,7 @@ def _bot(
         raise ConfigError(
             f"must be one of {', '.join(CAPABILITIES)}, not {capability!r}", bot=bot_id, field="capability"
         )
-    for name in ("file_base_url",) if platform is BotPlatform.DISCORD else ("gateway_url",):
+    for name in ("file_base_url", "local") if platform is BotPlatform.DISCORD else ("gateway_url",):
         if name in entry:
             raise ConfigError(f"is not a {platform.value} setting", bot=bot_id, field=name)
     return BotConfig(
@@ -251,6 +256,7 @@ def _bot(
         api_base_url=_url(entry, platform, "api_base_url", env, bot_id),
         file_base_url=_url(entry, platform, "file_base_url", env, bot_id),
         gateway_url=_url(entry, platform, "gateway_url", env, bot_id),
+        local=platform is BotPlatform.TELEGRAM and _local(entry, env, bot_id),
         tessera_url=_optional_str(entry, "tessera_url", bot_id) or tessera_url,
         flood_per_minute=_positive_int(entry, "flood_per_minute", 6, bot_id),
         flood_burst=_positive_int(entry, "flood_burst", 3, bot_id),
@@ -288,6 +294,15 @@ def _url(entry: Mapping[str, Any], platform: BotPlatform, name: str, env: Mappin
         value = (env.get(variable) or None) if variable else None
     if value is not None and not value.startswith(("http://", "https://", "ws://", "wss://")):
         raise ConfigError(f"{value!r} is not an http(s):// or ws(s):// URL", bot=bot_id, field=name)
+    return value
+
+
+def _local(entry: Mapping[str, Any], env: Mapping[str, str], bot_id: str) -> bool:
+    value = entry.get("local")
+    if value is None:
+        return env.get(TELEGRAM_LOCAL_ENV, "").strip().lower() in ("1", "true", "yes")
+    if not isinstance(value, bool):
+        raise ConfigError("must be true or false", bot=bot_id, field="local")
     return value
 
 

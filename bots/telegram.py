@@ -24,7 +24,7 @@ Telegram taking the photo and NATS taking the acknowledgement sends it again whe
 Addresses: `api_base_url` and `file_base_url` of the bot (or TESSERA_TELEGRAM_API_URL /
 TESSERA_TELEGRAM_FILE_URL) replace `https://api.telegram.org/bot` and `.../file/bot`; the token is
 appended, as python-telegram-bot does. With a local Bot API server (`telegram-bot-api --local`)
-set TESSERA_TELEGRAM_LOCAL=1 so results up to 2000 MB are uploaded instead of linked.
+the bot's `local = true` (or TESSERA_TELEGRAM_LOCAL=1) uploads results up to 2000 MB, not linked.
 """
 
 from __future__ import annotations
@@ -69,7 +69,6 @@ os.environ.setdefault("PTB_TIMEDELTA", "true")
 PHOTO_LIMIT = 10_000_000  # bytes: Telegram's photo upload limit ("10 MB")
 UPLOAD_LIMIT = 50_000_000  # any other upload through api.telegram.org
 LOCAL_UPLOAD_LIMIT = 2_000_000_000  # through a local Bot API server (`--local`)
-LOCAL_ENV = "TESSERA_TELEGRAM_LOCAL"
 TEXT_LIMIT = 4096
 CANCEL_DATA = "cancel:"
 DELIVERY_RETRIES = 3  # a result waits out this many 429s (the rate limiter sleeps their retry_after)
@@ -102,7 +101,7 @@ class TelegramBot:
     def __init__(self, config: BotConfig, token: str, *, poll_timeout_s: int = 10) -> None:
         self.config = config
         self.poll_timeout_s = poll_timeout_s
-        self.upload_limit = LOCAL_UPLOAD_LIMIT if os.environ.get(LOCAL_ENV, "") in ("1", "true") else UPLOAD_LIMIT
+        self.upload_limit = LOCAL_UPLOAD_LIMIT if config.local else UPLOAD_LIMIT
         builder = Application.builder().token(token).rate_limiter(AIORateLimiter()).concurrent_updates(True)
         if config.api_base_url:
             builder = builder.base_url(config.api_base_url)

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from bots import config as bots_config
+from bots import telegram
 from bots.config import BotPlatform, ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "bots.example.toml"
@@ -66,6 +67,22 @@ def test_platform_addresses_come_from_the_bot_or_the_environment() -> None:
     assert bots_config.parse(document, environ={})[0].tessera_url == "http://tessera.local:8000"
 
 
+def test_a_local_bot_api_server_is_a_telegram_bot_setting_with_the_environment_as_fallback() -> None:
+    assert bots_config.parse(one(), environ={})[0].local is False
+    assert bots_config.parse(one(local=True), environ={})[0].local is True
+    everyone = {"TESSERA_TELEGRAM_LOCAL": "1"}
+    assert bots_config.parse(one(), environ=everyone)[0].local is True
+    assert bots_config.parse(one(local=False), environ=everyone)[0].local is False  # the bot's own word wins
+    assert bots_config.parse(one(), environ={"TESSERA_TELEGRAM_LOCAL": "0"})[0].local is False
+    [dc] = bots_config.parse(one(id="dc-img-1", platform="discord"), environ=everyone)
+    assert dc.local is False  # a Telegram setting only
+    [local, remote] = bots_config.parse(
+        {"bots": [one(local=True)["bots"][0], one(id="tg-img-2", local=False)["bots"][0]]}, environ={}
+    )
+    assert telegram.create(local, "123:abc").upload_limit == telegram.LOCAL_UPLOAD_LIMIT == 2_000_000_000
+    assert telegram.create(remote, "123:abc").upload_limit == telegram.UPLOAD_LIMIT == 50_000_000
+
+
 @pytest.mark.parametrize(
     ("document", "says"),
     [
@@ -79,6 +96,8 @@ def test_platform_addresses_come_from_the_bot_or_the_environment() -> None:
         (one(colour="red"), "bot 'tg-img-1': unknown keys ['colour']"),
         (one(defaults={"size": "1x1", "style": "noir"}), "field 'defaults': unknown keys ['style']"),
         (one(gateway_url="ws://x"), "field 'gateway_url': is not a telegram setting"),
+        (one(local="yes"), "bot 'tg-img-1', field 'local': must be true or false"),
+        (one(id="dc-img-1", platform="discord", local=True), "field 'local': is not a discord setting"),
         (one(api_base_url="ftp://x"), "field 'api_base_url': 'ftp://x' is not"),
         (one(flood_per_minute=0), "field 'flood_per_minute'"),
         ({"bots": []}, "no bots"),
