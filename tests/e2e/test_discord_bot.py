@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +18,7 @@ from bots import discord as discord_bot
 from bots.config import BotConfig, BotPlatform, Secret
 from bots.platform import PlatformFactory
 from bots.service import BotSupervisor
-from tests.conftest import Platform
+from tests.conftest import REPO, Platform
 from tests.fake_discord import FakeDiscord, Interaction, SeenMessage
 from tests.scripted_worker import ScriptedWorker
 
@@ -250,3 +255,87 @@ async def test_me_plans_and_cancel_answer_only_the_user(
     assert me.content.startswith("Plan: ") and "Plans:" in plans.content
     assert cancel.content.startswith("Cancelled")
     assert job.original is not None and job.original.content.startswith("Cancelled")
+
+
+def bot_process(tmp_path: Path, platform: Platform, fake: FakeDiscord) -> subprocess.Popen[bytes]:
+    """`tessera bots run` for dc-img-1 in a process of its own (its token and key from the environment
+    the `bot_config` fixture set), talking to the fake Discord."""
+    bots_file = tmp_path / "bots.toml"
+    bots_file.write_text(
+        f"""
+[[bots]]
+id = "dc-img-1"
+platform = "discord"
+capability = "image"
+token_env = "DC_IMG_TOKEN"
+frontend_key_env = "DC_IMG_KEY"
+api_base_url = "{fake.rest_base}"
+gateway_url = "{fake.gateway_url}"
+[bots.defaults]
+model = "diagnostic-image"
+size = "256x256"
+"""
+    )
+    env = {
+        **os.environ,
+        "TESSERA_NATS_URL": platform.nats_url,
+        "TESSERA_DATABASE_URL": platform.database_url,
+        "TESSERA_API_URL": platform.api_url,
+        "TESSERA_DATA_DIR": str(tmp_path / "data"),
+        "TESSERA_SIDE_PORT": "0",
+        "PYTHONUNBUFFERED": "1",
+    }
+    command = [sys.executable, "-m", "tessera.cli", "bots", "run", "--file", str(bots_file), "--bot", "dc-img-1"]
+    return subprocess.Popen(command, env=env, cwd=REPO)
+
+
+async def connected_process(tmp_path: Path, platform: Platform, fake: FakeDiscord) -> subprocess.Popen[bytes]:
+    identified = fake.identified
+    process = bot_process(tmp_path, platform, fake)
+    await fake.wait_for(lambda: fake.identified > identified and fake.commands, timeout=60)
+    await asyncio.sleep(1.0)  # READY handled, commands synced, the completion feed subscribed
+    return process
+
+
+def stopped(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
+async def test_a_bot_process_killed_mid_job_delivers_the_result_once_after_its_restart(
+    platform: Platform, fake: FakeDiscord, bot_config: BotConfig, tmp_path: Path
+) -> None:
+    holder = await ScriptedWorker(platform.nats_url, "w-doomed", ["diagnostic-image"]).start()
+    first = await connected_process(tmp_path, platform, fake)
+    try:
+        interaction = await fake.command("imagine", {"prompt": "across a SIGKILL"})
+        await holder.wait_for(1, timeout=30)
+        await fake.wait_for(lambda: interaction.original is not None and interaction.original.buttons(), timeout=30)
+    finally:
+        first.send_signal(signal.SIGKILL)  # the bot process dies with the job running
+        first.wait(10)
+    await holder.crash()  # and so does its worker: the job is requeued to a real one, and completes
+    await image_worker(platform)
+    async with platform.client(await platform.frontend_key("discord", "dc-img-1")) as api:
+        api.headers["Tessera-User-Ref"] = f"discord:{interaction.user_id}"
+        job_id = (await api.get("/api/v1/jobs")).json()["jobs"][0]["job_id"]
+        await platform.wait_status(api, job_id, {"COMPLETED"}, timeout=30)
+    await asyncio.sleep(1.0)
+    assert interaction.original is not None and not interaction.original.attachments  # nobody told the user yet
+
+    second = await connected_process(tmp_path, platform, fake)
+    try:
+        await fake.wait_for(done(interaction), timeout=60)
+        await asyncio.sleep(2.0)  # time for a second delivery, were there one
+    finally:
+        stopped(second)
+    message = interaction.original
+    assert fake.channel("700").messages == [message]  # the same message, no second one
+    assert len(message.attachments) == 1 and message.attachments[0].data.startswith(PNG)
+    assert sum(text.startswith("Done") for text in message.history) == 1
+    assert no_repeats(message)  # a repeated delivery would upload the same result again
+    assert fake.identified == 2  # two processes, each its own gateway session
