@@ -66,7 +66,7 @@ def add_commands(bot: Handlers) -> None:
             interaction: discord.Interaction,
             prompt: str,
             model: str | None = None,
-            seconds: app_commands.Range[float, 0.5, 60] | None = None,
+            seconds: app_commands.Range[float, 0.5, 60.0] | None = None,  # discord.py: min and max of one type
             size: str | None = None,
             aspect: Aspect | None = None,
             steps: app_commands.Range[int, 1, 150] | None = None,
