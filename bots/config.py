@@ -9,7 +9,7 @@ One TOML file lists every bot (`docs/bots.example.toml` has the twelve of the pr
     platform = "telegram"                      # telegram | discord
     capability = "image"                       # image | video | text | tts
     token_env = "TG_IMG_1_TOKEN"               # or token_file = "/run/secrets/tg-img-1"
-    frontend_key_env = "TG_IMG_1_KEY"          # or frontend_key_file = ...
+    frontend_key_env = "TG_IMG_1_KEY"          # or frontend_key_file = ...; neither: `tessera up` issues it
     # api_base_url, file_base_url, local (Telegram), api_base_url, gateway_url (Discord): see below
     [bots.defaults]
     model = "sdxl"
@@ -101,20 +101,27 @@ CAPABILITIES = ("image", "video", "text", "tts")
 
 @dataclass(frozen=True, kw_only=True)
 class Secret:
-    """Where a secret is read from: an environment variable or a file (its first line)."""
+    """Where a secret is read from: an environment variable or a file (its first line). `issued`: a
+    frontend key the file does not place, which `tessera up` issues and keeps in its data directory
+    (`tessera.bots_setup` names the file)."""
 
     env: str | None = None
     file: Path | None = None
+    issued: bool = False
 
     def describe(self) -> str:
-        return f"environment variable {self.env}" if self.env else f"file {self.file}"
+        if self.env:
+            return f"environment variable {self.env}"
+        where = f"file {self.file}" if self.file else "the data directory"
+        return f"{where} (the key `tessera up` issues)" if self.issued else where
 
     def read(self, environ: Mapping[str, str] | None = None) -> str | None:
         """The secret, or None when its variable is unset or empty, or its file missing or empty."""
         if self.env:
             value = (environ if environ is not None else os.environ).get(self.env, "").strip()
             return value or None
-        assert self.file is not None
+        if self.file is None:  # an issued key not yet placed
+            return None
         try:
             value = self.file.read_text().strip()
         except OSError:
@@ -265,6 +272,8 @@ def _bot(
 
 def _secret_source(entry: Mapping[str, Any], name: str, bot_id: str, base: Path) -> Secret:
     env, file = entry.get(f"{name}_env"), entry.get(f"{name}_file")
+    if name == "frontend_key" and env is None and file is None:
+        return Secret(issued=True)  # `tessera up` issues it and keeps it in its data directory
     if (env is None) == (file is None):
         raise ConfigError(f"give exactly one of {name}_env and {name}_file", bot=bot_id, field=f"{name}_env")
     if env is not None:

@@ -6,13 +6,19 @@ completions and progress). `tessera up` makes those users when the bots file exi
 nats authorization --bot <platform>:<id>` prints them for an external server; both keep the
 passwords in the credentials file, where `bot_nats_url` finds them. A bot without a user there
 uses TESSERA_NATS_URL as it is (a development server without users, say).
+
+A bot whose entry names no frontend key (neither `frontend_key_env` nor `frontend_key_file`) uses
+the one `tessera up` issues it: once, before the bots start, kept in `<data dir>/bot-keys/` (0600)
+and read from there by `tessera bots run` and `tessera bots check` (`issued_key_file`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,16 +28,60 @@ from bots import config as bots_config
 from bots.config import BotConfig, ConfigError
 from tessera import nats_auth, runtime
 
+log = logging.getLogger(__name__)
+
 
 def bots_file(settings: Settings, path: str | None = None) -> Path:
     """The bots file: `path`, else TESSERA_BOTS_FILE, else `<data dir>/bots.toml`."""
     return Path(path) if path else bots_config.default_path(settings.data_dir)
 
 
+def issued_key_file(settings: Settings, config: BotConfig) -> Path:
+    """Where `tessera up` keeps the frontend key it issued a bot whose entry names none."""
+    return settings.data_dir / "bot-keys" / f"{config.frontend}-{config.id}.key"
+
+
+def load(settings: Settings, path: str | Path | None = None) -> list[BotConfig]:
+    """The bots file's bots, an issued frontend key read from its file in the data directory;
+    ConfigError as `bots.config.load`."""
+    found = bots_config.load(bots_file(settings, str(path) if path else None))
+    return [
+        dataclasses.replace(c, frontend_key_source=bots_config.Secret(file=issued_key_file(settings, c), issued=True))
+        if c.frontend_key_source.issued
+        else c
+        for c in found
+    ]
+
+
+async def issue_keys(settings: Settings, nats_url: str, database_url: str) -> list[str]:
+    """What `tessera up` does before it starts the bots: issue each bot whose entry names no frontend
+    key its key, once (a key already in the data directory is kept); the ids of the bots issued one.
+    A bots file that cannot be read issues nothing (the bots process says what is wrong)."""
+    from tessera.admin import create_frontend_key
+
+    try:
+        found = load(settings)
+    except ConfigError:
+        return []
+    issued = []
+    for config in found:
+        file = config.frontend_key_source.file
+        if not config.frontend_key_source.issued or file is None or config.frontend_key_source.read():
+            continue
+        key = await create_frontend_key(nats_url, database_url, frontend=config.frontend, bot_id=config.id)
+        file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(key + "\n")
+        log.info("issued bot %s its frontend key (%s)", config.id, file)
+        issued.append(config.id)
+    return issued
+
+
 def configs(settings: Settings, path: str | None = None, only: str | None = None) -> list[BotConfig]:
     """The bots to run (all, or the one `only` names); SystemExit with the file's error."""
     try:
-        found = bots_config.load(bots_file(settings, path))
+        found = load(settings, path)
     except ConfigError as exc:
         raise SystemExit(f"tessera: {exc}") from None
     if only is None:
@@ -97,7 +147,7 @@ async def check(settings: Settings, path: str | None = None) -> list[Finding]:
     user of its platform, which registers nobody)."""
     file = bots_file(settings, path)
     try:
-        found = bots_config.load(file)
+        found = load(settings, file)
     except ConfigError as exc:
         return [Finding(None, False, str(exc))]
     findings = [Finding(None, True, f"{file}: {len(found)} bots")]

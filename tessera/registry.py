@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from base.config import Settings
 
@@ -56,6 +56,9 @@ class ServiceSpec:
     action: str | None = None  # run as `tessera <name> <action>` (`tessera bots run`)
     configured: Callable[[Settings], bool] | None = None  # Scale.IF_CONFIGURED: whether up starts it
     nats_roles: Callable[[Settings], list[str]] | None = None  # NATS users up makes for its parts
+    # What `tessera up` does (with its NATS and database URLs) once the services without one are
+    # ready, before it starts this one: the bots' frontend keys are issued through the scheduler.
+    prepare: Callable[[Settings, str, str], Coroutine[Any, Any, object]] | None = None
 
     def instances(self, *, workers: int, host: str, settings: Settings | None = None) -> list[Instance]:
         """The processes `tessera up` starts; workers are `<host>-<n>`, each with its own NATS user."""
@@ -211,6 +214,12 @@ def _bots_roles(settings: Settings) -> list[str]:
     return bots_setup.roles(settings)
 
 
+async def _issue_bot_keys(settings: Settings, nats_url: str, database_url: str) -> list[str]:
+    from tessera import bots_setup
+
+    return await bots_setup.issue_keys(settings, nats_url, database_url)
+
+
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec(
         name="scheduler", help="run the scheduler (leader or standby)", build=_scheduler, before=_ensure_streams
@@ -234,6 +243,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         action="run",
         configured=_bots_configured,
         nats_roles=_bots_roles,
+        prepare=_issue_bot_keys,
     ),
 )
 

@@ -14,8 +14,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -39,6 +40,8 @@ class Child:
     restarts: int = 0
     started_at: float = 0.0
     nats_url: str = ""  # its own credentials when `tessera up` runs the nats-server
+    # Run once the children without one are ready, before this one starts (`ServiceSpec.prepare`).
+    prepare: Callable[[Settings, str, str], Coroutine[Any, Any, object]] | None = None
 
     def start(self, env: dict[str, str]) -> None:
         env = {**env, "TESSERA_SIDE_PORT": self.side_url.rsplit(":", 1)[1]}
@@ -66,6 +69,7 @@ def _children(settings: Settings, workers: int) -> list[Child]:
             [*me, *instance.args],
             instance.role,
             side_url=f"http://{url_host}:{free_port(None, side_host)}",
+            prepare=spec.prepare,
         )
         for spec in SERVICES
         for instance in spec.instances(workers=workers, host=host, settings=settings)
@@ -97,13 +101,21 @@ def _banner(title: str, api_url: str, nats: str, database_url: str, settings: Se
     )
 
 
+def _prepare(child: Child, settings: Settings, nats_url: str, database_url: str) -> None:
+    """Run the child's `prepare`; a failure is logged (the child starts anyway and says what it lacks)."""
+    assert child.prepare is not None
+    try:
+        asyncio.run(child.prepare(settings, nats_url, database_url))
+    except (Exception, SystemExit) as exc:
+        log.error("%s: preparing it failed: %s", child.name, exc)
+
+
 def _supervise(children: list[Child], env: dict[str, str], stopping: Callable[[], bool]) -> None:
     """Restart a child that exits (backing off when it keeps failing at start) until `stopping()`."""
     while not stopping():
         time.sleep(0.5)
         for child in children:
-            assert child.process is not None
-            if child.process.poll() is not None and not stopping():
+            if child.process is not None and child.process.poll() is not None and not stopping():
                 log.error("%s exited with %s; restarting", child.name, child.process.returncode)
                 if time.monotonic() - child.started_at < 5:
                     time.sleep(min(2**child.restarts, 30))
@@ -160,7 +172,8 @@ def up(settings: Settings, *, http_port: int | None = None, workers: int = 1) ->
         "TESSERA_URL_SIGNING_KEY": signing_key.ensure(settings),  # every gateway signs links alike
         "PYTHONUNBUFFERED": "1",
     }
-    for child in children:
+    first = [child for child in children if child.prepare is None]
+    for child in first:
         child.start(env)
     runtime.write(settings, nats_url=nats_url, database_url=database_url, api_url=api_url)
 
@@ -173,7 +186,12 @@ def up(settings: Settings, *, http_port: int | None = None, workers: int = 1) ->
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     try:
-        not_ready = _wait_ready(children, lambda: stopping)
+        not_ready = _wait_ready(first, lambda: stopping)
+        later = [child for child in children if child.prepare is not None and not stopping]
+        for child in later:  # the bots: their frontend keys are issued through the services just started
+            _prepare(child, settings, nats_url, database_url)
+            child.start(env)
+        not_ready += _wait_ready(later, lambda: stopping)
         if not stopping:
             if not_ready:
                 log.error("not ready: %s; see the logs above", ", ".join(not_ready))

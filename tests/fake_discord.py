@@ -138,7 +138,8 @@ class Session:
 
 
 class FakeDiscord:
-    """Discord's REST API and gateway on one local port, for one bot application."""
+    """Discord's REST API and gateway on one local port, for one bot application (and any more that
+    `add_application` puts on the same port: each its own token, id, commands and sessions)."""
 
     def __init__(self, token: str = "fake-bot-token", *, token_lifetime_s: float = 15 * 60) -> None:
         self.token = token
@@ -168,6 +169,7 @@ class FakeDiscord:
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self.port = 0
+        self.applications: dict[str, FakeDiscord] = {}  # by token: more bots served on this port
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> FakeDiscord:
@@ -180,10 +182,29 @@ class FakeDiscord:
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        for other in self.applications.values():
+            other.port = self.port
+        return self
+
+    def add_application(self, token: str) -> FakeDiscord:
+        """Another bot application served on this fake's port (Discord bots in one process share
+        discord.py's addresses): REST by its token, interaction id or application id, the gateway
+        by the token its IDENTIFY or RESUME carries. Drive and read it as its own fake."""
+        other = FakeDiscord(token, token_lifetime_s=self.token_lifetime_s)
+        other.port = self.port
+        self.applications[token] = other
+        return other
+
+    def _application_for(self, request: web.Request) -> FakeDiscord:
+        token = request.headers.get("Authorization", "").removeprefix("Bot ")
+        info = request.match_info
+        for other in self.applications.values():
+            if token == other.token or info.get("app") == other.application_id or info.get("id") in other.interactions:
+                return other
         return self
 
     async def close(self) -> None:
-        for session in self.sessions.values():
+        for session in [s for app in (self, *self.applications.values()) for s in app.sessions.values()]:
             if session.transport is not None:
                 session.transport.abort()
         if self._runner is not None:
@@ -404,10 +425,10 @@ class FakeDiscord:
             op = payload.get("op")
             if op == 1:
                 await send({"op": 11, "s": None, "t": None, "d": None})
-            elif op == 2:
-                session = await self._identify(payload["d"], ws, request, send)
-            elif op == 6:
-                session = await self._resume(payload["d"], ws, request, send)
+            elif op in (2, 6):
+                app = self.applications.get(str((payload.get("d") or {}).get("token")), self)
+                handle = app._identify if op == 2 else app._resume
+                session = await handle(payload["d"], ws, request, send)
         if session is not None and session.socket is ws:
             session.socket = session.transport = session.send = None
         return ws
@@ -641,6 +662,9 @@ class FakeDiscord:
         if not request.path.startswith("/api/"):
             response: web.StreamResponse = await handler(request)
             return response
+        application = self._application_for(request)
+        if application is not self:  # another bot's: its own handler, limits and log
+            return await application._errors(request, getattr(application, handler.__name__))
         self.requests.append((request.method, request.path))
         for limit in self._limits:
             if limit.remaining and request.method == limit.method and request.path.startswith(limit.path_prefix):
