@@ -130,6 +130,16 @@ _BUILTIN = (
         description="Gemma 3 270M (offline, CPU, llama.cpp); 0.01 + 0.1 token per 1000 generated tokens.",
     ),
     Model(
+        name="piper-joe",
+        capability="tts",
+        engine="piper",
+        timeout_seconds=120,
+        typical_seconds=1.0,
+        pricing=Pricing(rate=1.0),
+        description='Offline neural text-to-speech with Piper, US English voice "joe" (WAV, 22.05 kHz mono); '
+        "1 token per 1000 characters.",
+    ),
+    Model(
         name="espeak-ng",
         capability="tts",
         engine="espeak",
@@ -154,7 +164,7 @@ _BUILTIN_DEFAULTS: dict[str, str] = {
     "image": "sdxl",
     "video": "ltx-video",
     "text": "gemma3-270m",
-    "tts": "espeak-ng",
+    "tts": "piper-joe",
     "stt": "pocketsphinx-en",
 }
 

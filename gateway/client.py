@@ -224,6 +224,13 @@ class TesseraClient:
         response = await self._request("POST", "/api/v1/uploads", content=data, headers={"Content-Type": content_type})
         return UploadStored.model_validate_json(response.content)
 
+    async def upload_file(self, data: bytes, filename: str, content_type: str | None = None) -> UploadStored:
+        """Store an input file sent as a browser sends it: the `file` part of a multipart/form-data
+        body. Without `content_type` the gateway takes the type the file's bytes announce."""
+        part = (filename, data, content_type or "application/octet-stream")
+        response = await self._request("POST", "/api/v1/uploads", files={"file": part})
+        return UploadStored.model_validate_json(response.content)
+
     async def uploads(self) -> UploadList:
         """The user's uploads still stored, newest first."""
         return await self._get("/api/v1/uploads", UploadList)
@@ -305,9 +312,15 @@ class TesseraClient:
         content: bytes | str | None = None,
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str | int] | None = None,
+        files: Mapping[str, tuple[str, bytes, str]] | None = None,
     ) -> httpx.Response:
         response = await self._http.request(
-            method, self._url(path), content=content, params=params, headers={**self._auth(), **(headers or {})}
+            method,
+            self._url(path),
+            content=content,
+            params=params,
+            files=files,
+            headers={**self._auth(), **(headers or {})},
         )
         if response.status_code >= 400:
             raise ApiError.from_response(response)

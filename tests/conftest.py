@@ -131,7 +131,7 @@ class Platform:
     async def start_worker(
         self,
         worker_id: str = "w1",
-        engines: tuple[str, ...] = ("echo", "espeak"),
+        engines: tuple[str, ...] = ("echo", "piper", "espeak"),
         slots: int = 0,
         started_grace_s: float = 0.0,
         artifact_ttl_s: float = 7 * 24 * 3600,
@@ -223,7 +223,7 @@ async def gateway_and_projector(
 
 @pytest.fixture
 async def platform(platform_parts: Platform) -> Platform:
-    """The whole platform: gateway, projector, scheduler and one worker (echo + espeak)."""
+    """The whole platform: gateway, projector, scheduler and one worker (echo, Piper, espeak, PocketSphinx)."""
     scheduler = Scheduler(
         platform_parts.settings,
         nats_url=platform_parts.nats_url,
@@ -232,7 +232,7 @@ async def platform(platform_parts: Platform) -> Platform:
     )
     await platform_parts.start("scheduler", scheduler)
     await asyncio.wait_for(scheduler.is_leader.wait(), 10)
-    await platform_parts.start_worker(engines=("echo", "espeak", "pocketsphinx"))
+    await platform_parts.start_worker(engines=("echo", "piper", "espeak", "pocketsphinx"))
     return platform_parts
 
 

@@ -84,32 +84,71 @@ def wav_facts(data: bytes) -> tuple[float, int] | None:
         return None
 
 
+MULTIPART_FIELD = "file"
+_UNTYPED = {"", "application/octet-stream"}  # what a browser sends for a file type it does not know
+
+
+async def _file_of(request: Request) -> tuple[bytes, str]:
+    """The uploaded bytes and the content type they are declared as: the raw body and its header, or
+    the `file` part of a multipart/form-data body and that part's type."""
+    content_type = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if content_type != "multipart/form-data":
+        return await request.body(), content_type
+    async with request.form(max_files=1, max_fields=20) as form:
+        part = form.get(MULTIPART_FIELD)
+        if part is None or isinstance(part, str):
+            raise Problem(
+                422,
+                "UPLOAD_FILE_MISSING",
+                f"a multipart/form-data upload sends its file in a part named {MULTIPART_FIELD!r}",
+            )
+        data = await part.read()
+        declared = (part.content_type or "").split(";")[0].strip().lower()
+    if declared in _UNTYPED:  # the bytes say what it is; it must still be a type uploads take
+        declared = sniff(data) or declared
+    return data, declared
+
+
 @router.post(
     "",
     status_code=201,
     response_model=UploadStored,
     summary="Upload an input file",
-    openapi_extra={"requestBody": {"required": True, "content": {t: {} for t in sorted(ACCEPTED)}}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                **{t: {} for t in sorted(ACCEPTED)},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": [MULTIPART_FIELD],
+                        "properties": {MULTIPART_FIELD: {"type": "string", "format": "binary"}},
+                    }
+                },
+            },
+        }
+    },
 )
 async def upload(request: Request, services: ServicesDep, principal: CurrentPrincipal) -> JSONResponse:
-    """Send the file as the raw body with its Content-Type. Refer to it from a job as
+    """Send the file as the raw body with its Content-Type, or as the `file` part of a
+    multipart/form-data body (as a browser's form sends it). Refer to it from a job as
     `params.input_upload`; speech-to-text needs one."""
-    content_type = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    data, content_type = await _file_of(request)
     if content_type not in ACCEPTED:
         raise Problem(415, "UNSUPPORTED_MEDIA_TYPE", f"uploads take {', '.join(sorted(ACCEPTED))}")
-    data = await request.body()
     if not data:
-        raise Problem(422, "EMPTY_UPLOAD", "the body is empty")
+        raise Problem(422, "EMPTY_UPLOAD", "the file is empty")
     declared = "audio/wav" if content_type in WAV_TYPES else content_type
     found = sniff(data)
     if found != declared:
         raise Problem(
-            422, "INVALID_UPLOAD", f"the body is not a {declared} file" + (f" (its bytes say {found})" if found else "")
+            422, "INVALID_UPLOAD", f"the file is not a {declared} file" + (f" (its bytes say {found})" if found else "")
         )
     content_type = found
     facts = wav_facts(data) if content_type == "audio/wav" else None
     if content_type == "audio/wav" and facts is None:
-        raise Problem(422, "INVALID_UPLOAD", "the body is not a WAV file Tessera can read")
+        raise Problem(422, "INVALID_UPLOAD", "the file is not a WAV file Tessera can read")
     seconds = facts[0] if facts else None
     upload_id = uuid.uuid4()
     name = object_name(principal.user_id, upload_id)

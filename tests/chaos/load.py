@@ -68,7 +68,7 @@ def make_jobs(
                 rng.choice(("tessera", "chaos", "speech", "token", "worker", "queue"))
                 for _ in range(rng.randint(2, 30))
             )
-            body: dict[str, Any] = {"capability": "tts", "params": {"prompt": f"{words} {n}"}}
+            body: dict[str, Any] = {"capability": "tts", "params": {"prompt": f"{words} {n}", "model": "espeak-ng"}}
         else:
             roll = rng.random()
             delay = (

@@ -23,7 +23,7 @@ async def test_an_expired_artifact_is_removed_and_the_removal_is_an_event(platfo
             database_url=platform_parts.database_url,
         ),
     )
-    await platform_parts.start_worker("short-lived", engines=("espeak",), artifact_ttl_s=1.0)
+    await platform_parts.start_worker("short-lived", engines=("piper",), artifact_ttl_s=1.0)
     key = await platform_parts.user_key()
     async with platform_parts.client(key) as client:
         job_id = (

@@ -16,13 +16,13 @@ from tests.conftest import Platform
 
 @pytest.fixture
 async def media(platform_parts: Platform) -> Platform:
-    """Gateway, projector, scheduler and a worker with the diagnostic engines and espeak, no ComfyUI."""
+    """Gateway, projector, scheduler and a worker with the diagnostic engines and Piper, no ComfyUI."""
     scheduler = Scheduler(
         platform_parts.settings, nats_url=platform_parts.nats_url, database_url=platform_parts.database_url
     )
     await platform_parts.start("scheduler", scheduler)
     await asyncio.wait_for(scheduler.is_leader.wait(), 10)
-    await platform_parts.start_worker("laptop", engines=("diagnostic-image", "diagnostic-video", "espeak"))
+    await platform_parts.start_worker("laptop", engines=("diagnostic-image", "diagnostic-video", "piper"))
     return platform_parts
 
 
@@ -72,7 +72,7 @@ async def test_the_product_documents_request_shape_is_understood(media: Platform
     key = await media.user_key()
     async with media.client(key) as client:
         speech = await completed(media, client, {"capability": "audio", "params": {"prompt": "hello"}})
-        assert speech["status"] == "COMPLETED" and speech["capability"] == "tts" and speech["model"] == "espeak-ng"
+        assert speech["status"] == "COMPLETED" and speech["capability"] == "tts" and speech["model"] == "piper-joe"
         assert speech["artifacts"][0]["content_type"] == "audio/wav"
 
         image = await completed(

@@ -90,7 +90,7 @@ async def test_no_request_body_makes_a_500_or_stops_the_scheduler(platform_parts
     )
     await platform_parts.start("scheduler", scheduler)
     await asyncio.wait_for(scheduler.is_leader.wait(), 10)
-    await platform_parts.start_worker(engines=("echo", "espeak"))
+    await platform_parts.start_worker(engines=("echo", "piper", "espeak"))
     keys = [await platform_parts.user_key(plan="admin"), await platform_parts.frontend_key("telegram", "tg-1")]
     seen: dict[int, int] = {}
 

@@ -42,7 +42,7 @@ async def test_speech_made_by_tts_transcribes_back_to_words_of_the_sentence(plat
         "scheduler",
         Scheduler(platform_parts.settings, nats_url=platform_parts.nats_url, database_url=platform_parts.database_url),
     )
-    await platform_parts.start_worker("voice", engines=("espeak", "pocketsphinx"))
+    await platform_parts.start_worker("voice", engines=("piper", "pocketsphinx"))
     key = await platform_parts.user_key(plan="free")
     async with platform_parts.client(key) as client:
         tts = (
@@ -64,9 +64,9 @@ async def test_speech_made_by_tts_transcribes_back_to_words_of_the_sentence(plat
         done = await platform_parts.wait_status(client, stt.json()["job_id"], {"COMPLETED"}, timeout=60)
     transcript = done["artifacts"][0]["text"]
     shared = set(transcript.split()) & set(SENTENCE.split()) - {"the", "to", "her", "a"}
-    # PocketSphinx hears espeak's synthetic voice poorly, and espeak's audio varies from call to
-    # call: runs here recovered one to four of the content words ("bring these things with").
-    assert shared, transcript
+    # The default TTS is Piper: PocketSphinx hears most of its words (bench/stt_wer.py measures a
+    # word error rate of 13-17%); runs here recovered "bring these things with her from the store".
+    assert len(shared) >= 4, transcript
     assert done["cost_tokens"] <= 0.01
 
 

@@ -277,7 +277,7 @@ async def platform_on(nats_: AuthNats, database_url: str) -> AsyncIterator[Platf
         worker = Worker(
             nats_url=nats_.url("worker:w1"),
             worker_id="w1",
-            engines=[build(e) for e in ("echo", "espeak", "pocketsphinx")],
+            engines=[build(e) for e in ("echo", "piper", "pocketsphinx")],
             heartbeat_interval_s=platform.settings.heartbeat_interval_s,
             started_grace_s=0.0,
         )

@@ -114,7 +114,7 @@ async def test_tessera_up_serves_speech_and_text_offline(tmp_path: Path) -> None
         async with httpx.AsyncClient(base_url=api, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
             for _ in range(100):  # the worker's first heartbeat
                 models = (await client.get("/api/v1/models")).json()["models"]
-                if any(m["name"] == "espeak-ng" and m["workers_online"] for m in models):
+                if any(m["name"] == "piper-joe" and m["workers_online"] for m in models):
                     break
                 await asyncio.sleep(0.1)
             tts = (

@@ -87,7 +87,8 @@ def test_a_quote_has_the_model_the_size_and_the_price() -> None:
     quote = CATALOG.quote("image", "flux-dev", {"prompt": "x", "width": 512, "height": 768, "batch_size": 2})
     assert (quote.model.name, quote.width, quote.height, quote.side) == ("flux-dev", 512, 768, 768)
     assert quote.cost == model("flux-dev").cost({"prompt": "x", "width": 512, "height": 768, "batch_size": 2})
-    assert CATALOG.quote("tts", None, {"prompt": "hi"}).model.name == "espeak-ng"
+    assert CATALOG.quote("tts", None, {"prompt": "hi"}).model.name == "piper-joe"  # the default
+    assert CATALOG.quote("tts", "espeak-ng", {"prompt": "hi"}).model.name == "espeak-ng"
     assert (CATALOG.quote("text", None, {"prompt": "x"}).width, CATALOG.quote("text", None, {}).height) == (0, 0)
 
 

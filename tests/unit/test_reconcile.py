@@ -160,15 +160,15 @@ def test_a_one_slot_engine_serves_again_after_a_requeue() -> None:
     """The engine's only slot is let go when its attempt is requeued, so the next job of that engine
     is dispatched (it once stayed held, and every later TTS job waited forever)."""
     state, users = make_state()
-    one_slot = [EnginePool(engine="espeak", models=["espeak-ng"], slots=1)]
+    one_slot = [EnginePool(engine="piper", models=["piper-joe"], slots=1)]
     state.clock = time.time
     status = WorkerStatus(
         worker_id="w1",
         instance_id=INSTANCE,
         capabilities=["tts"],
-        engines=["espeak"],
-        models=["espeak-ng"],
-        loaded_models=["espeak-ng"],
+        engines=["piper"],
+        models=["piper-joe"],
+        loaded_models=["piper-joe"],
         slots=1,
         running=[],
         held={},

@@ -77,7 +77,7 @@ def worker(pools: list[EnginePool], slots: int | None = None, running: list[uuid
 
 ECHO_AND_TTS = [
     EnginePool(engine="echo", models=["echo"], slots=256),
-    EnginePool(engine="espeak", models=["espeak-ng"], slots=1),
+    EnginePool(engine="piper", models=["piper-joe"], slots=1),  # the default TTS model's engine
 ]
 
 
@@ -118,8 +118,8 @@ def test_an_engine_with_one_slot_gets_one_job_while_another_engine_takes_many() 
     tts = [submit(state, users["free"], "tts") for _ in range(3)]
     echo = [submit(state, users["free"], "echo") for _ in range(5)]
     first = dispatched(state)
-    assert sorted(first) == sorted([tts[0], *echo])  # one espeak job, every echo job
-    assert dispatched(state) == []  # the espeak slot is taken; the other two wait in the queue
+    assert sorted(first) == sorted([tts[0], *echo])  # one Piper job, every echo job
+    assert dispatched(state) == []  # the Piper slot is taken; the other two wait in the queue
     complete(state, tts[0])
     assert dispatched(state) == [tts[1]]
 
@@ -140,7 +140,7 @@ def test_the_worker_total_caps_all_engines_together() -> None:
     state.worker_seen(worker(ECHO_AND_TTS, slots=2))
     jobs = [submit(state, users["free"], "echo") for _ in range(4)]
     assert dispatched(state) == jobs[:2]
-    assert state.capable_slots("echo") == 2 and state.capable_slots("espeak-ng") == 1
+    assert state.capable_slots("echo") == 2 and state.capable_slots("piper-joe") == 1
 
 
 def test_a_cancelled_running_job_holds_its_engine_slot_until_the_worker_lets_go() -> None:
@@ -180,7 +180,7 @@ def test_a_worker_announces_one_pool_per_engine_and_their_sum_as_its_slots() -> 
 
 def test_a_job_requeued_from_a_lost_worker_goes_back_to_its_place_in_the_queue() -> None:
     state, users = make_state()
-    pools = [EnginePool(engine="espeak", models=["espeak-ng"], slots=1)]
+    pools = [EnginePool(engine="piper", models=["piper-joe"], slots=1)]
     state.worker_seen(worker(pools))
     first, second, _ = (submit(state, users["free"], "tts") for _ in range(3))
     assert dispatched(state) == [first]

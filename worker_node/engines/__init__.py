@@ -11,6 +11,7 @@ BUILT_IN = (
     "echo",
     "diagnostic-image",
     "diagnostic-video",
+    "piper",
     "espeak",
     "pocketsphinx",
     "llama-cpp",
@@ -39,6 +40,10 @@ def build(name: str) -> Engine:
         from worker_node.engines.diagnostic import DiagnosticImageEngine, DiagnosticVideoEngine
 
         return DiagnosticImageEngine() if name == "diagnostic-image" else DiagnosticVideoEngine()
+    if name == "piper":
+        from worker_node.engines.piper import PiperEngine
+
+        return PiperEngine()
     if name == "espeak":
         from worker_node.engines.espeak import EspeakEngine
 
