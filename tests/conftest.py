@@ -205,7 +205,12 @@ async def gateway_and_projector(
     platform = Platform(nats_url=nats_url, database_url=database_url, settings=settings)
     port = free_port(None)
     app = create_app(settings, nats_url=gateway_nats_url or nats_url, database_url=database_url)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    # As `tessera gateway` runs it (gateway/service.py): connections still open at shutdown are
+    # closed after 10 s rather than waited for without end.
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=10
+    )
+    server = uvicorn.Server(config)
     server_task = asyncio.create_task(server.serve(), name="gateway")
     while not server.started:
         await asyncio.sleep(0.02)
