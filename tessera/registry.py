@@ -142,7 +142,8 @@ def _worker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--engines",
         default=None,
-        help="comma-separated engines (default echo,espeak,pocketsphinx, and llama-cpp with the llm extra)",
+        help="comma-separated engines (default: echo, diagnostic-image, diagnostic-video, piper, espeak, "
+        "pocketsphinx, and llama-cpp with the llm extra)",
     )
     parser.add_argument(
         "--slots",
