@@ -136,11 +136,3 @@ class Settings:
             values["worker_engines"] = tuple(e.strip() for e in engines.split(",") if e.strip())
         values.update(overrides)
         return cls(**values)
-
-    def require_urls(self) -> tuple[str, str]:
-        if not self.nats_url or not self.database_url:
-            raise RuntimeError(
-                "TESSERA_NATS_URL and TESSERA_DATABASE_URL must be set to run a single service; "
-                "`tessera up` starts embedded servers instead"
-            )
-        return self.nats_url, self.database_url

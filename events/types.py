@@ -258,9 +258,6 @@ class StreamType(StrEnum):
     UPLOAD = "upload"
 
 
-STREAM_TYPES = frozenset(StreamType)
-
-
 class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True):
     """An event as stored: its place in its stream (`version`) and in the log (`seq`)."""
 
