@@ -1,4 +1,9 @@
 -- Webhooks (issue 15, docs/webhooks.md).
+-- A webhook endpoint is an aggregate of its own: its events are on the endpoint's stream.
+ALTER TABLE events DROP CONSTRAINT IF EXISTS events_stream_type_check;
+ALTER TABLE events ADD CONSTRAINT events_stream_type_check
+    CHECK (stream_type IN ('job', 'user', 'plan', 'frontend', 'artifact', 'upload', 'webhook'));
+
 -- The projector's read model of users' webhook endpoints (the API lists them from here). The
 -- secrets are sealed with the deployment's key (gateway/webhook_secrets.py), never stored plain.
 CREATE TABLE webhook_endpoints (
