@@ -110,7 +110,7 @@ class Sender:
                 response = await self._client.send(request, stream=True)
                 try:
                     excerpt = b""
-                    async for chunk in response.aiter_raw():
+                    async for chunk in response.aiter_bytes():
                         excerpt += chunk
                         if len(excerpt) >= EXCERPT_BYTES:
                             break
