@@ -29,7 +29,7 @@ class Received:
 @dataclass
 class Receiver:
     statuses: list[int | tuple[int, dict[str, str]]] = field(default_factory=list)
-    hold_s: float = 0.0  # how long to wait before answering
+    holds: list[float] = field(default_factory=list)  # how long to wait before answering, request by request
     received: list[Received] = field(default_factory=list)
     url: str = ""
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
@@ -46,8 +46,8 @@ class Receiver:
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         self.received.append(Received(path=scope["path"], headers=headers, body=body))
         self.arrived.set()
-        if self.hold_s:
-            await asyncio.sleep(self.hold_s)
+        if self.holds:
+            await asyncio.sleep(self.holds.pop(0))
         answer = self.statuses.pop(0) if self.statuses else 200
         status, extra = answer if isinstance(answer, tuple) else (answer, {})
         raw_headers = [(b"content-type", b"text/plain")] + [(k.encode(), v.encode()) for k, v in extra.items()]
@@ -74,7 +74,9 @@ class Receiver:
 async def receiving(receiver: Receiver | None = None) -> AsyncIterator[Receiver]:
     receiver = receiver or Receiver()
     port = free_port(None)
-    server = uvicorn.Server(uvicorn.Config(receiver, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(receiver, host="127.0.0.1", port=port, log_level="critical", timeout_graceful_shutdown=1)
+    )
     task = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.02)
