@@ -75,3 +75,15 @@ async def test_the_openapi_document_describes_the_header(platform: Platform) -> 
     assert "IDEMPOTENCY_KEY_REUSED" in header["description"]
     body = document["paths"]["/api/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert "webhook" in body["properties"] and "webhook_events_filter" in body["properties"]
+
+
+async def test_where_the_answer_goes_is_not_part_of_the_request_a_key_stands_for(platform: Platform) -> None:
+    """A bot that handles a chat message again after a restart posts a new progress message: the
+    reply context differs, and the retry is still the same job."""
+    key = await platform.frontend_key("telegram", "tg-1")
+    async with platform.client(key, **{"Idempotency-Key": "tg-1:77:5"}) as client:
+        body = {"capability": "echo", "params": {"prompt": "hi"}, "user_ref": "telegram:77"}
+        first = await client.post("/api/v1/jobs", json={**body, "reply_context": {"chat_id": 77, "message_id": 5}})
+        again = await client.post("/api/v1/jobs", json={**body, "reply_context": {"chat_id": 77, "message_id": 6}})
+        assert first.status_code == again.status_code == 202, first.text
+        assert first.json()["job_id"] == again.json()["job_id"]
