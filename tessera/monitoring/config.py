@@ -15,9 +15,9 @@ from urllib.parse import urlsplit
 from base.config import Settings
 from tessera import runtime
 from tessera.monitoring import ALERTS
+from tessera.registry import SERVICES
 
 ALERTS_FILE = ALERTS
-from tessera.registry import SERVICES
 
 
 def side_ports(settings: Settings) -> dict[str, str]:
