@@ -27,6 +27,15 @@ def _env_path(name: str) -> Path | None:
     return Path(value) if value else None
 
 
+def _env_bool(name: str) -> bool | None:
+    value = (os.environ.get(name) or "").strip().lower()
+    if not value:
+        return None
+    if value not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ValueError(f"{name} must be true or false, not {value!r}")
+    return value in ("1", "true", "yes", "on")
+
+
 def default_engines() -> tuple[str, ...]:
     """The offline engines: echo, the diagnostic image and video engines, Piper, espeak-ng, PocketSphinx,
     and llama.cpp when the llm extra is installed."""
@@ -68,6 +77,9 @@ class Settings:
     command_batch: int = 512
     heartbeat_interval_s: float = 2.0
     worker_timeout_s: float = 10.0
+    # A model whose workers were all lost this recently still takes jobs (they queue): a worker
+    # restarting for a deploy means waiting jobs, not refusals (docs/scheduling.md).
+    worker_grace_s: float = 300.0
     reconcile_grace_s: float = 10.0  # an attempt missing from its worker's heartbeats this long is requeued
     max_attempts: int = 3
     queue_timeout_s: float = 1800.0
@@ -93,6 +105,14 @@ class Settings:
     signed_url_ttl_s: float = 24 * 3600  # how long a signed artifact link works
     # A JSON file that reprices or adds models (docs/plans.md); None: the built-in catalog.
     catalog_file: Path | None = None
+    # The website (docs/web.md): how long a login lasts, and whether its cookie is Secure (None:
+    # when the request came over https, directly or as a proxy's X-Forwarded-Proto says).
+    session_ttl_s: float = 14 * 24 * 3600
+    cookie_secure: bool | None = None
+    # Webhooks (docs/webhooks.md): plain-http URLs (local testing only), and receivers inside the
+    # network that may be reached anyway (CIDRs or host names; everything private is refused otherwise).
+    webhook_allow_http: bool = False
+    webhook_allowlist: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -113,6 +133,7 @@ class Settings:
             "submit_timeout_s": _env_float("TESSERA_SUBMIT_TIMEOUT", 10.0),
             "heartbeat_interval_s": _env_float("TESSERA_HEARTBEAT_INTERVAL", 2.0),
             "worker_timeout_s": _env_float("TESSERA_WORKER_TIMEOUT", 10.0),
+            "worker_grace_s": _env_float("TESSERA_WORKER_GRACE", 300.0),
             "reconcile_grace_s": _env_float("TESSERA_RECONCILE_GRACE", 10.0),
             "max_attempts": _env_int("TESSERA_MAX_ATTEMPTS", 3),
             "queue_timeout_s": _env_float("TESSERA_QUEUE_TIMEOUT", 1800.0),
@@ -129,6 +150,12 @@ class Settings:
             "signed_url_ttl_s": _env_float("TESSERA_SIGNED_URL_TTL", 24 * 3600),
             "max_upload_bytes": _env_int("TESSERA_MAX_UPLOAD_BYTES", 25 * 1024 * 1024),
             "catalog_file": _env_path("TESSERA_CATALOG_FILE"),
+            "session_ttl_s": _env_float("TESSERA_SESSION_TTL", 14 * 24 * 3600),
+            "cookie_secure": _env_bool("TESSERA_COOKIE_SECURE"),
+            "webhook_allow_http": bool(_env_bool("TESSERA_WEBHOOK_ALLOW_HTTP")),
+            "webhook_allowlist": tuple(
+                v.strip() for v in os.environ.get("TESSERA_WEBHOOK_ALLOWLIST", "").split(",") if v.strip()
+            ),
         }
         if os.environ.get("TESSERA_WORKER_ID"):
             values["worker_id"] = os.environ["TESSERA_WORKER_ID"]

@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from base.health import Readiness
+from base.metrics import record_readiness
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,10 @@ class SidePort:
         return JSONResponse({"service": self.name, "status": "ok"})
 
     async def _readyz(self, _request: Request) -> Response:
+        readiness = await self._readiness()
+        return JSONResponse(readiness.body(self.name), status_code=200 if readiness.ready else 503)
+
+    async def _readiness(self) -> Readiness:
         try:
             readiness = await asyncio.wait_for(self.check(), self.check_timeout_s)
         except TimeoutError:
@@ -156,7 +161,9 @@ class SidePort:
         except Exception as exc:  # a check that fails says so rather than taking the port down
             log.exception("%s: the readiness check failed", self.name)
             readiness = Readiness(checks={"answered": False}, details={"error": repr(exc)})
-        return JSONResponse(readiness.body(self.name), status_code=200 if readiness.ready else 503)
+        return readiness
 
     async def _metrics(self, _request: Request) -> Response:
+        if self.registry is REGISTRY:  # its readiness as gauges, fresh at each scrape
+            record_readiness(self.name, await self._readiness())
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)

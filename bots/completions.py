@@ -28,6 +28,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from base.errors import TesseraError
 from base.health import Readiness
+from bots import metrics
 from streams import connection, permissions
 from streams import subjects as s
 from streams.messages import Notification
@@ -53,6 +54,7 @@ class CompletionFeed:
         self._nc: NATS | None = None
         self._following = False
         self.undeliverable = 0  # notifications acknowledged without reaching their user
+        self.frontend = frontend
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -142,10 +144,13 @@ class CompletionFeed:
                 exc,
             )
             self.undeliverable += 1
+            metrics.DELIVERIES(self.frontend, "undeliverable").inc()
             await msg.ack()
             return
         except Exception:  # the user was not told: let NATS deliver it again
             log.exception("%s: handling job %s failed; it will come again", self.durable, notification.job_id)
+            metrics.DELIVERIES(self.frontend, "retried").inc()
             await msg.nak(delay=1.0)
             return
+        metrics.DELIVERIES(self.frontend, "delivered").inc()
         await msg.ack()

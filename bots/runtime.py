@@ -30,6 +30,7 @@ user who blocked the bot or a chat that is gone: recorded and acknowledged, neve
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import uuid
@@ -202,17 +203,23 @@ class BotRuntime:
         self.flood.check(user_ref)
         context = reply_context.to_dict() if isinstance(reply_context, ReplyContext) else reply_context
         key = f"{self.bot_id}:{idempotency_key}" if idempotency_key else None
-        try:
-            return await self.api(user_ref).submit(
-                capability,
-                params,
-                reply_context=dict(context) if context else None,
-                idempotency_key=key,
-            )
-        except ApiError as exc:
-            if "model" in params:
-                exc.extra.setdefault("model", params["model"])
-            raise
+        for attempt in range(3):
+            try:
+                return await self.api(user_ref).submit(
+                    capability,
+                    params,
+                    reply_context=dict(context) if context else None,
+                    idempotency_key=key,
+                )
+            except ApiError as exc:
+                # No decision in time: with a key, sending it again is safe (the same job, never a second).
+                if key and exc.code == "SCHEDULER_UNAVAILABLE" and attempt < 2:
+                    await asyncio.sleep(min(exc.retry_after or 1.0, 5.0))
+                    continue
+                if "model" in params:
+                    exc.extra.setdefault("model", params["model"])
+                raise
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     async def job(self, user_ref: str, job_id: Id) -> JobView:
         """The job as it stands now."""

@@ -83,6 +83,7 @@ class Job(msgspec.Struct, kw_only=True):
     execution_time_seconds: float | None = None
     error: dict[str, Any] | None = None
     last_seq: int = 0
+    request_digest: str | None = None  # not a read-model column: the scheduler's idempotency check
 
 
 def _move(job: Job, to: JobStatus, event_type: str) -> None:
@@ -113,6 +114,7 @@ def evolve(job: Job | None, rec: RecordedEvent) -> Job:
             reply_context=event.reply_context,
             created_at=rec.recorded_at,
             last_seq=rec.seq,
+            request_digest=event.request_digest,
         )
     if rec.version != job.version + 1:
         raise IllegalTransition(job.id, f"{job.status} at version {job.version}", f"{rec.type}@{rec.version}")

@@ -224,3 +224,25 @@ async def uploads_counted(conn: asyncpg.Connection, since: date) -> dict[tuple[u
 async def head(conn: asyncpg.Connection) -> int:
     """The newest sequence number in the log (0 when empty)."""
     return int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM events"))
+
+
+async def quota_day_settlements(
+    conn: asyncpg.Connection, day: date, up_to_seq: int, types: Sequence[str]
+) -> list[tuple[RecordedEvent, RecordedEvent]]:
+    """The job events of `types` (completions, failures, cancellations) that settle a reservation of
+    quota day `day`, up to log position `up_to_seq`, each with its job's first event (JobSubmitted):
+    what a day's bill is made of (`tessera billing`)."""
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM events WHERE type = ANY($1::text[]) AND data->>'quota_day' = $2 AND seq <= $3"
+        " ORDER BY seq",
+        list(types),
+        day.isoformat(),
+        up_to_seq,
+    )
+    settled = [_row_to_event(r) for r in rows]
+    firsts = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM events WHERE stream_id = ANY($1::uuid[]) AND version = 1",
+        list({rec.stream_id for rec in settled}),
+    )
+    submitted = {rec.stream_id: rec for rec in map(_row_to_event, firsts)}
+    return [(rec, submitted[rec.stream_id]) for rec in settled if rec.stream_id in submitted]

@@ -64,6 +64,9 @@ class JobSubmitted(Event, frozen=True, kw_only=True, tag="JobSubmitted.v1"):
     priority: int
     cost_tokens: float
     reply_context: dict[str, Any] | None = None
+    request_digest: str | None = None  # of the submit, to refuse an Idempotency-Key reused with another body
+    webhook: str | None = None  # per-job webhook URL (docs/webhooks.md)
+    webhook_events: list[str] | None = None
 
 
 class JobQueued(Event, frozen=True, kw_only=True, tag="JobQueued.v1"):
@@ -231,6 +234,46 @@ class ArtifactExpired(Event, frozen=True, kw_only=True, tag="ArtifactExpired.v1"
     expired_at: datetime
 
 
+# --- webhook endpoints (docs/webhooks.md); stream: the endpoint's id ----------------------------
+
+
+class WebhookEndpointCreated(Event, frozen=True, kw_only=True, tag="WebhookEndpointCreated.v1"):
+    """A user's webhook endpoint. `secret_sealed` is its signing secret sealed with the deployment's
+    key (gateway.webhook_secrets), never the secret itself."""
+
+    user_id: uuid.UUID
+    url: str
+    events: list[str]
+    description: str | None = None
+    secret_sealed: str
+
+
+class WebhookEndpointUpdated(Event, frozen=True, kw_only=True, tag="WebhookEndpointUpdated.v1"):
+    """The endpoint as it is now (every field); `disabled_reason` says why it stopped, and who stopped it."""
+
+    url: str
+    events: list[str]
+    description: str | None = None
+    enabled: bool
+    disabled_reason: str | None = None
+    by: str = "user"  # user | delivery (the webhook service: 410 Gone, or failing for days)
+
+
+class WebhookSecretRotated(Event, frozen=True, kw_only=True, tag="WebhookSecretRotated.v1"):
+    """A new secret signs from now on; the previous one signs beside it until `previous_expires_at`."""
+
+    secret_sealed: str
+    previous_sealed: str
+    previous_expires_at: datetime
+
+
+class WebhookEndpointDeleted(Event, frozen=True, kw_only=True, tag="WebhookEndpointDeleted.v1"):
+    user_id: uuid.UUID
+
+
+WebhookEvent = WebhookEndpointCreated | WebhookEndpointUpdated | WebhookSecretRotated | WebhookEndpointDeleted
+
+
 AnyEvent = (
     JobEvent
     | UserRegistered
@@ -244,6 +287,7 @@ AnyEvent = (
     | UploadStored
     | UploadDeleted
     | UploadExpired
+    | WebhookEvent
 )
 
 
@@ -256,6 +300,7 @@ class StreamType(StrEnum):
     FRONTEND = "frontend"
     ARTIFACT = "artifact"
     UPLOAD = "upload"
+    WEBHOOK = "webhook"
 
 
 class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import msgspec
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from nats.aio.msg import Msg
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -15,9 +17,12 @@ from base import db
 from base.config import Settings
 from events.types import ApiKeyRevoked, FrontendKeyRevoked, decode_recorded
 from gateway import errors
+from gateway.contract import TesseraAPI
 from gateway.deps import Services
 from gateway.fleet import Fleet
-from gateway.routes import artifacts, job_stream, jobs, keys, meta, uploads, users
+from gateway.metrics import RequestMetrics
+from gateway.routes import artifacts, feed, job_stream, jobs, keys, meta, quote, uploads, users, webhooks
+from gateway.web import pages
 from streams import connection
 from streams import subjects as s
 from streams.commands import CommandBus
@@ -91,7 +96,8 @@ def create_app(settings: Settings, *, nats_url: str, database_url: str) -> FastA
                 await fleet.stop()
                 await bus.close()
 
-    app = FastAPI(
+    app = TesseraAPI(
+        settings,
         title="Tessera",
         version="0.1.0",
         lifespan=lifespan,
@@ -102,12 +108,18 @@ def create_app(settings: Settings, *, nats_url: str, database_url: str) -> FastA
     for router in (
         jobs.router,
         job_stream.router,
+        feed.router,
         uploads.router,
         artifacts.router,
         users.router,
         keys.router,
         meta.router,
+        quote.router,
+        pages.router,
+        webhooks.router,
     ):
         app.include_router(router)
+    app.mount("/static", StaticFiles(directory=Path(pages.__file__).parent / "static"), name="static")
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes, larger={"/api/v1/uploads": settings.max_upload_bytes})
+    app.add_middleware(RequestMetrics)  # outermost: it times and counts every answer, a 413 too
     return app

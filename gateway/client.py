@@ -206,10 +206,27 @@ class TesseraClient:
             if response.status_code >= 400:
                 await response.aread()
                 raise ApiError.from_response(response)
-            async for kind, data in _server_sent(response.aiter_lines()):
+            async for kind, data, _ in _server_sent(response.aiter_lines()):
                 model = _STREAMED.get(kind)
                 if model is not None:  # an event kind this client does not know yet is skipped
                     yield model.model_validate_json(data)
+
+    async def events(self, *, last_event_id: str | None = None) -> AsyncIterator[tuple[str | None, StreamEvent]]:
+        """All of the user's unfinished jobs as one stream (`/api/v1/events`), as (cursor, event): each
+        event names its `job_id`. It does not end by itself; resume after a broken connection with the
+        last cursor that was not None."""
+        headers = {**self._auth(), "Accept": "text/event-stream"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        timeout = httpx.Timeout(self._http.timeout.connect, read=60.0, write=None, pool=None)
+        async with self._http.stream("GET", self._url("/api/v1/events"), headers=headers, timeout=timeout) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                raise ApiError.from_response(response)
+            async for kind, data, event_id in _server_sent(response.aiter_lines()):
+                model = _STREAMED.get(kind)
+                if model is not None:
+                    yield (event_id if kind == "transition" else None), model.model_validate_json(data)
 
     async def artifact(self, artifact: ArtifactView | Id) -> bytes:
         """The bytes of a job's artifact, with this client's key. Someone without a key (a chat a bot
@@ -331,14 +348,14 @@ class TesseraClient:
         return model.model_validate_json(response.content)
 
 
-async def _server_sent(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:
-    """(event, data) of each server-sent event (the WHATWG event-stream format)."""
-    kind = "message"
+async def _server_sent(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str, str | None]]:
+    """(event, data, last event id) of each server-sent event (the WHATWG event-stream format)."""
+    kind, event_id = "message", None
     data: list[str] = []
     async for line in lines:
         if not line:
             if data:
-                yield kind, "\n".join(data)
+                yield kind, "\n".join(data), event_id
             kind, data = "message", []
             continue
         if line.startswith(":"):  # a comment
@@ -349,5 +366,7 @@ async def _server_sent(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, st
             kind = value
         elif name == "data":
             data.append(value)
+        elif name == "id":
+            event_id = value
     if data:
-        yield kind, "\n".join(data)
+        yield kind, "\n".join(data), event_id

@@ -35,6 +35,7 @@ def rate_headers(decision: Decision) -> dict[str, str]:
 # The HTTP status of each refusal: the one place a scheduler's code becomes HTTP.
 HTTP_STATUS: dict[RefusalCode, int] = {
     RefusalCode.JOB_ID_CONFLICT: 409,
+    RefusalCode.IDEMPOTENCY_KEY_REUSED: 422,
     RefusalCode.SUBMIT_EXPIRED: 503,
     RefusalCode.UNKNOWN_CAPABILITY: 422,
     RefusalCode.UNKNOWN_MODEL: 422,
@@ -56,6 +57,7 @@ HTTP_STATUS: dict[RefusalCode, int] = {
     RefusalCode.UPLOAD_TOO_LARGE: 413,
     RefusalCode.UPLOAD_QUOTA_EXCEEDED: 429,
     RefusalCode.UPLOAD_NOT_FOUND: 404,
+    RefusalCode.WEBHOOK_NOT_FOUND: 404,
     RefusalCode.UNSTORABLE_INPUT: 422,
     RefusalCode.COMMAND_FAILED: 500,
 }

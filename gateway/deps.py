@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 import uuid
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -10,6 +11,7 @@ from typing import Annotated
 import asyncpg
 from cachetools import TTLCache
 from fastapi import Depends, Header, Request
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 from nats.aio.client import Client as NATS
 
 from base.catalog import Catalog
@@ -20,6 +22,8 @@ from gateway.auth import Principal
 from gateway.errors import Problem
 from gateway.fleet import Fleet
 from gateway.links import LinkSigner
+from gateway.wakers import Wakers
+from gateway.web import accounts
 from projector import queries
 from streams.commands import CommandBus
 
@@ -36,6 +40,7 @@ class Services:
     keys: TTLCache[str, KeyHolder] = field(init=False)
     # Keys revoked lately, by id: refused even while the read model does not show the revocation yet.
     revoked: TTLCache[uuid.UUID, bool] = field(init=False)
+    wakers: Wakers = field(default_factory=Wakers)  # the user-wide event streams open here
 
     def __post_init__(self) -> None:
         self.catalog = Catalog.load(self.settings.catalog_file)
@@ -88,16 +93,18 @@ def parse_user_ref(user_ref: str, frontend: str) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class KeyHolder:
-    """A valid key: a user's own (`user_id`), or a frontend's (`frontend`, `bot_id`)."""
+    """A valid key: a user's own (`user_id`), or a frontend's (`frontend`, `bot_id`). A website
+    session holds like a user's key, as frontend `web` with the account's `user_ref`."""
 
     user_id: uuid.UUID | None
     frontend: str
     bot_id: str | None
     key_id: uuid.UUID | None = None
+    user_ref: str | None = None
 
     def acting_for(self, user_ref: str | None) -> Principal:
         if self.user_id is not None:
-            return Principal(user_id=self.user_id, frontend="api", bot_id=None, user_ref=None)
+            return Principal(user_id=self.user_id, frontend=self.frontend, bot_id=None, user_ref=self.user_ref)
         if not user_ref:
             raise Problem(
                 422,
@@ -169,11 +176,49 @@ async def key_holder(services: Services, authorization: str | None) -> KeyHolder
     raise Problem(401, "INVALID_API_KEY", "the API key is not valid", headers={"WWW-Authenticate": "Bearer"})
 
 
-async def _key_holder(
-    services: Annotated[Services, Depends(_services)],
-    authorization: Annotated[str | None, Header()] = None,
-) -> KeyHolder:
+SESSION_COOKIE = "tessera_session"
+CSRF_HEADER = "x-csrf-token"
+_SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+async def session_of(services: Services, request: Request) -> accounts.Session | None:
+    """The website session the request's cookie names, if it is live."""
+    token = request.cookies.get(SESSION_COOKIE)
+    if not token:
+        return None
+    async with services.pool.acquire() as conn:
+        return await accounts.session(conn, token)
+
+
+async def holder_of(services: Services, request: Request) -> KeyHolder:
+    """Who the request acts for: a bearer key, or else a website session. A session's request that
+    changes anything must carry the session's CSRF token in `X-CSRF-Token` (the pages send it)."""
+    authorization = request.headers.get("authorization")
+    if authorization is None and request.cookies.get(SESSION_COOKIE):
+        found = await session_of(services, request)
+        if found is None:
+            raise Problem(401, "SESSION_EXPIRED", "the session has ended; log in again")
+        if request.method not in _SAFE_METHODS and not secrets.compare_digest(
+            request.headers.get(CSRF_HEADER, ""), found.csrf_token
+        ):
+            raise Problem(403, "CSRF_TOKEN_INVALID", "send the page's CSRF token in X-CSRF-Token")
+        return KeyHolder(user_id=found.user_id, frontend="web", bot_id=None, user_ref=found.user_ref)
     return await key_holder(services, authorization)
+
+
+# Declared for the OpenAPI document (securitySchemes, so /docs can send a key); the checks are
+# holder_of's, which also reads them from the request.
+_bearer = HTTPBearer(auto_error=False, description="A user's API key (tsk_…) or a frontend key (tfk_…)")
+_cookie = APIKeyCookie(name=SESSION_COOKIE, auto_error=False, description="A website session")
+
+
+async def _key_holder(
+    request: Request,
+    services: Annotated[Services, Depends(_services)],
+    _key: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    _session: Annotated[str | None, Depends(_cookie)],
+) -> KeyHolder:
+    return await holder_of(services, request)
 
 
 async def _principal(

@@ -86,7 +86,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
-        return problem_response(exc.status_code, code, str(exc.detail), request.url.path)
+        # Starlette's 405 names the methods the path takes in `Allow` (RFC 9110): kept.
+        return problem_response(exc.status_code, code, str(exc.detail), request.url.path, exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -10,7 +10,7 @@ is silently dropped.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, TypeVar
 
 from base.catalog import CAPABILITIES, CAPABILITY_ALIASES
 from gateway.errors import Problem
@@ -18,6 +18,7 @@ from gateway.schemas import JobCreate
 
 _RESOLUTION = re.compile(r"\s*([0-9]{1,6})\s*[xX\u00d7]\s*([0-9]{1,6})\s*")
 _PICTURES = ("image", "video")
+_Request = TypeVar("_Request", bound=JobCreate)
 
 
 def _resolution(capability: str, params: dict[str, Any]) -> None:
@@ -42,7 +43,7 @@ def _resolution(capability: str, params: dict[str, Any]) -> None:
         params[name] = pixels
 
 
-def canonical(body: JobCreate) -> JobCreate:
+def canonical(body: _Request) -> _Request:
     """The request in the platform's own terms: the capability's name for an alias (`audio` is `tts`),
     a top-level `model` as `params.model`, and `params.resolution` as width and height. Raises a
     Problem (422) for a resolution it cannot read or for values that contradict each other."""

@@ -140,6 +140,7 @@ class TransitionEvent(EventView):
     """`event: transition`: an event of the job's history, with the status it led to; its SSE `id`
     is `version`."""
 
+    job_id: uuid.UUID
     status: str
 
 
@@ -156,6 +157,7 @@ class ProgressEvent(BaseModel):
 class StatusEvent(BaseModel):
     """`event: status`: where an unfinished job stands now (not part of the history)."""
 
+    job_id: uuid.UUID
     status: str
     queue_position: int | None
     estimated_time_seconds: float | None
@@ -361,3 +363,24 @@ class ProblemBody(BaseModel, extra="allow"):
     code: str
     detail: str
     instance: str | None = None
+
+
+# --- prices -------------------------------------------------------------------------------------
+
+
+class QuoteRequest(BaseModel):
+    """What a job would be: the submit body's capability, params and model."""
+
+    capability: str = Field(max_length=20)
+    params: dict[str, Any] = Field(default_factory=dict)
+    model: str | None = Field(default=None, max_length=100)
+
+
+class QuoteView(BaseModel):
+    """The price of a request before it is sent: the most it can cost (what the quota holds)."""
+
+    capability: str
+    model: str
+    cost_tokens: float
+    width: int | None
+    height: int | None

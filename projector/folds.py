@@ -41,6 +41,7 @@ from events.types import (
     UserPlanChanged,
     UserRegistered,
 )
+from projector import webhook_folds
 
 READ_MODEL_TABLES = (
     "plans",
@@ -53,6 +54,7 @@ READ_MODEL_TABLES = (
     "usage_daily",
     "model_stats",
     "uploads",
+    "webhook_endpoints",
 )
 
 # The jobs read model's columns, each with the array type its values travel in. A batch of jobs
@@ -183,7 +185,7 @@ async def apply(conn: asyncpg.Connection, records: list[RecordedEvent]) -> None:
         await _apply_jobs(conn, job_records)
     for rec in records:
         if rec.stream_type != StreamType.JOB:
-            await _apply_other(conn, rec)
+            await (webhook_folds.apply if rec.stream_type == StreamType.WEBHOOK else _apply_other)(conn, rec)
 
 
 async def _apply_jobs(conn: asyncpg.Connection, records: list[RecordedEvent]) -> None:

@@ -53,18 +53,25 @@ async def keys_of(conn: asyncpg.Connection, user_id: uuid.UUID) -> list[asyncpg.
 
 
 async def jobs_of(
-    conn: asyncpg.Connection, user_id: uuid.UUID, limit: int, before: datetime | None, status: str | None
+    conn: asyncpg.Connection,
+    user_id: uuid.UUID,
+    limit: int,
+    before: datetime | None,
+    status: str | None,
+    capability: str | None = None,
 ) -> list[asyncpg.Record]:
     return list(
         await conn.fetch(
             "SELECT id, status, capability, model, cost_tokens, frontend, bot_id, worker_id, created_at, ended_at,"
-            " error"
+            " error, params->>'prompt' AS prompt"
             " FROM jobs WHERE user_id = $1 AND ($2::timestamptz IS NULL OR created_at < $2)"
-            " AND ($3::text IS NULL OR status = $3) ORDER BY created_at DESC, id LIMIT $4",
+            " AND ($3::text IS NULL OR status = $3) AND ($5::text IS NULL OR capability = $5)"
+            " ORDER BY created_at DESC, id LIMIT $4",
             user_id,
             before,
             status,
             limit,
+            capability,
         )
     )
 
@@ -230,3 +237,31 @@ async def all_plans(conn: asyncpg.Connection) -> list[asyncpg.Record]:
             " FROM plans ORDER BY priority, tier"
         )
     )
+
+
+_WEBHOOK_COLUMNS = (
+    "id, user_id, url, events, description, enabled, disabled_reason, secret_sealed, previous_sealed,"
+    " previous_expires_at, created_at, updated_at"
+)
+
+
+async def webhooks_of(conn: asyncpg.Connection, user_id: uuid.UUID) -> list[asyncpg.Record]:
+    """A user's webhook endpoints, oldest first."""
+    return list(
+        await conn.fetch(
+            f"SELECT {_WEBHOOK_COLUMNS} FROM webhook_endpoints WHERE user_id = $1 ORDER BY created_at, id", user_id
+        )
+    )
+
+
+async def webhook(conn: asyncpg.Connection, webhook_id: uuid.UUID) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"SELECT {_WEBHOOK_COLUMNS} FROM webhook_endpoints WHERE id = $1", webhook_id
+    )
+    return row
+
+
+async def jobs_since(conn: asyncpg.Connection, since: datetime) -> dict[str, int]:
+    """How many jobs submitted since `since` are in each status (`tessera status`: today's jobs)."""
+    rows = await conn.fetch("SELECT status, count(*) AS n FROM jobs WHERE created_at >= $1 GROUP BY status", since)
+    return {r["status"]: int(r["n"]) for r in rows}

@@ -21,7 +21,7 @@ from base import db
 from base.health import NOT_STARTED, Readiness
 from events import store
 from events.types import RecordedEvent, decode_recorded
-from projector import folds
+from projector import folds, metrics
 from streams import connection
 from streams import subjects as s
 
@@ -67,6 +67,8 @@ class Projector:
         self.poll_s = poll_s
         self.gather_s = gather_s
         self.position = 0
+        self.head = 0  # the log's last sequence, as the scheduler announced it
+        metrics.watch(self)
         self._stopping = asyncio.Event()
         self._nc: NATS | None = None
         self._pool: asyncpg.Pool | None = None
@@ -110,7 +112,8 @@ class Projector:
         await self._forget_old_consumer()
         grown = asyncio.Event()
 
-        async def on_commit(_msg: Msg) -> None:
+        async def on_commit(msg: Msg) -> None:
+            self.head = max(self.head, int(msg.data or 0))
             grown.set()
 
         sub = await self._nc.subscribe(s.COMMITTED, cb=on_commit)

@@ -36,6 +36,7 @@ from streams.messages import (
     Decision,
     DefinePlan,
     IssueApiKey,
+    RegisterUser,
     RevokeKey,
     SubmitJob,
 )
@@ -146,6 +147,19 @@ class Accounts:
             ApiKeyIssued(key_id=cmd.key_id, key_hash=cmd.key_hash, prefix=cmd.key_prefix),
             cause,
         )
+        self.out.reply(reply_to, Decision(ok=True, user_id=stream_id))
+
+    def register_user(self, cmd: RegisterUser, reply_to: str | None, cause: str) -> None:
+        """A website sign-up: the user on the free plan, once (a repeat changes nothing)."""
+        stream_id = user_stream_id(cmd.platform, cmd.platform_user_id)
+        if stream_id not in self.users:
+            self.out.emit(
+                StreamType.USER,
+                stream_id,
+                1,
+                UserRegistered(platform=cmd.platform, platform_user_id=cmd.platform_user_id, plan="free"),
+                cause,
+            )
         self.out.reply(reply_to, Decision(ok=True, user_id=stream_id))
 
     def change_user_plan(self, cmd: ChangeUserPlan, reply_to: str | None, cause: str) -> None:

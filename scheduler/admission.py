@@ -33,6 +33,7 @@ class RefusalCode(StrEnum):
 
     # Submitting a job: admission (scheduler.admission) and the catalog's quote.
     JOB_ID_CONFLICT = "JOB_ID_CONFLICT"
+    IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"  # the same Idempotency-Key with another request
     SUBMIT_EXPIRED = "SUBMIT_EXPIRED"
     UNKNOWN_CAPABILITY = "UNKNOWN_CAPABILITY"
     UNKNOWN_MODEL = "UNKNOWN_MODEL"
@@ -57,6 +58,8 @@ class RefusalCode(StrEnum):
     UPLOAD_TOO_LARGE = "UPLOAD_TOO_LARGE"
     UPLOAD_QUOTA_EXCEEDED = "UPLOAD_QUOTA_EXCEEDED"
     UPLOAD_NOT_FOUND = "UPLOAD_NOT_FOUND"
+    # Webhook endpoints.
+    WEBHOOK_NOT_FOUND = "WEBHOOK_NOT_FOUND"
     # Any command the scheduler set aside: one it could not store, one whose handler failed.
     UNSTORABLE_INPUT = "UNSTORABLE_INPUT"
     COMMAND_FAILED = "COMMAND_FAILED"
@@ -88,7 +91,8 @@ class FleetView(Protocol):
         ...
 
     def can_run(self, model: str, side: int) -> bool:
-        """Whether a worker online serves `model` at this size (longest side in pixels)."""
+        """Whether a worker serves `model` at this size (longest side in pixels): one online, or one
+        lost so recently that it is probably coming back (the job then waits for it)."""
         ...
 
 
@@ -194,7 +198,7 @@ def admit(
             code=RefusalCode.NO_CAPABLE_WORKER,
             rate=window,
             counted=True,
-            detail=f"no worker online can run {model.name}{size}",
+            detail=f"no worker online can run {model.name}{size}, and none has lately",
         )
     limit = plan.daily_token_limit
     if limit is not None and standing.used + standing.reserved + quote.cost > limit + 1e-9:

@@ -5,6 +5,7 @@ reply, acknowledge; a command that cannot be handled or stored is set aside (dea
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
 import asyncpg
@@ -12,9 +13,10 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from base.logs import about_job
 from events import store
 from events.types import user_stream_id
-from scheduler import queries
+from scheduler import metrics, queries
 from scheduler.admission import RefusalCode
 from scheduler.leadership import Leadership
 from scheduler.outbox import Outbox, Outgoing, terminal_notifications
@@ -26,6 +28,7 @@ from streams.messages import (
     Decision,
     DeleteUpload,
     IssueApiKey,
+    RegisterUser,
     RevokeKey,
     StoreUpload,
     SubmitJob,
@@ -60,6 +63,8 @@ class Batching(Leadership):
                 continue
             commands.append((index, command, msg))
         loaded = await self._prefetch(conn, commands)
+        if msgs:
+            metrics.BATCH.observe(len(msgs))
         while True:
             try:
                 self._decide(commands)
@@ -141,10 +146,15 @@ class Batching(Leadership):
             handle = state.handlers.get(type(command))  # the state's dispatch table: one handler per command type
             if handle is None:
                 continue
+            about_job(getattr(command, "job_id", None))  # what a handler logs names its job
             try:
+                replied = len(state.out.effects.replies)
                 handle(command, reply_to, cause)
+                if type(command) is SubmitJob:
+                    metrics.submitted(command, state.out.effects.replies, replied)
             except Exception as exc:  # a bug or a poisonous command: move it aside, keep serving
                 raise _Poisoned(index, exc) from exc
+        about_job(None)
         state.tick()
         state.schedule()
 
@@ -164,7 +174,7 @@ class Batching(Leadership):
                 if command.job_id not in state.jobs and (command.job_id.version != 4 or _redelivered(msg)):
                     wanted.add(command.job_id)
                 continue
-            if isinstance(command, CreateUser | ChangeUserPlan):
+            if isinstance(command, CreateUser | ChangeUserPlan | RegisterUser):
                 wanted.add(user_stream_id(command.platform, command.platform_user_id))
             if isinstance(command, IssueApiKey | RevokeKey) and command.user_id is not None:
                 wanted.add(command.user_id)
@@ -173,6 +183,9 @@ class Batching(Leadership):
             job_id = getattr(command, "job_id", None)
             if job_id is not None and job_id not in state.jobs:
                 wanted.add(job_id)
+            webhook_id = getattr(command, "webhook_id", None)
+            if webhook_id is not None and webhook_id not in state.webhooks.endpoints:
+                wanted.add(webhook_id)
         wanted -= set(state.users)
         if wanted:
             for rec in await store.load_streams(conn, wanted):
@@ -185,6 +198,7 @@ class Batching(Leadership):
         effects = state.take_effects()
         if not (effects.pending or effects.replies or effects.purge_workers):
             return
+        started = time.perf_counter()
         records = await queries.commit_batch(
             conn,
             effects.pending,
@@ -192,6 +206,7 @@ class Batching(Leadership):
             finished=effects.finished,
             relayed_seq=outbox.relayed_seq,
         )
+        metrics.committed(self, records, outbox, started)
         last_seq = records[-1].seq if records else 0
         if last_seq:
             await self._nc.publish(s.COMMITTED, str(last_seq).encode())  # wakes the projector

@@ -119,6 +119,7 @@ class Fleet:
         *,
         worker_timeout_s: float,
         reconcile_grace_s: float,
+        worker_grace_s: float = 0.0,
     ) -> None:
         self.out = out
         self.jobs = jobs
@@ -128,6 +129,12 @@ class Fleet:
         # least three of that worker's heartbeat intervals).
         self.reconcile_grace_s = reconcile_grace_s
         self.workers: dict[str, WorkerView] = {}
+        # Model -> worker -> (when that worker last offered it, the largest side it takes; None: any).
+        # Admission still takes a model served within `worker_grace_s`: a worker restarting for a
+        # deploy is back soon, and its jobs wait for it rather than being refused.
+        self.worker_grace_s = worker_grace_s
+        self.served: dict[str, dict[str, tuple[float, int | None]]] = {}
+        self.now = 0.0  # the latest monotonic time a heartbeat or a tick brought
         self.known = False  # the first snapshot of the workers bucket has been read
         # False while the scheduler is cut off from NATS: no heartbeat can reach it then, so no
         # worker is judged by its silence (see `connection_lost` and `connection_back`).
@@ -139,13 +146,28 @@ class Fleet:
     def capable_slots(self, model_name: str) -> int:
         return sum(w.status.slots_for(model_name) for w in self.workers.values() if not w.gone)
 
-    def can_run(self, model: str, side: int) -> bool:
-        return any(
+    def can_run(self, model: str, side: int, now: float | None = None) -> bool:
+        if any(
             not w.gone
             and model in w.status.models
             and (w.status.max_resolution is None or side <= w.status.max_resolution)
             for w in self.workers.values()
+        ):
+            return True
+        now = self.now if now is None else now
+        return any(
+            now - at <= self.worker_grace_s and (largest is None or side <= largest)
+            for at, largest in self.served.get(model, {}).values()
         )
+
+    def _note_served(self, status: WorkerStatus, now: float) -> None:
+        """A live worker offers these models now; one it stopped offering (its engine went down) is
+        no longer served by it: the grace is for workers that went away, not for engines that failed."""
+        for model, workers in self.served.items():
+            if model not in status.models:
+                workers.pop(status.worker_id, None)
+        for model in status.models:
+            self.served.setdefault(model, {})[status.worker_id] = (now, status.max_resolution)
 
     # --- slots ---------------------------------------------------------------------------------
 
@@ -174,6 +196,8 @@ class Fleet:
                 if job.status is JobStatus.RUNNING and job.worker_id == status.worker_id:
                     view.take(job.id, job.model)
         view.update(status)
+        self.now = max(self.now, now)
+        self._note_served(status, now)
         view.loaded = set(status.loaded_models)
         view.last_seen = now
         view.keep_cancelling(set(status.running))
@@ -252,6 +276,7 @@ class Fleet:
 
     def tick(self, now: float) -> None:
         """Declare workers lost whose heartbeats stopped, and requeue the attempts they do not hold."""
+        self.now = max(self.now, now)
         for worker_id, view in list(self.workers.items()):
             if not self.connected:
                 break  # a worker's silence is judged only over time the scheduler could hear it

@@ -29,6 +29,9 @@ class JobBook(JobReports):
         if existing is not None:
             if existing.user_id != cmd.user_id:
                 self.out.refuse(reply_to, Refused(code=RefusalCode.JOB_ID_CONFLICT, detail="this job id is taken"))
+            elif cmd.request_digest is not None and existing.request_digest not in (None, cmd.request_digest):
+                reused = "this Idempotency-Key was used for another request; use a new key for a new job"
+                self.out.refuse(reply_to, Refused(code=RefusalCode.IDEMPOTENCY_KEY_REUSED, detail=reused))
             else:  # the same submit again (retry, redelivery, idempotency key): one effect
                 self.out.reply(reply_to, Decision(ok=True), existing.id)
             return
@@ -77,6 +80,9 @@ class JobBook(JobReports):
                 priority=plan.priority,
                 cost_tokens=quote.cost,
                 reply_context=cmd.reply_context,
+                request_digest=cmd.request_digest,
+                webhook=cmd.webhook,
+                webhook_events=cmd.webhook_events,
             ),
             cause,
         )

@@ -21,7 +21,7 @@ from base.catalog import Catalog
 from base.config import Settings
 from events import store
 from events.types import JobSubmitted, StreamType
-from scheduler import queries
+from scheduler import metrics, queries
 from scheduler.policy import PolicyConfig
 from scheduler.state import Limits, SchedulerState
 from streams.workers_feed import WorkersFeed
@@ -56,6 +56,7 @@ class Leadership:
         self.catalog = Catalog.load(settings.catalog_file)
         self._session: asyncpg.Connection | None = None  # the database session the lock is held or sought on
         self._holds_lock = False
+        metrics.watch(self)  # its role, and while it leads its queue and fleet, at /metrics
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -90,6 +91,7 @@ class Leadership:
             Limits(
                 max_attempts=settings.max_attempts,
                 worker_timeout_s=settings.worker_timeout_s,
+                worker_grace_s=settings.worker_grace_s,
                 reconcile_grace_s=settings.reconcile_grace_s,
                 queue_timeout_s=settings.queue_timeout_s,
                 quota_timezone=settings.quota_timezone,

@@ -6,6 +6,7 @@ Which waiting job a free slot takes is the queue policy's choice (scheduler.poli
 
 from __future__ import annotations
 
+import bisect
 import uuid
 from collections import Counter
 
@@ -23,6 +24,10 @@ class Queue:
         self.catalog = catalog
         self.policy = policy
         self.depth: dict[tuple[str, int], int] = {}  # (capability, priority) -> jobs waiting
+        # (capability, priority) -> the queue orders of the jobs waiting there, sorted: a job's exact
+        # place among its peers is a binary search, however long the queue.
+        self.orders: dict[tuple[str, int], list[int]] = {}
+        self.waiting_order: dict[uuid.UUID, int] = {}  # waiting job -> its order in `orders`
         self.user_queued: Counter[uuid.UUID] = Counter()
         self.user_running: Counter[uuid.UUID] = Counter()
         self.admitted: dict[uuid.UUID, int] = {}  # unfinished job -> its place in the queue's order
@@ -54,18 +59,28 @@ class Queue:
         )
         key = (job.capability, job.priority)
         self.depth[key] = self.depth.get(key, 0) + 1
+        bisect.insort(self.orders.setdefault(key, []), order)
+        self.waiting_order[job.id] = order
         self.user_queued[job.user_id] += 1
 
     def dequeue(self, job: Job) -> None:
         """Count a job out of the queue (picked, cancelled or timed out)."""
         self.policy.remove(job.id)
-        self.depth[(job.capability, job.priority)] -= 1
+        key = (job.capability, job.priority)
+        self.depth[key] -= 1
+        order = self.waiting_order.pop(job.id, None)
+        orders = self.orders.get(key, [])
+        at = bisect.bisect_left(orders, order) if order is not None else len(orders)
+        if at < len(orders) and orders[at] == order:
+            del orders[at]
         self.user_queued[job.user_id] -= 1
 
     def position(self, job: Job) -> int:
-        """Jobs that wait for the same capability at this tier or above, other than this one."""
-        return max(
-            0,
-            sum(depth for (cap, prio), depth in self.depth.items() if cap == job.capability and prio >= job.priority)
-            - 1,
+        """Jobs ahead of this waiting one for the same capability: every job waiting at a higher tier,
+        and those of its own tier admitted before it."""
+        higher = sum(
+            depth for (cap, prio), depth in self.depth.items() if cap == job.capability and prio > job.priority
         )
+        peers = self.orders.get((job.capability, job.priority), [])
+        order = self.waiting_order.get(job.id)
+        return higher + (bisect.bisect_left(peers, order) if order is not None else len(peers))

@@ -31,21 +31,25 @@ from scheduler.jobs import JobBook
 from scheduler.policy import PolicyConfig, QueuePolicy, TesseraPolicy
 from scheduler.queue import Queue
 from scheduler.quota import Ledger, Quota, UploadView
+from scheduler.webhooks import Webhooks
 from streams.messages import (
     AnyCommand,
     CancelJob,
     ChangeUserPlan,
     CreateFrontendKey,
     CreateUser,
+    CreateWebhook,
     DefinePlan,
     DeleteUpload,
     IssueApiKey,
+    RegisterUser,
     ReportCompleted,
     ReportFailed,
     ReportStarted,
     RevokeKey,
     StoreUpload,
     SubmitJob,
+    UpdateWebhook,
 )
 
 __all__ = [
@@ -70,6 +74,7 @@ class Limits:
 
     max_attempts: int = 3
     worker_timeout_s: float = 10.0
+    worker_grace_s: float = 300.0  # a model served this recently is still admitted (queued)
     # How long an attempt may be missing from its worker's heartbeats before it is requeued (at
     # least three of that worker's heartbeat intervals).
     reconcile_grace_s: float = 10.0
@@ -100,6 +105,7 @@ class SchedulerState:
             self.jobs,
             self._retry,
             worker_timeout_s=self.limits.worker_timeout_s,
+            worker_grace_s=self.limits.worker_grace_s,
             reconcile_grace_s=self.limits.reconcile_grace_s,
         )
         self.queue = Queue(self.out, self.catalog, policy or TesseraPolicy(self.limits.policy))
@@ -114,6 +120,7 @@ class SchedulerState:
             max_attempts=self.limits.max_attempts,
             queue_timeout_s=self.limits.queue_timeout_s,
         )
+        self.webhooks = Webhooks(self.out)
         # Every command, and the aggregate's handler that decides it (reports get no reply).
         self.handlers: dict[type[AnyCommand], Handler] = {
             SubmitJob: self.book.submit,
@@ -124,11 +131,14 @@ class SchedulerState:
             CreateUser: self.accounts.create_user,
             CreateFrontendKey: self.accounts.create_frontend_key,
             IssueApiKey: self.accounts.issue_api_key,
+            RegisterUser: self.accounts.register_user,
             RevokeKey: self.accounts.revoke_key,
             StoreUpload: self.quota.store_upload,
             DeleteUpload: self.quota.delete_upload,
             ChangeUserPlan: self.accounts.change_user_plan,
             DefinePlan: self.accounts.define_plan,
+            CreateWebhook: self.webhooks.create,
+            UpdateWebhook: self.webhooks.update,
         }
         # The same handlers by name, for the tests and the service.
         self.submit = self.book.submit
@@ -214,6 +224,8 @@ class SchedulerState:
             self.book.apply(rec)
         elif rec.stream_type == StreamType.UPLOAD:
             self.quota.apply(rec)
+        elif rec.stream_type == StreamType.WEBHOOK:
+            self.webhooks.apply(rec)
         else:
             self.accounts.apply(rec)
 

@@ -31,6 +31,9 @@ class SubmitJob(Command, frozen=True, kw_only=True, tag="job.submit"):
     params: dict[str, Any]
     reply_context: dict[str, Any] | None = None
     deadline: datetime  # the scheduler refuses the command after this: the gateway gave up
+    request_digest: str | None = None  # SHA-256 of the request: an Idempotency-Key reused with another body is refused
+    webhook: str | None = None  # a URL told of this job's start, progress and completion (docs/webhooks.md)
+    webhook_events: list[str] | None = None  # of start, progress, completed; None: all
 
 
 class CancelJob(Command, frozen=True, kw_only=True, tag="job.cancel"):
@@ -85,6 +88,15 @@ class CreateFrontendKey(Command, frozen=True, kw_only=True, tag="frontend.create
     key_id: uuid.UUID
     key_hash: str
     key_prefix: str
+
+
+class RegisterUser(Command, frozen=True, kw_only=True, tag="user.register"):
+    """A person signed up on the website: register `platform:platform_user_id` on the free plan
+    (nothing changes when the user exists)."""
+
+    command_id: uuid.UUID
+    platform: str
+    platform_user_id: str
 
 
 class IssueApiKey(Command, frozen=True, kw_only=True, tag="key.issue"):
@@ -163,6 +175,33 @@ class DefinePlan(Command, frozen=True, kw_only=True, tag="plan.define"):
     max_upload_bytes: int | None = None
 
 
+class CreateWebhook(Command, frozen=True, kw_only=True, tag="webhook.create"):
+    """A user's webhook endpoint: a new one, or (UpdateWebhook) changed where a field is not None;
+    secrets travel sealed (gateway.webhook_secrets)."""
+
+    command_id: uuid.UUID
+    webhook_id: uuid.UUID
+    user_id: uuid.UUID
+    url: str
+    events: list[str]
+    description: str | None = None
+    secret_sealed: str
+
+
+class UpdateWebhook(Command, frozen=True, kw_only=True, tag="webhook.update"):
+    command_id: uuid.UUID
+    webhook_id: uuid.UUID
+    user_id: uuid.UUID
+    url: str | None = None
+    events: list[str] | None = None
+    description: str | None = None
+    enabled: bool | None = None
+    rotate_to: str | None = None  # a new sealed secret; the old one signs beside it for grace_seconds
+    grace_seconds: int = 0
+    delete: bool = False
+    disable_reason: str | None = None  # the webhook service's own (410 Gone, failing for days)
+
+
 AnyCommand = (
     SubmitJob
     | CancelJob
@@ -172,11 +211,14 @@ AnyCommand = (
     | CreateUser
     | CreateFrontendKey
     | IssueApiKey
+    | RegisterUser
     | RevokeKey
     | StoreUpload
     | DeleteUpload
     | ChangeUserPlan
     | DefinePlan
+    | CreateWebhook
+    | UpdateWebhook
 )
 
 # The subject each kind of command must arrive on. NATS permissions say who may publish on a
@@ -188,11 +230,14 @@ _SUBJECTS: dict[type[Command], str] = {
     CreateUser: s.admin("user-create"),
     CreateFrontendKey: s.admin("frontend-create"),
     IssueApiKey: s.CMD_KEY_ISSUE,
+    RegisterUser: s.CMD_USER_REGISTER,
     RevokeKey: s.CMD_KEY_REVOKE,
     StoreUpload: s.CMD_UPLOAD_STORE,
     DeleteUpload: s.CMD_UPLOAD_DELETE,
     ChangeUserPlan: s.admin("user-plan"),
     DefinePlan: s.admin("plan-define"),
+    CreateWebhook: s.CMD_WEBHOOK_CREATE,
+    UpdateWebhook: s.CMD_WEBHOOK_UPDATE,
 }
 
 

@@ -34,6 +34,7 @@ class Role:
     subscribe: tuple[str, ...] | None
     publish_deny: tuple[str, ...] = ()
     subscribe_deny: tuple[str, ...] = ()
+    responses: bool = False  # may answer core-NATS requests sent to it (its replies only)
 
     @property
     def inbox(self) -> str:
@@ -54,6 +55,8 @@ class Role:
             if deny:
                 entry["deny"] = list(deny)
             result[key] = entry
+        if self.responses:
+            result["allow_responses"] = True  # type: ignore[assignment]  # nats-server's flag beside the two maps
         return result
 
 
@@ -136,8 +139,13 @@ def gateway() -> Role:
             s.CMD_CANCEL,
             s.CMD_KEY_ISSUE,
             s.CMD_KEY_REVOKE,
+            s.CMD_USER_REGISTER,
             s.CMD_UPLOAD_STORE,
             s.CMD_UPLOAD_DELETE,
+            s.CMD_WEBHOOK_CREATE,
+            s.CMD_WEBHOOK_UPDATE,
+            s.WEBHOOK_DELIVERIES,
+            s.WEBHOOK_REPLAY,
             _OBJECTS,
             f"{_JS}.STREAM.PURGE.{_OBJ_STREAM}",
             *_read_objects(),
@@ -155,6 +163,18 @@ def projector() -> Role:
         "projector",
         publish=(f"{_JS}.CONSUMER.DELETE.{s.EVENTS_STREAM}.projector",),  # an old projector's consumer
         subscribe=(f"{inbox_prefix('projector')}.>", s.COMMITTED),
+    )
+
+
+def webhooks() -> Role:
+    """The webhook service: reads the log from PostgreSQL; on NATS it hears the log grow and the jobs'
+    progress, answers the gateway's questions about deliveries, and disables an endpoint."""
+    return Role(
+        "webhooks",
+        "webhooks",
+        publish=(s.CMD_WEBHOOK_UPDATE,),
+        subscribe=(f"{inbox_prefix('webhooks')}.>", s.COMMITTED, s.PROGRESS_ALL, s.WEBHOOK_REQUESTS),
+        responses=True,
     )
 
 
@@ -208,13 +228,14 @@ def role(name: str) -> Role:
     `bot:<frontend>:<bot id>`."""
     kind, _, rest = name.partition(":")
     match kind:
-        case "admin" | "scheduler" | "gateway" | "projector" if not rest:
-            return {"admin": admin, "scheduler": scheduler, "gateway": gateway, "projector": projector}[kind]()
+        case "admin" | "scheduler" | "gateway" | "projector" | "webhooks" if not rest:
+            roles = {"admin": admin, "scheduler": scheduler, "gateway": gateway, "projector": projector}
+            return {**roles, "webhooks": webhooks}[kind]()
         case "worker" if rest:
             return worker(rest)
         case "bot" if rest:
             frontend, _, bot_id = rest.partition(":")
             return bot(frontend, bot_id or None)
     raise ValueError(
-        f"{name!r} is not a role: scheduler, gateway, projector, admin, worker:<id>, bot:<frontend>:<bot id>"
+        f"{name!r} is not a role: scheduler, gateway, projector, webhooks, admin, worker:<id>, bot:<frontend>:<bot id>"
     )

@@ -28,9 +28,17 @@ CMD_COMPLETED = f"{PREFIX}.cmd.job.completed"
 CMD_FAILED = f"{PREFIX}.cmd.job.failed"
 CMD_ADMIN_PREFIX = f"{PREFIX}.cmd.admin"
 CMD_KEY_ISSUE = f"{PREFIX}.cmd.key.issue"
+CMD_USER_REGISTER = f"{PREFIX}.cmd.user.register"  # a website sign-up
 CMD_KEY_REVOKE = f"{PREFIX}.cmd.key.revoke"
 CMD_UPLOAD_STORE = f"{PREFIX}.cmd.upload.store"
 CMD_UPLOAD_DELETE = f"{PREFIX}.cmd.upload.delete"
+# Webhook endpoints: the gateway creates and changes them (update: also rotate, delete, re-enable).
+CMD_WEBHOOK_CREATE = f"{PREFIX}.cmd.webhook.create"
+CMD_WEBHOOK_UPDATE = f"{PREFIX}.cmd.webhook.update"
+# Core NATS requests the webhook service answers: an endpoint's delivery log, a replay.
+WEBHOOK_DELIVERIES = f"{PREFIX}.webhooks.deliveries"
+WEBHOOK_REPLAY = f"{PREFIX}.webhooks.replay"
+WEBHOOK_REQUESTS = f"{PREFIX}.webhooks.*"
 # Revocations, as the events stream carries them: gateways drop a revoked key from their caches.
 KEYS_REVOKED = [f"{PREFIX}.events.user.*.ApiKeyRevoked_v1", f"{PREFIX}.events.frontend.*.FrontendKeyRevoked_v1"]
 

@@ -11,7 +11,10 @@ import sys
 import uuid
 
 from base.config import Settings
+from base.logs import configure
+from tessera.ops_cli import add_commands
 from tessera.registry import SERVICES, ServiceSpec
+from tessera.users_cli import add_user_commands
 
 
 def _settings() -> Settings:
@@ -106,35 +109,6 @@ def cmd_nats_authorization(args: argparse.Namespace) -> None:
         raise SystemExit(f"tessera: {exc}") from None
     print(f"# Users for an external nats-server; passwords kept in {credentials.path}", file=sys.stderr)
     print(credentials.authorization(roles), end="")
-
-
-def cmd_users_create(args: argparse.Namespace) -> None:
-    from tessera.admin import create_user
-
-    nats_url, database_url = _urls()
-    user_id, key = asyncio.run(
-        create_user(
-            nats_url,
-            database_url,
-            platform=args.platform,
-            user_id=args.user_id,
-            plan=args.plan,
-            display_name=args.display_name,
-        )
-    )
-    print(f"user {args.platform}:{args.user_id} ({user_id}) on plan {args.plan}", file=sys.stderr)
-    print("API key (shown once; store it now):", file=sys.stderr)
-    print(key)
-
-
-def cmd_users_set_plan(args: argparse.Namespace) -> None:
-    from tessera.admin import change_user_plan
-
-    nats_url, database_url = _urls()
-    user_id = asyncio.run(
-        change_user_plan(nats_url, database_url, platform=args.platform, user_id=args.user_id, plan=args.plan)
-    )
-    print(f"user {args.platform}:{args.user_id} ({user_id}) is on plan {args.plan}")
 
 
 def cmd_plans_list(args: argparse.Namespace) -> None:
@@ -307,18 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bot", action="append", default=[], help="FRONTEND:BOT_ID of a bot to add (repeatable)")
     p.set_defaults(func=cmd_nats_authorization)
 
-    users = sub.add_parser("users", help="manage users").add_subparsers(dest="action", required=True)
-    p = users.add_parser("create", help="register a user and print a new API key")
-    p.add_argument("--platform", required=True, choices=["web", "telegram", "discord"])
-    p.add_argument("--user-id", required=True)
-    p.add_argument("--plan", default="free", help="a plan's tier: free, starter, pro, admin or one you defined")
-    p.add_argument("--display-name", default=None)
-    p.set_defaults(func=cmd_users_create)
-    p = users.add_parser("set-plan", help="move a user to another plan (an event; applies to new jobs)")
-    p.add_argument("--platform", required=True, choices=["web", "telegram", "discord"])
-    p.add_argument("--user-id", required=True)
-    p.add_argument("--plan", required=True)
-    p.set_defaults(func=cmd_users_set_plan)
+    add_user_commands(sub)
 
     plans = sub.add_parser("plans", help="plans and their limits").add_subparsers(dest="action", required=True)
     plans.add_parser("list", help="the plans in force").set_defaults(func=cmd_plans_list)
@@ -377,15 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
     projections.add_parser("rebuild", help="drop and re-fold every read model from the events").set_defaults(
         func=cmd_projections_rebuild
     )
+    add_commands(sub)  # status, monitoring, billing
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
+    configure(verbose=args.verbose)  # TESSERA_LOG_FORMAT=json: one JSON object a line
     logging.getLogger("nats").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # `up` polls every child's /readyz
     args.func(args)

@@ -19,7 +19,7 @@ from base.config import Settings
 from streams import permissions
 from tessera.embedded import EmbeddedNats
 
-CORE_ROLES = ("admin", "scheduler", "gateway", "projector")
+CORE_ROLES = ("admin", "scheduler", "gateway", "projector", "webhooks")
 
 
 def credentials_file(settings: Settings) -> Path:

@@ -64,7 +64,8 @@ class ServiceSpec:
         """The processes `tessera up` starts; workers are `<host>-<n>`, each with its own NATS user."""
         match self.scale:
             case Scale.ONE:
-                return [Instance(name=self.name, args=(self.name,), role=self.name)]
+                args = (self.name, self.action) if self.action else (self.name,)
+                return [Instance(name=self.name, args=args, role=self.name)]
             case Scale.IF_CONFIGURED:
                 if settings is None or self.configured is None or not self.configured(settings):
                     return []
@@ -122,6 +123,13 @@ def _projector(_args: argparse.Namespace, settings: Settings) -> Service:
 
     nats_url, database_url = urls(settings)
     return Projector(nats_url=nats_url, database_url=database_url)
+
+
+def _webhooks(_args: argparse.Namespace, settings: Settings) -> Service:
+    from webhooks.service import WebhookService
+
+    nats_url, database_url = urls(settings)
+    return WebhookService(settings, nats_url=nats_url, database_url=database_url)
 
 
 def _gateway_options(parser: argparse.ArgumentParser) -> None:
@@ -227,6 +235,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ),
     ServiceSpec(name="projector", help="run the projector", build=_projector),
     ServiceSpec(name="gateway", help="run the HTTP API", build=_gateway, options=_gateway_options),
+    ServiceSpec(name="webhooks", help="the webhook service (docs/webhooks.md)", build=_webhooks, action="run"),
     ServiceSpec(
         name="worker",
         help="run a worker node",

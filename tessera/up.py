@@ -7,6 +7,7 @@ its own (TESSERA_SIDE_PORT); `up` waits for every child's `/readyz` and prints w
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -175,7 +176,8 @@ def up(settings: Settings, *, http_port: int | None = None, workers: int = 1) ->
     first = [child for child in children if child.prepare is None]
     for child in first:
         child.start(env)
-    runtime.write(settings, nats_url=nats_url, database_url=database_url, api_url=api_url)
+    side_ports = json.dumps({child.name: child.side_url for child in children})  # `tessera status`, monitoring
+    runtime.write(settings, nats_url=nats_url, database_url=database_url, api_url=api_url, services=side_ports)
 
     stopping = False
 

@@ -189,19 +189,27 @@ class Platform:
 
 
 @pytest.fixture
-async def platform_parts(nats_url: str, database_url: str) -> AsyncIterator[Platform]:
-    """Gateway and projector running; scheduler and workers are the test's to start."""
-    async with gateway_and_projector(nats_url, database_url) as platform:
+async def platform_parts(nats_url: str, database_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Platform]:
+    """Gateway and projector running; scheduler and workers are the test's to start. A test marked
+    `@pytest.mark.settings(name=value, ...)` runs them with those settings changed."""
+    marker = request.node.get_closest_marker("settings")
+    overrides = marker.kwargs if marker else {}
+    async with gateway_and_projector(nats_url, database_url, settings=test_settings(**overrides)) as platform:
         yield platform
 
 
 @contextlib.asynccontextmanager
 async def gateway_and_projector(
-    nats_url: str, database_url: str, *, gateway_nats_url: str | None = None, projector_nats_url: str | None = None
+    nats_url: str,
+    database_url: str,
+    *,
+    gateway_nats_url: str | None = None,
+    projector_nats_url: str | None = None,
+    settings: Settings | None = None,
 ) -> AsyncIterator[Platform]:
     """A Platform with its gateway and projector running on the given servers; each of the two may
     log in to NATS with a URL of its own (its role's user), the platform's helpers use `nats_url`."""
-    settings = test_settings()
+    settings = settings or test_settings()
     platform = Platform(nats_url=nats_url, database_url=database_url, settings=settings)
     port = free_port(None)
     app = create_app(settings, nats_url=gateway_nats_url or nats_url, database_url=database_url)

@@ -19,6 +19,7 @@ from nats.js.errors import NotFoundError
 from events.types import Artifact
 from streams import subjects as s
 from streams.messages import Dispatch, Progress, ReportCompleted, ReportFailed, ReportStarted, encode
+from worker_node import metrics
 from worker_node.engines import Engine, EngineError, JobContext, JobInput, Output
 from worker_node.engines.base import Probed, ProgressFn
 from worker_node.presence import Presence
@@ -119,6 +120,7 @@ class JobRunner:
                 ),
                 f"{tag}:completed",
             )
+            metrics.JOBS(job.capability, "COMPLETED").inc()
         except asyncio.CancelledError:
             # Cancelled by the scheduler: tell it the slot is free again. Not a result.
             await asyncio.shield(self._fail(job, "CANCELLED", "interrupted on request"))
@@ -156,6 +158,7 @@ class JobRunner:
             message=message,
             started_at=started_at,
         )
+        metrics.JOBS(job.capability, code).inc()
         await self._command(s.report(s.CMD_FAILED, self.worker_id), report, f"{job.job_id}:{job.attempt}:failed")
 
     def _progress_fn(self, job: JobInput, dispatch: Dispatch) -> ProgressFn:

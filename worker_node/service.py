@@ -21,10 +21,11 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from base.health import Readiness
+from base.logs import about_job
 from streams import connection
 from streams import subjects as s
 from streams.messages import CancelRunning, Dispatch, EnginePool, WorkerStatus
-from worker_node import gpu
+from worker_node import gpu, metrics
 from worker_node.engines import Engine
 from worker_node.engines.base import Swapping
 from worker_node.jobs import JobRunner
@@ -77,6 +78,7 @@ class Worker:
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self.ready = asyncio.Event()
+        metrics.watch(self)
 
     @property
     def gpu_state(self) -> dict[str, Any] | None:
@@ -250,6 +252,7 @@ class Worker:
             entry[1].cancel()
 
     async def _run_job(self, dispatch: Dispatch) -> None:
+        about_job(dispatch.job_id)  # this task's log lines carry the job's id
         try:
             await self.jobs.run(dispatch)
         finally:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 from nats.js.errors import NotFoundError
 
-from gateway.deps import ServicesDep, key_holder
+from gateway.deps import ServicesDep, holder_of
 from gateway.errors import Problem
 from projector import queries
 from streams import subjects as s
@@ -33,6 +33,7 @@ def _artifact_id(raw: str) -> uuid.UUID:
 )
 async def get_artifact(
     artifact_id: str,
+    request: Request,
     services: ServicesDep,
     expires: Annotated[str | None, Query(description="A signed link's expiry (Unix seconds)")] = None,
     signature: Annotated[str | None, Query(description="A signed link's signature; no key is needed then")] = None,
@@ -43,7 +44,7 @@ async def get_artifact(
     key through its `signed_url` until that link expires (403 LINK_EXPIRED, LINK_INVALID)."""
     owner: uuid.UUID | None = None
     if expires is None and signature is None:  # no link: the owner's key
-        owner = (await key_holder(services, authorization)).acting_for(tessera_user_ref).user_id
+        owner = (await holder_of(services, request)).acting_for(tessera_user_ref).user_id
     parsed = _artifact_id(artifact_id)
     if owner is None:
         services.links.check(parsed, expires, signature)

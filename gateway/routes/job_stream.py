@@ -27,6 +27,10 @@ from streams.messages import Progress
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
+# A queued job's position moves when jobs ahead of it leave, which is no event of its own: its
+# `status` is sent again this often while it waits (every 15 s once it runs, as a keep-alive).
+QUEUED_REFRESH_S = 2.0
+
 Live = asyncio.Queue[tuple[str, bytes]]  # ("event" or "progress", the message's data)
 
 
@@ -57,13 +61,18 @@ async def stream_job(
     except ValueError:
         raise Problem(400, "INVALID_LAST_EVENT_ID", "Last-Event-ID must be an event version number") from None
     return StreamingResponse(
-        _follow(services, request, parsed, after),
+        (_sse(kind, data, version) async for kind, data, version in follow(services, request, parsed, after)),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _follow(services: Services, request: Request, job_id: uuid.UUID, after: int) -> AsyncIterator[bytes]:
+Item = tuple[str, bytes, int | None]  # (SSE event name, its JSON data, the event's version or None)
+
+
+async def follow(services: Services, request: Request, job_id: uuid.UUID, after: int) -> AsyncIterator[Item]:
+    """A job's transitions after version `after` (stored ones, then live ones), `status` items where it
+    stands (also every 15 s, as a keep-alive) and `progress` items, until its terminal transition."""
     live: Live = asyncio.Queue()
     # Subscribe first, then read the store: nothing committed in between can be missed.
     subs = await _subscribe(services, job_id, live)
@@ -76,12 +85,14 @@ async def _follow(services: Services, request: Request, job_id: uuid.UUID, after
             job = evolve(job, rec)
             if rec.version > version:
                 version = rec.version
-                yield _sse("transition", _transition(rec, job), rec.version)
+                yield "transition", _transition(rec, job), rec.version
         if job is not None and not job.status.terminal:
             yield await _status_event(services, job, records)
         while job is not None and not job.status.terminal:
             try:
-                kind, data = await asyncio.wait_for(live.get(), 15)
+                kind, data = await asyncio.wait_for(
+                    live.get(), QUEUED_REFRESH_S if job.status is JobStatus.QUEUED else 15
+                )
             except TimeoutError:
                 if await request.is_disconnected():
                     return
@@ -89,7 +100,7 @@ async def _follow(services: Services, request: Request, job_id: uuid.UUID, after
                 continue
             if kind == "progress":
                 if _is_current(job, data):
-                    yield _sse("progress", data)
+                    yield "progress", data, None
                 continue
             pending = await _pending(services, job_id, job, data)
             if pending is None:
@@ -97,7 +108,7 @@ async def _follow(services: Services, request: Request, job_id: uuid.UUID, after
             for item in pending:
                 job = evolve(job, item)
                 records.append(item)
-                yield _sse("transition", _transition(item, job), item.version)
+                yield "transition", _transition(item, job), item.version
             if not job.status.terminal:
                 yield await _status_event(services, job, records)
     finally:
@@ -140,18 +151,15 @@ async def _pending(services: Services, job_id: uuid.UUID, job: Job, data: bytes)
     return [rec]
 
 
-async def _status_event(services: Services, job: Job, records: list[RecordedEvent]) -> bytes:
+async def _status_event(services: Services, job: Job, records: list[RecordedEvent]) -> Item:
     """Where an unfinished job stands now: an un-numbered `status` event, not part of the history."""
     position, estimate = await position_and_estimate(services, job, records)
-    return _sse(
-        "status",
-        msgspec.json.encode(
-            {"status": job.status.value, "queue_position": position, "estimated_time_seconds": estimate}
-        ),
-    )
+    data = {"job_id": str(job.id), "status": job.status.value, "queue_position": position}
+    return "status", msgspec.json.encode({**data, "estimated_time_seconds": estimate}), None
 
 
 def _transition(rec: RecordedEvent, job: Job) -> bytes:
     view = event_view(rec).model_dump(mode="json")
+    view["job_id"] = str(job.id)
     view["status"] = job.status.value
     return msgspec.json.encode(view)

@@ -3,6 +3,8 @@ server-sent events is `gateway.routes.job_stream`."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -16,13 +18,15 @@ from base.catalog import Catalog, Model, QuoteRefused
 from events.job import Job, JobStatus, fold
 from events.types import JobQueued, JobRequeued, RecordedEvent
 from gateway.decisions import decide, quote_refusal, rate_headers, refusal
-from gateway.deps import CurrentPrincipal, Services, ServicesDep, key_holder
+from gateway.deps import CurrentPrincipal, Services, ServicesDep, holder_of
 from gateway.errors import Problem
 from gateway.inputs import check_storable, utc_time
 from gateway.job_request import canonical
 from gateway.routes.uploads import resolve_input
-from gateway.schemas import EventView, JobAccepted, JobCancelled, JobCreate, JobList, JobView
+from gateway.routes.webhooks import check_webhook_url
+from gateway.schemas import EventView, JobAccepted, JobCancelled, JobList, JobView
 from gateway.views import event_view, job_view
+from gateway.webhook_schemas import JobCreateWithWebhook as JobCreate
 from projector import queries
 from scheduler import rules
 from streams import subjects as s
@@ -58,7 +62,9 @@ _SUBMIT_OPENAPI = {
             "in": "header",
             "required": False,
             "schema": {"type": "string", "maxLength": 200},
-            "description": "The same key from the same user returns the same job",
+            "description": "Makes a retried submit safe: the same key with the same body returns the same job "
+            "(for at least 24 h, across restarts); the same key with another body is 422 IDEMPOTENCY_KEY_REUSED; "
+            "a concurrent duplicate waits for the first and gets its answer",
         },
         {
             "name": "Tessera-User-Ref",
@@ -76,6 +82,14 @@ def parse_job_id(raw: str) -> uuid.UUID:
         return uuid.UUID(raw)
     except ValueError:
         raise Problem(400, "INVALID_JOB_ID", f"{raw!r} is not a job id (a UUID)") from None
+
+
+def _digest(body: JobCreate, user_ref: str | None) -> str:
+    """What an Idempotency-Key stands for: the request in its canonical form, and whom it is for.
+    Not where the answer goes (`reply_context`): a bot that re-handles a chat message after a
+    restart posts a new progress message, and its retry is still the same request."""
+    request = {"body": body.model_dump(mode="json", exclude_none=True, exclude={"reply_context"}), "user_ref": user_ref}
+    return hashlib.sha256(json.dumps(request, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def base_url(request: Request, services: Services) -> str:
@@ -129,7 +143,10 @@ def _check_audio(reference: dict[str, Any], model: Model | None) -> None:
     response_model=JobAccepted,
     openapi_extra=_SUBMIT_OPENAPI,
     summary="Submit a job",
-    responses={202: {"description": "Accepted and committed"}},
+    responses={
+        202: {"description": "Accepted and committed (or, with a reused Idempotency-Key, the job it made)"},
+        422: {"description": "Invalid request; IDEMPOTENCY_KEY_REUSED: the key was used with another body"},
+    },
 )
 async def submit_job(request: Request) -> Response:
     """Queue a job. Answers 202 once the scheduler's acceptance is committed in PostgreSQL.
@@ -138,7 +155,7 @@ async def submit_job(request: Request) -> Response:
     """
     services: Services = request.app.state.services
     headers = request.headers
-    holder = await key_holder(services, headers.get("authorization"))
+    holder = await holder_of(services, request)
     idempotency_key = headers.get("idempotency-key")
     if idempotency_key is not None and len(idempotency_key) > 200:
         raise Problem(422, "VALIDATION_ERROR", "the Idempotency-Key header is longer than 200 characters")
@@ -177,6 +194,8 @@ async def submit_job(request: Request) -> Response:
         except QuoteRefused:
             model = None  # refused by the scheduler, with its code, once the input is known to be readable
         _check_audio(params["input"], model)
+    if body.webhook is not None:
+        check_webhook_url(body.webhook, services.settings)
     frontend = principal.frontend
     job_id = uuid.uuid5(principal.user_id, f"idempotency:{idempotency_key}") if idempotency_key else uuid.uuid4()
     timeout = services.settings.submit_timeout_s
@@ -192,6 +211,9 @@ async def submit_job(request: Request) -> Response:
         params=params,
         reply_context=body.reply_context,
         deadline=datetime.now(UTC) + timedelta(seconds=timeout * 0.8),
+        request_digest=_digest(body, principal.user_ref) if idempotency_key else None,
+        webhook=body.webhook,
+        webhook_events=[e.value for e in body.webhook_events_filter] if body.webhook_events_filter else None,
     )
     decision = await decide(
         services,
@@ -202,6 +224,7 @@ async def submit_job(request: Request) -> Response:
     )
     if not decision.ok or decision.job is None:
         raise refusal(decision)
+    services.wakers.submitted(principal.user_id)  # the user's event streams on this gateway follow it at once
     # The scheduler's summary has JobAccepted's fields. It is encoded here rather than through
     # response_model (which still documents it): submit is the hot path, and pydantic's
     # validate-then-serialise of the response is a sizeable share of its cost.
@@ -254,10 +277,13 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     before: Annotated[datetime | None, Query(description="Only jobs created before this time")] = None,
     status: Annotated[JobStatus | None, Query()] = None,
+    capability: Annotated[str | None, Query(max_length=20, description="Only jobs of this capability")] = None,
 ) -> dict[str, Any]:
     before = utc_time(before, "before")
     async with services.pool.acquire() as conn:
-        rows = await queries.jobs_of(conn, principal.user_id, limit, before, status.value if status else None)
+        rows = await queries.jobs_of(
+            conn, principal.user_id, limit, before, status.value if status else None, capability
+        )
     jobs = [
         {
             "job_id": r["id"],

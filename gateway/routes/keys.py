@@ -32,7 +32,7 @@ def _owner(holder: KeyHolder) -> uuid.UUID:
     return holder.user_id
 
 
-def _key_id(raw: str) -> uuid.UUID:
+def parse_key_id(raw: str) -> uuid.UUID:
     try:
         return uuid.UUID(raw)
     except ValueError:
@@ -56,7 +56,7 @@ async def list_keys(services: ServicesDep, holder: KeyHolderDep) -> dict[str, An
     return {"keys": [{**_view(r), "current": r["key_id"] == holder.key_id} for r in rows]}
 
 
-async def _issue(services: Services, owner: uuid.UUID, label: str | None, replaces: uuid.UUID | None) -> dict[str, Any]:
+async def issue(services: Services, owner: uuid.UUID, label: str | None, replaces: uuid.UUID | None) -> dict[str, Any]:
     check_storable(label, "label")
     key, key_hash, prefix = new_key(USER_KEY_PREFIX)
     command = IssueApiKey(
@@ -80,19 +80,19 @@ async def _issue(services: Services, owner: uuid.UUID, label: str | None, replac
 
 @router.post("", status_code=201, response_model=NewKey, summary="Create an API key (shown once)")
 async def create_key(body: KeyCreate, services: ServicesDep, holder: KeyHolderDep) -> dict[str, Any]:
-    return await _issue(services, _owner(holder), body.label, None)
+    return await issue(services, _owner(holder), body.label, None)
 
 
 @router.post(
     "/{key_id}/rotate", status_code=201, response_model=NewKey, summary="Replace a key by a new one, revoking it"
 )
 async def rotate_key(key_id: str, body: KeyCreate, services: ServicesDep, holder: KeyHolderDep) -> dict[str, Any]:
-    return await _issue(services, _owner(holder), body.label, _key_id(key_id))
+    return await issue(services, _owner(holder), body.label, parse_key_id(key_id))
 
 
 @router.delete("/{key_id}", response_model=KeyRevoked, summary="Revoke a key: it stops working at once")
 async def revoke_key(key_id: str, services: ServicesDep, holder: KeyHolderDep) -> dict[str, Any]:
-    parsed = _key_id(key_id)
+    parsed = parse_key_id(key_id)
     command = RevokeKey(command_id=uuid.uuid4(), key_id=parsed, user_id=_owner(holder), by="user")
     await carried_out(services, s.CMD_KEY_REVOKE, command, msg_id=f"key-revoke:{command.command_id}")
     services.key_revoked(parsed)  # this gateway at once; the others when the event reaches them

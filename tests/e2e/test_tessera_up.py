@@ -39,7 +39,7 @@ async def check_side_ports(log: Path, up: subprocess.Popen[str]) -> None:
         raise AssertionError(f"no banner: {log.read_text()}")
     banner = log.read_text().split("Tessera is up.", 1)[1]
     services = {name: (healthz, readyz) for name, healthz, readyz in HEALTH_LINE.findall(banner)}
-    assert set(services) == {"scheduler", "projector", "gateway", "worker-0"}, banner
+    assert set(services) == {"scheduler", "projector", "gateway", "webhooks", "worker-0"}, banner
     async with httpx.AsyncClient(timeout=10) as client:
         for name, (healthz, readyz) in services.items():
             assert (await client.get(healthz)).status_code == 200, name

@@ -31,13 +31,13 @@ async def webhook_service(platform: Platform, name: str = "webhooks") -> AsyncIt
             await platform.stop(name)
 
 
+# The gateway takes http://127.0.0.1 URLs, as an operator allows for local testing.
+LOCAL_HTTP = pytest.mark.settings(webhook_allow_http=True, webhook_allowlist=("127.0.0.1",))
+
+
 @pytest.fixture
 def allow_local_http(platform: Platform) -> Platform:
-    """The gateway takes http://127.0.0.1 URLs, as an operator allows for local testing."""
-    # The fixture's gateway holds this very Settings object (frozen, as every service's is): the
-    # operator's two local-testing switches are turned on in it before the test sends a request.
-    object.__setattr__(platform.settings, "webhook_allow_http", True)
-    object.__setattr__(platform.settings, "webhook_allowlist", ("127.0.0.1",))
+    assert platform.settings.webhook_allow_http, "mark the test with LOCAL_HTTP"
     return platform
 
 
@@ -45,6 +45,7 @@ def verify(secret: str, request: object) -> dict:
     return standardwebhooks.Webhook(secret).verify(request.body, request.headers)  # type: ignore[attr-defined, no-any-return]
 
 
+@LOCAL_HTTP
 async def test_an_endpoint_and_a_jobs_own_webhook_hear_the_job_signed_as_standard_webhooks_says(
     allow_local_http: Platform,
 ) -> None:
@@ -107,6 +108,7 @@ async def test_an_endpoint_and_a_jobs_own_webhook_hear_the_job_signed_as_standar
         verify(endpoint["secret"], again[-1])
 
 
+@LOCAL_HTTP
 async def test_a_rotated_secret_and_the_old_one_both_sign_during_the_grace_period(
     allow_local_http: Platform,
 ) -> None:
@@ -135,6 +137,7 @@ async def test_a_rotated_secret_and_the_old_one_both_sign_during_the_grace_perio
             verify(rotated.json()["secret"], second)
 
 
+@LOCAL_HTTP
 async def test_410_gone_disables_the_endpoint_with_a_reason_its_owner_sees(allow_local_http: Platform) -> None:
     platform = allow_local_http
     key = await platform.user_key()

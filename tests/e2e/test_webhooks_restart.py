@@ -18,8 +18,7 @@ from tests.webhook_receiver import Receiver, receiving
 def local_webhooks(platform: Platform, monkeypatch: pytest.MonkeyPatch) -> Platform:
     # The fixture's gateway holds this very (frozen) Settings object; the webhook service's process
     # reads the same two local-testing switches from its environment.
-    object.__setattr__(platform.settings, "webhook_allow_http", True)
-    object.__setattr__(platform.settings, "webhook_allowlist", ("127.0.0.1",))
+    assert platform.settings.webhook_allow_http, "the test is marked with its settings"
     monkeypatch.setenv("TESSERA_WEBHOOK_ALLOW_HTTP", "1")
     monkeypatch.setenv("TESSERA_WEBHOOK_ALLOWLIST", "127.0.0.1")
     monkeypatch.setenv("TESSERA_URL_SIGNING_KEY", TEST_URL_SIGNING_KEY)
@@ -27,6 +26,7 @@ def local_webhooks(platform: Platform, monkeypatch: pytest.MonkeyPatch) -> Platf
     return platform
 
 
+@pytest.mark.settings(webhook_allow_http=True, webhook_allowlist=("127.0.0.1",))
 async def test_killed_mid_delivery_and_restarted_the_service_delivers_once(local_webhooks: Platform) -> None:
     platform = local_webhooks
     key = await platform.user_key()

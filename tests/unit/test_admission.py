@@ -35,6 +35,7 @@ from streams.messages import (
     RevokeKey,
     StoreUpload,
     SubmitJob,
+    UpdateWebhook,
 )
 
 NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
@@ -199,8 +200,11 @@ def test_a_model_no_worker_online_serves_at_that_size_is_refused_once_the_fleet_
     small = Fleet({"sdxl": 512})
     result = refused(admit(quoted(width=768, height=768), standing(), small))
     assert result.code is RefusalCode.NO_CAPABLE_WORKER and result.counted
-    assert result.detail == "no worker online can run sdxl at 768x768"
-    assert refused(admit(quoted(), standing(), Fleet({}))).detail == "no worker online can run sdxl at 1024x1024"
+    assert result.detail == "no worker online can run sdxl at 768x768, and none has lately"
+    assert (
+        refused(admit(quoted(), standing(), Fleet({}))).detail
+        == "no worker online can run sdxl at 1024x1024, and none has lately"
+    )
     # Until the workers bucket has been read, the fleet says nothing.
     assert isinstance(admit(quoted(width=768, height=768), standing(), Fleet({}, known=False)), Admitted)
 
@@ -303,6 +307,15 @@ def test_jobs_accounts_keys_and_uploads_refuse_with_their_codes() -> None:
     assert answer(state, state.submit, submit(alice, job_id)).ok
     assert answer(state, state.submit, submit(alice, job_id)).ok  # the same submit again: one job
     expect(RefusalCode.JOB_ID_CONFLICT, answer(state, state.submit, submit(uuid.uuid4(), job_id)))
+    keyed, digest = uuid.uuid4(), msgspec.structs.replace
+    assert answer(state, state.submit, digest(submit(alice, keyed), request_digest="a")).ok
+    assert answer(state, state.submit, digest(submit(alice, keyed), request_digest="a")).ok  # the same request
+    expect(
+        RefusalCode.IDEMPOTENCY_KEY_REUSED,
+        answer(state, state.submit, digest(submit(alice, keyed), request_digest="b")),
+    )
+    hook = UpdateWebhook(command_id=uuid.uuid4(), webhook_id=uuid.uuid4(), user_id=alice, enabled=False)
+    expect(RefusalCode.WEBHOOK_NOT_FOUND, answer(state, state.handlers[UpdateWebhook], hook))
     expect(
         RefusalCode.JOB_NOT_FOUND,
         answer(state, state.cancel, CancelJob(command_id=uuid.uuid4(), job_id=job_id, user_id=uuid.uuid4())),

@@ -53,6 +53,18 @@ SAMPLES = [
     b'"quota_day":"2026-11-29","expires_at":"2026-12-06T20:00:00Z"}',
     b'{"type":"UploadDeleted.v1","user_id":"2c47be06-3ddf-4eb9-9671-84a5d664079b","object_name":"uploads/u/1"}',
     b'{"type":"UploadExpired.v1","object_name":"uploads/u/1","expired_at":"2026-12-06T20:00:01Z"}',
+    # Webhooks (issue 15): the submit's digest and per-job webhook, and the endpoints' own stream.
+    b'{"type":"JobSubmitted.v1","user_id":"50342619-f3aa-5c55-9704-1fb5ee1505ba","user_ref":null,"frontend":"api",'
+    b'"bot_id":null,"capability":"tts","model":"espeak-ng","params":{"prompt":"Hello"},"priority":2,'
+    b'"cost_tokens":0.02,"reply_context":null,"request_digest":"ab","webhook":"https://example.com/h",'
+    b'"webhook_events":["completed"]}',
+    b'{"type":"WebhookEndpointCreated.v1","user_id":"2c47be06-3ddf-4eb9-9671-84a5d664079b",'
+    b'"url":"https://example.com/h","events":["start","completed"],"description":null,"secret_sealed":"v1.x"}',
+    b'{"type":"WebhookEndpointUpdated.v1","url":"https://example.com/h","events":["completed"],"description":null,'
+    b'"enabled":false,"disabled_reason":"the receiver answered 410 Gone","by":"delivery"}',
+    b'{"type":"WebhookSecretRotated.v1","secret_sealed":"v1.y","previous_sealed":"v1.x",'
+    b'"previous_expires_at":"2026-12-01T00:00:00Z"}',
+    b'{"type":"WebhookEndpointDeleted.v1","user_id":"2c47be06-3ddf-4eb9-9671-84a5d664079b"}',
 ]
 
 

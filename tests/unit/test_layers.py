@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "worker_node": 4,
     "gateway": 5,
     "bots": 6,
+    "webhooks": 6,  # the webhook sender, a frontend of sorts: it tells users' URLs about their jobs
     "tessera": 7,  # the launcher: it imports every service to run it
 }
 
@@ -34,7 +35,9 @@ PUBLIC: dict[str, set[str]] = {
     "projector": {"projector.queries"},
     "scheduler": {"scheduler.admission", "scheduler.rules"},
     "worker_node": set(),
-    "gateway": {"gateway.client", "gateway.schemas"},
+    # The webhook service shows a job as the API does (views, links) and opens the secrets the
+    # gateway sealed (webhook_secrets).
+    "gateway": {"gateway.client", "gateway.schemas", "gateway.views", "gateway.links", "gateway.webhook_secrets"},
 }
 
 MAX_LINES = 400
