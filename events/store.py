@@ -21,6 +21,7 @@ from events.types import (
     JobCompleted,
     JobSubmitted,
     RecordedEvent,
+    StreamType,
     UploadStored,
     decode_data,
     encode,
@@ -163,12 +164,18 @@ async def load_after(conn: asyncpg.Connection, seq: int, limit: int = 1000) -> l
 
 
 async def load_stream_type(conn: asyncpg.Connection, stream_type: str) -> list[RecordedEvent]:
-    rows = await conn.fetch(f"SELECT {_COLUMNS} FROM events WHERE stream_type = $1 ORDER BY seq", stream_type)
+    """Every event of one kind of stream, in log order. The kind is spelled in the SQL (a StreamType
+    value, so nothing to quote): the partial index of the plan, frontend and webhook streams then
+    serves every plan, where a parameter could leave a generic plan scanning the whole log."""
+    kind = StreamType(stream_type).value
+    rows = await conn.fetch(f"SELECT {_COLUMNS} FROM events WHERE stream_type = '{kind}' ORDER BY seq")
     return [_row_to_event(r) for r in rows]
 
 
 async def tokens_charged(conn: asyncpg.Connection, since: date) -> dict[tuple[uuid.UUID, date], float]:
-    """Tokens charged per (user, quota day) from `since` on: what completed jobs cost."""
+    """Tokens charged per (user, quota day) from `since` on: what completed jobs cost, summed over
+    the log. A join over every completion since then: the scheduler reads its own ledger
+    (`scheduler.queries.tokens_charged`) and this is what that ledger is checked against."""
     rows = await conn.fetch(
         f"""
         SELECT (s.data->>'user_id')::uuid AS user_id, (c.data->>'quota_day')::date AS day,
@@ -184,11 +191,12 @@ async def tokens_charged(conn: asyncpg.Connection, since: date) -> dict[tuple[uu
 
 async def recent_submits(conn: asyncpg.Connection, seconds: float = 60.0) -> list[tuple[uuid.UUID, float]]:
     """(user, when as a UNIX time) of every job submitted in the last `seconds`, oldest first: the
-    requests that a plan's per-minute rate limit still counts."""
+    requests that a plan's per-minute rate limit still counts. The statement's time, not
+    clock_timestamp(): a stable bound is what lets the partial index on submit times find them."""
     rows = await conn.fetch(
         f"""
         SELECT (data->>'user_id')::uuid AS user_id, extract(epoch FROM recorded_at)::float8 AS at
-        FROM events WHERE type = '{_SUBMITTED}' AND recorded_at > clock_timestamp() - make_interval(secs => $1)
+        FROM events WHERE type = '{_SUBMITTED}' AND recorded_at > statement_timestamp() - make_interval(secs => $1)
         ORDER BY recorded_at
         """,
         seconds,
@@ -246,3 +254,30 @@ async def quota_day_settlements(
     )
     submitted = {rec.stream_id: rec for rec in map(_row_to_event, firsts)}
     return [(rec, submitted[rec.stream_id]) for rec in settled if rec.stream_id in submitted]
+
+
+async def jobs_submitted_by(conn: asyncpg.Connection, user_id: uuid.UUID, after: int, upto: int) -> list[uuid.UUID]:
+    """The jobs `user_id` submitted between log positions `after` (excluded) and `upto`, in order."""
+    rows = await conn.fetch(
+        "SELECT stream_id FROM events WHERE seq > $1 AND seq <= $2 AND type = $3 AND data->>'user_id' = $4"
+        " ORDER BY seq",
+        after,
+        upto,
+        type_name(JobSubmitted),
+        str(user_id),
+    )
+    return [r["stream_id"] for r in rows]
+
+
+async def jobs_of_user(conn: asyncpg.Connection, user_id: uuid.UUID, job_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Those of `job_ids` that `user_id` submitted (from the log: a job not yet projected counts)."""
+    if not job_ids:
+        return set()
+    rows = await conn.fetch(
+        "SELECT stream_id FROM events WHERE stream_id = ANY($1::uuid[]) AND version = 1 AND type = $2"
+        " AND data->>'user_id' = $3",
+        job_ids,
+        type_name(JobSubmitted),
+        str(user_id),
+    )
+    return {r["stream_id"] for r in rows}

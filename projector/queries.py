@@ -265,3 +265,19 @@ async def jobs_since(conn: asyncpg.Connection, since: datetime) -> dict[str, int
     """How many jobs submitted since `since` are in each status (`tessera status`: today's jobs)."""
     rows = await conn.fetch("SELECT status, count(*) AS n FROM jobs WHERE created_at >= $1 GROUP BY status", since)
     return {r["status"]: int(r["n"]) for r in rows}
+
+
+async def unfinished_jobs(conn: asyncpg.Connection, user_id: uuid.UUID, limit: int) -> list[uuid.UUID]:
+    """The user's jobs not yet in a terminal state, oldest first."""
+    rows = await conn.fetch(
+        "SELECT id FROM jobs WHERE user_id = $1 AND status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED')"
+        " ORDER BY created_at LIMIT $2",
+        user_id,
+        limit,
+    )
+    return [r["id"] for r in rows]
+
+
+async def projected_seq(conn: asyncpg.Connection) -> int:
+    """The log position the read models include (read it in the same snapshot as the rows it explains)."""
+    return int(await conn.fetchval("SELECT seq FROM projection_position WHERE name = 'read_models'"))

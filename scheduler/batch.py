@@ -205,6 +205,7 @@ class Batching(Leadership):
             activated=effects.activated,
             finished=effects.finished,
             relayed_seq=outbox.relayed_seq,
+            owners=state.jobs,
         )
         metrics.committed(self, records, outbox, started)
         last_seq = records[-1].seq if records else 0

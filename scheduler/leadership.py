@@ -117,7 +117,7 @@ class Leadership:
         state.load(
             records,
             await store.head(conn),
-            used=await store.tokens_charged(conn, since),
+            used=await queries.tokens_charged(conn, since),
             execution_s=await store.execution_times(conn),
             recent_requests=await store.recent_submits(conn),
             uploads=await store.uploads_counted(conn, since),

@@ -13,6 +13,7 @@ import uuid
 from base.config import Settings
 from base.logs import configure
 from tessera.ops_cli import add_commands
+from tessera.projections_cli import add_projection_commands
 from tessera.registry import SERVICES, ServiceSpec
 from tessera.users_cli import add_user_commands
 
@@ -229,17 +230,6 @@ def cmd_jobs_history(args: argparse.Namespace) -> None:
         print(line)
 
 
-def cmd_projections_rebuild(args: argparse.Namespace) -> None:
-    from base import db
-    from projector.service import rebuild
-
-    async def main() -> int:
-        async with db.connection(_urls()[1]) as conn:
-            return await rebuild(conn)
-
-    print(f"read models rebuilt from the event log up to seq {asyncio.run(main())}")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tessera", description="Tessera: AI generation for many users, few GPUs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -336,10 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id")
     p.set_defaults(func=cmd_jobs_history)
 
-    projections = sub.add_parser("projections", help="read models").add_subparsers(dest="action", required=True)
-    projections.add_parser("rebuild", help="drop and re-fold every read model from the events").set_defaults(
-        func=cmd_projections_rebuild
-    )
+    add_projection_commands(sub)  # projections rebuild [--check]
     add_commands(sub)  # status, monitoring, billing
     return parser
 

@@ -94,7 +94,8 @@ def _banner(title: str, api_url: str, nats: str, database_url: str, settings: Se
         f"    {child.name:<{width}}  {child.side_url}/healthz  {child.side_url}/readyz\n" for child in children
     )
     return (
-        f"\n{title}\n  API      {api_url}  (docs: {api_url}/docs)\n  NATS     {nats}\n"
+        f"\n{title}\n  Website  {api_url}/  (open it in a browser and sign up)\n"
+        f"  API      {api_url}  (docs: {api_url}/docs)\n  NATS     {nats}\n"
         f"  Postgres {database_url}\n  Data     {settings.data_dir}\n"
         f"  Health and readiness of each service (metrics at /metrics):\n{health}"
         "Create a user:  tessera users create --platform web --user-id alice --plan pro\n"

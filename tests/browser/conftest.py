@@ -72,6 +72,7 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
             time.sleep(0.1)
         else:
             raise AssertionError(f"tessera up did not come up: {log.read_text()[-5000:]}")
+        assert f"Website  {url}/" in log.read_text()  # the address a person opens is printed
         assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
         shots = tmp / "screenshots"
         shots.mkdir()

@@ -319,3 +319,25 @@ async def test_the_typed_client_follows_the_user_feed_with_an_api_key(platform: 
     assert all(c for c, e in seen if isinstance(e, TransitionEvent)) and not any(
         c for c, e in seen if not isinstance(e, TransitionEvent)
     )
+
+
+async def test_a_forged_cursor_naming_another_users_job_reveals_nothing(platform: Platform) -> None:
+    alice = await signup(platform)
+    secret = (
+        await alice.post(
+            "/api/v1/jobs",
+            json={"capability": "echo", "params": {"prompt": "alice's secret", "delay_seconds": 1}},
+            headers={"X-CSRF-Token": await page_csrf(alice)},
+        )
+    ).json()["job_id"]
+    bob = await signup(platform)
+    mine = (
+        await bob.post(
+            "/api/v1/jobs",
+            json={"capability": "echo", "params": {"prompt": "bob's own"}},
+            headers={"X-CSRF-Token": await page_csrf(bob)},
+        )
+    ).json()["job_id"]
+    seen = await _read_feed(bob, {"Last-Event-ID": f"0~{secret}.0"}, until=1)
+    assert seen and all(mine in data for _, _, data in seen)
+    assert not any(secret in data or "alice" in data for _, _, data in seen)
