@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -64,6 +65,21 @@ def problem_response(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+def _template(path: str) -> re.Pattern[str]:
+    """`/api/v1/jobs/{job_id}` as a pattern of the paths it stands for."""
+    parts = re.split(r"(\{[^}]+\})", path)
+    return re.compile("".join("[^/]+" if part.startswith("{") else re.escape(part) for part in parts))
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods the OpenAPI document lists for the request's path (a literal path such as
+    `/webhooks/job-secret` before a template that also matches it); none for a path it does not have."""
+    paths: dict[str, Any] = request.app.openapi().get("paths", {})
+    matching = [path for path in paths if _template(path).fullmatch(request.url.path)]
+    templates = [path for path in matching if "{" not in path] or matching
+    return sorted({method.upper() for template in templates for method in paths[template]})
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
@@ -86,8 +102,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
-        # Starlette's 405 names the methods the path takes in `Allow` (RFC 9110): kept.
-        return problem_response(exc.status_code, code, str(exc.detail), request.url.path, exc.headers)
+        headers = dict(exc.headers or {})
+        documented = allowed_methods(request) if exc.status_code == 405 else []
+        if documented:  # every method the path takes (RFC 9110), not only those of Starlette's first match
+            headers["Allow"] = ", ".join(documented)
+        return problem_response(exc.status_code, code, str(exc.detail), request.url.path, headers or None)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

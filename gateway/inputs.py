@@ -9,6 +9,7 @@ becomes a command; the scheduler also sets aside any command it cannot store (is
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,6 +45,30 @@ def _check_text(text: str, where: str) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise Problem(422, "INVALID_CHARACTER", f"{where} contains a lone surrogate, which is not valid text") from None
+
+
+_ISO_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}([Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?([Zz]|[+-][0-9]{2}:[0-9]{2})?)?"
+)
+
+
+def query_time(raw: str | None, name: str) -> datetime | None:
+    """A query's date and time (RFC 3339; without an offset it is UTC), in UTC. Only that spelling:
+    pydantic would also read a number as Unix seconds, which the OpenAPI document does not say."""
+    if raw is None:
+        return None
+    try:
+        if not _ISO_TIME.fullmatch(raw):
+            raise ValueError(raw)
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise Problem(
+            422,
+            "VALIDATION_ERROR",
+            f"{name} must be a date and time such as 2030-01-31T12:00:00Z",
+            errors=[{"field": f"query.{name}", "message": "not an RFC 3339 date-time"}],
+        ) from None
+    return utc_time(value, name)
 
 
 def utc_time(value: datetime | None, name: str) -> datetime | None:

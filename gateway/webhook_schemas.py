@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from gateway.schemas import JobCreate
 
@@ -47,13 +47,21 @@ class WebhookUpdate(BaseModel):
     url: str | None = Field(default=None, max_length=2000)
     events: list[WebhookEvent] | None = Field(default=None, min_length=1, max_length=3)
     description: str | None = Field(default=None, max_length=200)
-    enabled: bool | None = None
+    enabled: bool | None = Field(default=None, strict=True)
 
 
 class WebhookRotate(BaseModel):
     grace_seconds: int = Field(
         default=86400, ge=0, le=7 * 86400, description="How long the old secret keeps signing beside the new one"
     )
+
+    @field_validator("grace_seconds", mode="before")
+    @classmethod
+    def _a_json_number(cls, value: object) -> object:
+        """A number as JSON writes one (2.0 too), not `true` or "60", which pydantic would also read."""
+        if isinstance(value, bool | str):
+            raise ValueError("grace_seconds must be an integer")
+        return value
 
 
 class WebhookView(BaseModel):

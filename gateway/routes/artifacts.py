@@ -10,6 +10,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 from nats.js.errors import NotFoundError
 
+from gateway.contract import SECURED, problems
 from gateway.deps import ServicesDep, holder_of
 from gateway.errors import Problem
 from projector import queries
@@ -29,7 +30,19 @@ def _artifact_id(raw: str) -> uuid.UUID:
     "/{artifact_id}",
     summary="Download an artifact",
     response_class=Response,
-    responses={200: {"content": {"audio/wav": {}, "image/png": {}, "image/webp": {}, "text/plain": {}}}},
+    responses={
+        200: {"content": {"audio/wav": {}, "image/png": {}, "image/webp": {}, "text/plain": {}}},
+        **problems(
+            401,
+            403,
+            404,
+            410,
+            _403="LINK_EXPIRED, LINK_INVALID",
+            _404="ARTIFACT_NOT_FOUND",
+            _410="ARTIFACT_EXPIRED",
+        ),
+    },
+    openapi_extra={"security": [*SECURED, {}]},  # a signed link needs no key
 )
 async def get_artifact(
     artifact_id: str,
@@ -37,7 +50,6 @@ async def get_artifact(
     services: ServicesDep,
     expires: Annotated[str | None, Query(description="A signed link's expiry (Unix seconds)")] = None,
     signature: Annotated[str | None, Query(description="A signed link's signature; no key is needed then")] = None,
-    authorization: Annotated[str | None, Header(description="Bearer <key>, unless the link is signed")] = None,
     tessera_user_ref: Annotated[str | None, Header(description="With a frontend key: the user acted for")] = None,
 ) -> Response:
     """The artifact's bytes: with the key of its owner (or of a frontend acting for them), or with no

@@ -22,17 +22,17 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-import asyncpg
 import msgspec
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
 
 from events import store
-from events.types import JobSubmitted, type_name
+from gateway.contract import problems
 from gateway.deps import CurrentPrincipal, Services, ServicesDep
 from gateway.errors import Problem
 from gateway.routes.job_stream import follow
 from gateway.wakers import WAKE, Merged
+from projector import queries
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
@@ -40,6 +40,10 @@ RETRY_MS = 3000  # how soon a browser reconnects after the stream drops
 KEEP_ALIVE_S = 15.0
 DISCOVER_S = 3.0  # how often a stream looks for jobs submitted elsewhere
 MAX_FOLLOWED = 100
+
+
+_UUID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+CURSOR = f"^([0-9]+(~{_UUID}\\.[0-9]+)*)?$"  # what Cursor.encode writes (for the OpenAPI document)
 
 
 class Cursor(msgspec.Struct):
@@ -63,13 +67,15 @@ class Cursor(msgspec.Struct):
     "/events",
     summary="Follow all your unfinished jobs as one stream of server-sent events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={200: {"content": {"text/event-stream": {}}}, **problems(400, _400="INVALID_LAST_EVENT_ID")},
 )
 async def user_events(
     request: Request,
     services: ServicesDep,
     principal: CurrentPrincipal,
-    last_event_id: Annotated[str | None, Header()] = None,
+    last_event_id: Annotated[
+        str | None, Header(json_schema_extra={"pattern": CURSOR}, description="The `id` of the last event received")
+    ] = None,
 ) -> StreamingResponse:
     """The `transition`, `progress` and `status` events of each of your unfinished jobs, and of each
     job you submit while connected, each with its `job_id`; keep-alive comments every 15 s. Resume
@@ -80,28 +86,6 @@ async def user_events(
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
-
-
-async def _new_jobs(conn: asyncpg.Connection, user_id: uuid.UUID, after: int, upto: int) -> list[uuid.UUID]:
-    rows = await conn.fetch(
-        "SELECT stream_id FROM events WHERE seq > $1 AND seq <= $2 AND type = $3 AND data->>'user_id' = $4"
-        " ORDER BY seq",
-        after,
-        upto,
-        type_name(JobSubmitted),
-        str(user_id),
-    )
-    return [r["stream_id"] for r in rows]
-
-
-async def _unfinished(conn: asyncpg.Connection, user_id: uuid.UUID) -> list[uuid.UUID]:
-    rows = await conn.fetch(
-        "SELECT id FROM jobs WHERE user_id = $1 AND status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED')"
-        " ORDER BY created_at LIMIT $2",
-        user_id,
-        MAX_FOLLOWED,
-    )
-    return [r["id"] for r in rows]
 
 
 class _Feed:
@@ -133,7 +117,7 @@ class _Feed:
         """Follow the user's jobs submitted after log position `after`, up to the log's head now."""
         async with self.services.pool.acquire() as conn:
             head = await store.head(conn)
-            for job_id in await _new_jobs(conn, self.user_id, after, head):
+            for job_id in await store.jobs_submitted_by(conn, self.user_id, after, head):
                 self._start(job_id)
         self.head = head
 
@@ -141,8 +125,11 @@ class _Feed:
         # The read model's unfinished jobs and the log position it has folded, from one snapshot:
         # jobs submitted after that position are found in the log itself.
         async with self.services.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            projected = await conn.fetchval("SELECT seq FROM projection_position WHERE name = 'read_models'")
-            unfinished = await _unfinished(conn, self.user_id)
+            projected = await queries.projected_seq(conn)
+            unfinished = await queries.unfinished_jobs(conn, self.user_id, MAX_FOLLOWED)
+            # The cursor comes from the client: only the user's own jobs in it are followed.
+            own = await store.jobs_of_user(conn, self.user_id, list(self.sent))
+        self.sent = {job_id: version for job_id, version in self.sent.items() if job_id in own}
         for job_id in [*self.sent, *unfinished]:
             self._start(job_id)
         await self._discover(min(self.head, projected) if self.head is not None else projected)

@@ -17,6 +17,7 @@ from nats.aio.subscription import Subscription
 
 from events.job import Job, JobStatus, evolve
 from events.types import RecordedEvent, decode_recorded
+from gateway.contract import problems
 from gateway.deps import CurrentPrincipal, Services, ServicesDep
 from gateway.errors import Problem
 from gateway.routes.jobs import load_own_job, parse_job_id, position_and_estimate
@@ -43,23 +44,24 @@ def _sse(event: str, data: bytes, event_id: int | None = None) -> bytes:
     "/{job_id}/stream",
     summary="Follow a job as server-sent events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={200: {"content": {"text/event-stream": {}}}, **problems(404, _404="JOB_NOT_FOUND")},
 )
 async def stream_job(
     job_id: str,
     request: Request,
     services: ServicesDep,
     principal: CurrentPrincipal,
-    last_event_id: Annotated[str | None, Header()] = None,
+    last_event_id: Annotated[
+        str | None, Header(json_schema_extra={"pattern": "^[0-9]*$"}, description="The last event's version")
+    ] = None,
 ) -> StreamingResponse:
     """One `event` per transition (`id` = the event's version; resume with `Last-Event-ID`), `progress`
     events while it runs; the stream closes after the terminal event."""
     parsed = parse_job_id(job_id)
     await load_own_job(services, parsed, principal.user_id)  # 404 before the stream starts
-    try:
-        after = int(last_event_id) if last_event_id else 0
-    except ValueError:
-        raise Problem(400, "INVALID_LAST_EVENT_ID", "Last-Event-ID must be an event version number") from None
+    if last_event_id and not (last_event_id.isascii() and last_event_id.isdigit()):
+        raise Problem(400, "INVALID_LAST_EVENT_ID", "Last-Event-ID must be an event version number")
+    after = int(last_event_id) if last_event_id else 0
     return StreamingResponse(
         (_sse(kind, data, version) async for kind, data, version in follow(services, request, parsed, after)),
         media_type="text/event-stream",

@@ -17,10 +17,11 @@ from fastapi.responses import Response
 from base.catalog import Catalog, Model, QuoteRefused
 from events.job import Job, JobStatus, fold
 from events.types import JobQueued, JobRequeued, RecordedEvent
+from gateway.contract import RATE_HEADERS, SECURED, problems
 from gateway.decisions import decide, quote_refusal, rate_headers, refusal
 from gateway.deps import CurrentPrincipal, Services, ServicesDep, holder_of
 from gateway.errors import Problem
-from gateway.inputs import check_storable, utc_time
+from gateway.inputs import check_storable, query_time
 from gateway.job_request import canonical
 from gateway.routes.uploads import resolve_input
 from gateway.routes.webhooks import check_webhook_url
@@ -38,25 +39,19 @@ INPUT_REQUIRED = {"stt"}  # capabilities that work on an uploaded file
 
 # The submit route reads its body and headers itself (the hot path: FastAPI's per-request
 # dependency and header solving was a fifth of the gateway's CPU per job), so the OpenAPI
-# document is told about them here.
+# document is told about them here; gateway.contract puts the body's schema, from the catalog.
 _SUBMIT_OPENAPI = {
     "requestBody": {
         "required": True,
         "content": {
             "application/json": {
-                "schema": JobCreate.model_json_schema(),
+                "schema": {"type": "object"},
                 "example": {"capability": "tts", "params": {"prompt": "Hello from Tessera"}},
             }
         },
     },
+    "security": SECURED,
     "parameters": [
-        {
-            "name": "Authorization",
-            "in": "header",
-            "required": True,
-            "schema": {"type": "string"},
-            "description": "Bearer <key>: a user's API key, or a frontend key",
-        },
         {
             "name": "Idempotency-Key",
             "in": "header",
@@ -144,8 +139,25 @@ def _check_audio(reference: dict[str, Any], model: Model | None) -> None:
     openapi_extra=_SUBMIT_OPENAPI,
     summary="Submit a job",
     responses={
-        202: {"description": "Accepted and committed (or, with a reused Idempotency-Key, the job it made)"},
-        422: {"description": "Invalid request; IDEMPOTENCY_KEY_REUSED: the key was used with another body"},
+        202: {
+            "description": "Accepted and committed (or, with a reused Idempotency-Key, the job it made)",
+            "headers": RATE_HEADERS,
+        },
+        **problems(
+            403,
+            404,
+            409,
+            415,
+            422,
+            429,
+            503,
+            _403="FRONTEND_FIELDS_FORBIDDEN, WRONG_FRONTEND, WRONG_BOT, MODEL_NOT_ALLOWED, RESOLUTION_TOO_HIGH",
+            _404="UPLOAD_NOT_FOUND: params.input_upload is no upload of yours",
+            _409="JOB_ID_CONFLICT",
+            _422="MISSING_PROMPT, PROMPT_TOO_LONG, UNKNOWN_CAPABILITY, UNKNOWN_MODEL, INVALID_RESOLUTION, "
+            "INPUT_REQUIRED, UNSUPPORTED_INPUT, INVALID_WEBHOOK_URL, VALIDATION_ERROR; IDEMPOTENCY_KEY_REUSED: "
+            "the key was used with another body",
+        ),
     },
 )
 async def submit_job(request: Request) -> Response:
@@ -263,7 +275,7 @@ async def position_and_estimate(
     return position, rules.estimated_seconds(position, services.fleet.slots_for(job.model), seconds)
 
 
-@router.get("/{job_id}", response_model=JobView, summary="Read a job")
+@router.get("/{job_id}", response_model=JobView, responses=problems(404, _404="JOB_NOT_FOUND"), summary="Read a job")
 async def get_job(job_id: str, request: Request, services: ServicesDep, principal: CurrentPrincipal) -> JobView:
     job, records = await load_own_job(services, parse_job_id(job_id), principal.user_id)
     position, estimate = await position_and_estimate(services, job, records)
@@ -275,14 +287,16 @@ async def list_jobs(
     services: ServicesDep,
     principal: CurrentPrincipal,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    before: Annotated[datetime | None, Query(description="Only jobs created before this time")] = None,
+    before: Annotated[
+        str | None, Query(json_schema_extra={"format": "date-time"}, description="Only jobs created before this time")
+    ] = None,
     status: Annotated[JobStatus | None, Query()] = None,
     capability: Annotated[str | None, Query(max_length=20, description="Only jobs of this capability")] = None,
 ) -> dict[str, Any]:
-    before = utc_time(before, "before")
+    until = query_time(before, "before")
     async with services.pool.acquire() as conn:
         rows = await queries.jobs_of(
-            conn, principal.user_id, limit, before, status.value if status else None, capability
+            conn, principal.user_id, limit, until, status.value if status else None, capability
         )
     jobs = [
         {
@@ -303,7 +317,13 @@ async def list_jobs(
     return {"jobs": jobs, "next_before": jobs[-1]["created_at"] if len(jobs) == limit else None}
 
 
-@router.delete("/{job_id}", status_code=202, response_model=JobCancelled, summary="Cancel a job")
+@router.delete(
+    "/{job_id}",
+    status_code=202,
+    response_model=JobCancelled,
+    responses=problems(404, 409, 503, _404="JOB_NOT_FOUND", _409="JOB_TERMINAL: it has already finished"),
+    summary="Cancel a job",
+)
 async def cancel_job(job_id: str, services: ServicesDep, principal: CurrentPrincipal) -> dict[str, Any]:
     """Cancel a queued or running job; 409 when it has already finished."""
     parsed = parse_job_id(job_id)
@@ -320,7 +340,12 @@ async def cancel_job(job_id: str, services: ServicesDep, principal: CurrentPrinc
     return {"job_id": parsed, "status": decision.job.status if decision.job else "CANCELLED"}
 
 
-@router.get("/{job_id}/events", response_model=list[EventView], summary="The job's full history (audit)")
+@router.get(
+    "/{job_id}/events",
+    response_model=list[EventView],
+    responses=problems(404, _404="JOB_NOT_FOUND"),
+    summary="The job's full history (audit)",
+)
 async def job_history(job_id: str, services: ServicesDep, principal: CurrentPrincipal) -> list[EventView]:
     _, records = await load_own_job(services, parse_job_id(job_id), principal.user_id)
     return [event_view(r) for r in records]

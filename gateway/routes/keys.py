@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from base.keys import USER_KEY_PREFIX, new_key
+from gateway.contract import problems
 from gateway.decisions import carried_out
 from gateway.deps import KeyHolder, KeyHolderDep, Services, ServicesDep
 from gateway.errors import Problem
@@ -49,7 +50,15 @@ def _view(row: Any) -> dict[str, Any]:
     }
 
 
-@router.get("", response_model=KeyList, summary="Your API keys (never the keys themselves)")
+_USER_KEY = "USER_KEY_REQUIRED: keys are managed with a user's own key, not a frontend's"
+
+
+@router.get(
+    "",
+    response_model=KeyList,
+    responses=problems(403, _403=_USER_KEY),
+    summary="Your API keys (never the keys themselves)",
+)
 async def list_keys(services: ServicesDep, holder: KeyHolderDep) -> dict[str, Any]:
     async with services.pool.acquire() as conn:
         rows = await queries.keys_of(conn, _owner(holder))
@@ -78,19 +87,34 @@ async def issue(services: Services, owner: uuid.UUID, label: str | None, replace
     }
 
 
-@router.post("", status_code=201, response_model=NewKey, summary="Create an API key (shown once)")
+@router.post(
+    "",
+    status_code=201,
+    response_model=NewKey,
+    responses=problems(403, 409, 503, _403=_USER_KEY, _409="TOO_MANY_KEYS"),
+    summary="Create an API key (shown once)",
+)
 async def create_key(body: KeyCreate, services: ServicesDep, holder: KeyHolderDep) -> dict[str, Any]:
     return await issue(services, _owner(holder), body.label, None)
 
 
 @router.post(
-    "/{key_id}/rotate", status_code=201, response_model=NewKey, summary="Replace a key by a new one, revoking it"
+    "/{key_id}/rotate",
+    status_code=201,
+    response_model=NewKey,
+    responses=problems(403, 404, 409, 503, _403=_USER_KEY, _404="KEY_NOT_FOUND", _409="TOO_MANY_KEYS"),
+    summary="Replace a key by a new one, revoking it",
 )
 async def rotate_key(key_id: str, body: KeyCreate, services: ServicesDep, holder: KeyHolderDep) -> dict[str, Any]:
     return await issue(services, _owner(holder), body.label, parse_key_id(key_id))
 
 
-@router.delete("/{key_id}", response_model=KeyRevoked, summary="Revoke a key: it stops working at once")
+@router.delete(
+    "/{key_id}",
+    response_model=KeyRevoked,
+    responses=problems(403, 404, 503, _403=_USER_KEY, _404="KEY_NOT_FOUND"),
+    summary="Revoke a key: it stops working at once",
+)
 async def revoke_key(key_id: str, services: ServicesDep, holder: KeyHolderDep) -> dict[str, Any]:
     parsed = parse_key_id(key_id)
     command = RevokeKey(command_id=uuid.uuid4(), key_id=parsed, user_id=_owner(holder), by="user")

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from base.catalog import QuoteRefused
+from gateway.contract import problems
 from gateway.decisions import quote_refusal
 from gateway.deps import CurrentPrincipal, ServicesDep
 from gateway.inputs import check_storable
@@ -17,7 +18,12 @@ from gateway.schemas import JobCreate, QuoteRequest, QuoteView
 router = APIRouter(prefix="/api/v1", tags=["platform"])
 
 
-@router.post("/quote", response_model=QuoteView, summary="The price of a request, without submitting it")
+@router.post(
+    "/quote",
+    response_model=QuoteView,
+    responses=problems(404, 422, _404="UPLOAD_NOT_FOUND", _422="UNKNOWN_CAPABILITY, UNKNOWN_MODEL, VALIDATION_ERROR"),
+    summary="The price of a request, without submitting it",
+)
 async def quote(request: QuoteRequest, services: ServicesDep, principal: CurrentPrincipal) -> dict[str, Any]:
     """The model that would serve the request and the most it can cost, as the submit would reserve
     it; speech-to-text is priced by the uploaded audio's measured length (`params.input_upload`).

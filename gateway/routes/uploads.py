@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 from nats.js.api import ObjectMeta
 from nats.js.errors import NotFoundError
 
+from gateway.contract import problems
 from gateway.decisions import carried_out
 from gateway.deps import CurrentPrincipal, Services, ServicesDep
 from gateway.errors import Problem
@@ -114,6 +115,17 @@ async def _file_of(request: Request) -> tuple[bytes, str]:
     status_code=201,
     response_model=UploadStored,
     summary="Upload an input file",
+    responses=problems(
+        400,
+        413,
+        415,
+        422,
+        429,
+        503,
+        _400="a multipart/form-data body that cannot be read",
+        _422="EMPTY_UPLOAD, INVALID_UPLOAD (the bytes are not a file of the type sent), UPLOAD_FILE_MISSING",
+        _429="UPLOAD_QUOTA_EXCEEDED",
+    ),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -206,7 +218,12 @@ async def list_uploads(services: ServicesDep, principal: CurrentPrincipal) -> di
     }
 
 
-@router.delete("/{upload_id}", response_model=UploadDeleted, summary="Delete an upload now")
+@router.delete(
+    "/{upload_id}",
+    response_model=UploadDeleted,
+    responses=problems(404, 503, _404="UPLOAD_NOT_FOUND"),
+    summary="Delete an upload now",
+)
 async def delete_upload(upload_id: str, services: ServicesDep, principal: CurrentPrincipal) -> dict[str, Any]:
     try:
         parsed = uuid.UUID(upload_id)

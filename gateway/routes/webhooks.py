@@ -19,6 +19,7 @@ from fastapi import APIRouter
 
 from base.addresses import Allowlist, refusal
 from base.config import Settings
+from gateway.contract import problems
 from gateway.decisions import carried_out
 from gateway.deps import CurrentPrincipal, Services, ServicesDep
 from gateway.errors import Problem
@@ -44,7 +45,9 @@ from streams.webhook_messages import Deliveries, DeliveriesRequest, ReplayAnswer
 router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"])
 
 MAX_WEBHOOKS_PER_USER = 20
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "WEBHOOK_NOT_FOUND: no such endpoint of yours"}}
+_UNAVAILABLE = "SCHEDULER_UNAVAILABLE, WEBHOOKS_UNAVAILABLE (not configured), WEBHOOK_SERVICE_UNAVAILABLE"
+_NOT_FOUND = problems(404, _404="WEBHOOK_NOT_FOUND: no such endpoint of yours")
+_CHANGED = {**_NOT_FOUND, **problems(503, _503=_UNAVAILABLE)}  # a command, or a question to the webhook service
 
 
 def check_webhook_url(url: str, settings: Settings) -> None:
@@ -108,12 +111,29 @@ async def _own(services: Services, raw: str, user_id: uuid.UUID) -> Any:
     return row
 
 
-@router.get("/job-secret", response_model=JobWebhookSecret, summary="The secret that signs your per-job webhooks")
+@router.get(
+    "/job-secret",
+    response_model=JobWebhookSecret,
+    responses=problems(503, _503=_UNAVAILABLE),
+    summary="The secret that signs your per-job webhooks",
+)
 async def job_secret(services: ServicesDep, principal: CurrentPrincipal) -> dict[str, Any]:
     return {"secret": _box(services).job_secret(principal.user_id)}
 
 
-@router.post("", status_code=201, response_model=WebhookWithSecret, summary="Create an endpoint (secret shown once)")
+@router.api_route("/job-secret", methods=["POST", "PATCH", "DELETE"], include_in_schema=False)
+async def job_secret_other_methods() -> None:
+    """`job-secret` is no endpoint's id (a route of its own, or PATCH would try it as one): GET only."""
+    raise Problem(405, "METHOD_NOT_ALLOWED", "only GET is allowed here", headers={"Allow": "GET"})
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=WebhookWithSecret,
+    responses=problems(409, 422, 503, _409="TOO_MANY_WEBHOOKS", _422="INVALID_WEBHOOK_URL", _503=_UNAVAILABLE),
+    summary="Create an endpoint (secret shown once)",
+)
 async def create_webhook(body: WebhookCreate, services: ServicesDep, principal: CurrentPrincipal) -> dict[str, Any]:
     check_webhook_url(body.url, services.settings)
     check_storable(body.description, "description")
@@ -151,7 +171,7 @@ async def _update(services: Services, row: Any, **changes: Any) -> None:
     await carried_out(services, s.CMD_WEBHOOK_UPDATE, command, msg_id=f"webhook-update:{command.command_id}")
 
 
-@router.patch("/{webhook_id}", response_model=WebhookView, responses=_NOT_FOUND, summary="Change an endpoint")
+@router.patch("/{webhook_id}", response_model=WebhookView, responses=_CHANGED, summary="Change an endpoint")
 async def update_webhook(
     webhook_id: str, body: WebhookUpdate, services: ServicesDep, principal: CurrentPrincipal
 ) -> dict[str, Any]:
@@ -164,7 +184,7 @@ async def update_webhook(
     return _view(await _own(services, webhook_id, principal.user_id))
 
 
-@router.delete("/{webhook_id}", response_model=WebhookDeleted, responses=_NOT_FOUND, summary="Delete an endpoint")
+@router.delete("/{webhook_id}", response_model=WebhookDeleted, responses=_CHANGED, summary="Delete an endpoint")
 async def delete_webhook(webhook_id: str, services: ServicesDep, principal: CurrentPrincipal) -> dict[str, Any]:
     row = await _own(services, webhook_id, principal.user_id)
     await _update(services, row, delete=True)
@@ -175,7 +195,7 @@ async def delete_webhook(webhook_id: str, services: ServicesDep, principal: Curr
     "/{webhook_id}/rotate",
     status_code=201,
     response_model=WebhookWithSecret,
-    responses=_NOT_FOUND,
+    responses=_CHANGED,
     summary="A new secret (shown once); the old one also signs during the grace period",
 )
 async def rotate_secret(
@@ -200,7 +220,7 @@ async def _ask(services: Services, subject: str, request: object) -> bytes:
 @router.get(
     "/{webhook_id}/deliveries",
     response_model=DeliveryList,
-    responses={**_NOT_FOUND, 503: {"description": "WEBHOOK_SERVICE_UNAVAILABLE"}},
+    responses=_CHANGED,
     summary="The endpoint's deliveries, newest first: every attempt, its status, latency and answer",
 )
 async def deliveries(webhook_id: str, services: ServicesDep, principal: CurrentPrincipal) -> dict[str, Any]:
@@ -214,7 +234,7 @@ async def deliveries(webhook_id: str, services: ServicesDep, principal: CurrentP
     "/{webhook_id}/deliveries/{message_id}/replay",
     status_code=202,
     response_model=Replayed,
-    responses={**_NOT_FOUND, 503: {"description": "WEBHOOK_SERVICE_UNAVAILABLE"}},
+    responses={**_CHANGED, **problems(404, _404="WEBHOOK_NOT_FOUND, DELIVERY_NOT_FOUND")},
     summary="Send a delivery again, now (the same webhook-id)",
 )
 async def replay(
