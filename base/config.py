@@ -66,6 +66,12 @@ class Settings:
     # How often JetStream fsyncs: "always" (no acknowledged write lost on power loss; see
     # docs/operations.md for its cost), or a duration such as "2m" (nats-server's default).
     nats_sync: str = "always"
+    # What the events and notifications streams keep (streams/topology.StreamLimits, docs/scaling.md):
+    # by age and by bytes, so nats-server's memory and restart time do not grow with history.
+    events_max_age_s: float = 3600.0
+    events_max_bytes: int = 128 * 2**20
+    notify_max_age_s: float = 3 * 24 * 3600
+    notify_max_bytes: int = 256 * 2**20
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     public_url: str | None = None
@@ -125,6 +131,10 @@ class Settings:
             "nats_tls_cert": _env_path("TESSERA_NATS_TLS_CERT"),
             "nats_tls_key": _env_path("TESSERA_NATS_TLS_KEY"),
             "nats_sync": os.environ.get("TESSERA_NATS_SYNC") or "always",
+            "events_max_age_s": _env_float("TESSERA_EVENTS_MAX_AGE", 3600.0),
+            "events_max_bytes": _env_int("TESSERA_EVENTS_MAX_BYTES", 128 * 2**20),
+            "notify_max_age_s": _env_float("TESSERA_NOTIFY_MAX_AGE", 3 * 24 * 3600),
+            "notify_max_bytes": _env_int("TESSERA_NOTIFY_MAX_BYTES", 256 * 2**20),
             "http_host": os.environ.get("TESSERA_HTTP_HOST", "127.0.0.1"),
             "http_port": _env_int("TESSERA_HTTP_PORT", 8000),
             "public_url": os.environ.get("TESSERA_PUBLIC_URL") or None,

@@ -76,18 +76,6 @@ async def jobs_of(
     )
 
 
-async def queue_position(conn: asyncpg.Connection, capability: str, priority: int, queued_seq: int) -> int:
-    return int(
-        await conn.fetchval(
-            "SELECT count(*) FROM job_queue WHERE capability = $1"
-            " AND (priority > $2 OR (priority = $2 AND enqueued_seq < $3))",
-            capability,
-            priority,
-            queued_seq,
-        )
-    )
-
-
 async def artifact(conn: asyncpg.Connection, artifact_id: uuid.UUID) -> asyncpg.Record | None:
     return await conn.fetchrow(
         "SELECT id, job_id, user_id, type, format, content_type, object_name, inline_text, file_size_bytes, expires_at,"
@@ -141,15 +129,6 @@ async def unfinished(conn: asyncpg.Connection, user_id: uuid.UUID, day: date) ->
         day,
     )
     return {"queued": row["queued"], "running": row["running"], "reserved": float(row["reserved"])}
-
-
-async def measured_seconds(conn: asyncpg.Connection, model: str) -> float | None:
-    """The model's mean measured execution time; None until one has completed (the catalog's
-    `typical_seconds` then guesses)."""
-    row = await conn.fetchrow("SELECT jobs_completed, total_execution_seconds FROM model_stats WHERE model = $1", model)
-    if row and row["jobs_completed"]:
-        return round(float(row["total_execution_seconds"]) / int(row["jobs_completed"]), 3)
-    return None
 
 
 async def job_events(conn: asyncpg.Connection, job_id: uuid.UUID, after_version: int = 0) -> list[Any]:
@@ -281,3 +260,18 @@ async def unfinished_jobs(conn: asyncpg.Connection, user_id: uuid.UUID, limit: i
 async def projected_seq(conn: asyncpg.Connection) -> int:
     """The log position the read models include (read it in the same snapshot as the rows it explains)."""
     return int(await conn.fetchval("SELECT seq FROM projection_position WHERE name = 'read_models'"))
+
+
+async def queue_orders(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Every waiting job's (capability, priority, enqueued_seq), in queue order: the snapshot a
+    gateway computes positions from, at most once a second (`gateway/queue_view.py`)."""
+    return list(
+        await conn.fetch(
+            "SELECT capability, priority, enqueued_seq FROM job_queue ORDER BY capability, priority DESC, enqueued_seq"
+        )
+    )
+
+
+async def model_completions(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Each model's completed jobs and their total execution time, so far (a gateway's service rates)."""
+    return list(await conn.fetch("SELECT model, jobs_completed, total_execution_seconds FROM model_stats"))

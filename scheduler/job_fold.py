@@ -8,6 +8,7 @@ whose handlers (`scheduler.jobs`, `scheduler.job_reports`) move jobs along throu
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 
 from base.catalog import Catalog
 from events.job import Job, JobStatus, evolve
@@ -47,6 +48,10 @@ class JobFold:
         self.max_attempts = max_attempts
         self.queue_timeout_s = queue_timeout_s
         self.execution_s: dict[str, float] = {}  # model -> moving average of measured execution time
+        # Model -> its completions since this leader started, and the rate its slots served them at
+        # while jobs waited for it (sampled once a second): what ETAs divide the jobs ahead by.
+        self.completions: Counter[str] = Counter()
+        self.rates: dict[str, rules.ServiceRate] = {}
         self._last_timeout_check = 0.0
         self._orphans: dict[uuid.UUID, float] = {}  # running job on no known worker -> since when
         self._last_orphan_check = 0.0
@@ -91,6 +96,13 @@ class JobFold:
 
     # --- reading -------------------------------------------------------------------------------
 
+    def observe_rates(self, now: float) -> None:
+        """Sample every model's service rate, counting it backlogged while its capability has jobs waiting."""
+        waiting = {capability for (capability, _), depth in self.queue.depth.items() if depth > 0}
+        for model in self.catalog:
+            rate = self.rates.setdefault(model.name, rules.ServiceRate())
+            rate.observe(now, self.completions[model.name], model.capability in waiting)
+
     def typical_seconds(self, model_name: str) -> float:
         return self.catalog.typical_seconds(model_name, self.execution_s.get(model_name))
 
@@ -98,8 +110,12 @@ class JobFold:
         position = self.queue.position(job) if job.status is JobStatus.QUEUED else None
         estimate = None
         if not job.status.terminal:
+            rate = self.rates.get(job.model)
             estimate = rules.estimated_seconds(
-                position, self.fleet.capable_slots(job.model), self.typical_seconds(job.model)
+                position,
+                self.fleet.capable_slots(job.model),
+                self.typical_seconds(job.model),
+                rate.per_s if rate else None,
             )
         return JobSummary(
             job_id=job.id,

@@ -73,6 +73,7 @@ class JobReports(JobFold):
         previous = self.execution_s.get(job.model)
         seconds = cmd.execution_time_seconds
         self.execution_s[job.model] = seconds if previous is None else previous + EWMA_WEIGHT * (seconds - previous)
+        self.completions[job.model] += 1
 
     def failed(self, cmd: ReportFailed, cause: str) -> None:
         self.fleet.let_go(cmd.worker_id, cmd.job_id)
@@ -145,6 +146,7 @@ class JobReports(JobFold):
         wall = self.out.clock()
         if wall - self._last_timeout_check >= 1.0:
             self._last_timeout_check = wall
+            self.observe_rates(wall)
             timeout = self.queue_timeout_s
             for waiting in list(self.queue.policy):
                 if wall - waiting.enqueued_at > timeout:

@@ -18,6 +18,7 @@ from nats.js.api import (
 )
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
+from base.config import Settings
 from streams import connection
 from streams import subjects as s
 
@@ -26,7 +27,35 @@ log = logging.getLogger(__name__)
 DAY = 24 * 3600
 
 
-def stream_configs(events_max_age_s: float = 30 * DAY) -> list[StreamConfig]:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StreamLimits:
+    """How much of the events and notifications streams nats-server keeps, by age and by bytes.
+
+    Both streams put a job id in every subject, and nats-server holds an index entry per subject it
+    retains: what it keeps, not what was ever made, must be bounded for its memory and restart time
+    not to grow with history (bench/nats_subjects.py, docs/scaling.md). PostgreSQL is the source of
+    truth: nothing consumes the events stream from JetStream (the gateway hears events live on core
+    NATS, the projector and the webhook service read the log), so it keeps one hour for operators;
+    notifications wait for bots that are down, three days or the byte limit, whichever comes first.
+    """
+
+    events_max_age_s: float = 3600.0
+    events_max_bytes: int = 128 * 2**20
+    notify_max_age_s: float = 3 * DAY
+    notify_max_bytes: int = 256 * 2**20
+
+    @classmethod
+    def of(cls, settings: Settings) -> StreamLimits:
+        return cls(
+            events_max_age_s=settings.events_max_age_s,
+            events_max_bytes=settings.events_max_bytes,
+            notify_max_age_s=settings.notify_max_age_s,
+            notify_max_bytes=settings.notify_max_bytes,
+        )
+
+
+def stream_configs(limits: StreamLimits | None = None) -> list[StreamConfig]:
+    limits = limits or StreamLimits()
     return [
         StreamConfig(
             name=s.COMMANDS_STREAM,
@@ -53,8 +82,11 @@ def stream_configs(events_max_age_s: float = 30 * DAY) -> list[StreamConfig]:
             description="Committed events relayed from PostgreSQL: tessera.events.<aggregate>.<id>.<type>",
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
-            max_age=events_max_age_s,
-            duplicate_window=600,
+            max_age=limits.events_max_age_s,
+            max_bytes=limits.events_max_bytes,
+            discard=DiscardPolicy.OLD,
+            # The outbox retries a send within seconds; a longer window only holds more ids in memory.
+            duplicate_window=120,
         ),
         StreamConfig(
             name=s.NOTIFY_STREAM,
@@ -62,7 +94,9 @@ def stream_configs(events_max_age_s: float = 30 * DAY) -> list[StreamConfig]:
             description="Terminal job notifications for frontends: tessera.done.<frontend>.<bot>.<job>",
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
-            max_age=3 * DAY,
+            max_age=limits.notify_max_age_s,
+            max_bytes=limits.notify_max_bytes,
+            discard=DiscardPolicy.OLD,
             duplicate_window=600,
         ),
         StreamConfig(
@@ -76,9 +110,9 @@ def stream_configs(events_max_age_s: float = 30 * DAY) -> list[StreamConfig]:
     ]
 
 
-async def ensure(js: JetStreamContext, *, artifact_ttl_s: float = 7 * DAY) -> None:
+async def ensure(js: JetStreamContext, *, artifact_ttl_s: float = 7 * DAY, limits: StreamLimits | None = None) -> None:
     """Bring streams and buckets to the configuration above; safe to run from every process."""
-    for config in stream_configs():
+    for config in stream_configs(limits):
         assert config.name is not None  # every configuration above names its stream
         try:
             await js.stream_info(config.name)
@@ -113,10 +147,16 @@ async def ensure(js: JetStreamContext, *, artifact_ttl_s: float = 7 * DAY) -> No
         )
 
 
-async def ensure_at(nats_url: str, *, name: str = "ensure-streams", artifact_ttl_s: float = 7 * DAY) -> None:
+async def ensure_at(
+    nats_url: str,
+    *,
+    name: str = "ensure-streams",
+    artifact_ttl_s: float = 7 * DAY,
+    limits: StreamLimits | None = None,
+) -> None:
     """`ensure` over a connection of its own, for a process about to start (the scheduler, `migrate`)."""
     async with connection.opened_once(nats_url, name) as nc:
-        await ensure(nc.jetstream(), artifact_ttl_s=artifact_ttl_s)
+        await ensure(nc.jetstream(), artifact_ttl_s=artifact_ttl_s, limits=limits)
 
 
 async def durable_pull(

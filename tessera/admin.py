@@ -10,6 +10,7 @@ import asyncpg
 import msgspec
 
 from base import db
+from base.config import Settings
 from base.keys import FRONTEND_KEY_PREFIX, PLATFORMS, USER_KEY_PREFIX, new_key
 from events import store
 from events.job import evolve
@@ -35,7 +36,8 @@ async def migrate(database_url: str, nats_url: str | None = None) -> list[str]:
     async with db.connection(database_url, json_codec=False) as conn:
         applied = await apply_migrations(conn)
     if nats_url:
-        await topology.ensure_at(nats_url, name="tessera-migrate")
+        # The operator's limits, as every service would set them: migrate must not undo them.
+        await topology.ensure_at(nats_url, name="tessera-migrate", limits=topology.StreamLimits.of(Settings.from_env()))
     return applied
 
 

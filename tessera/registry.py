@@ -108,7 +108,9 @@ async def _ensure_streams(settings: Settings) -> None:
     """The streams, made before the scheduler starts (a worker's NATS user may not make them)."""
     from streams import topology
 
-    await topology.ensure_at(urls(settings)[0], artifact_ttl_s=settings.artifact_ttl_s)
+    await topology.ensure_at(
+        urls(settings)[0], artifact_ttl_s=settings.artifact_ttl_s, limits=topology.StreamLimits.of(settings)
+    )
 
 
 def _scheduler(_args: argparse.Namespace, settings: Settings) -> Service:

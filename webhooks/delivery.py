@@ -20,7 +20,7 @@ import asyncpg
 
 from gateway.webhook_secrets import SealError, SecretBox
 from streams.webhook_messages import DeliveryAttempt
-from webhooks import signing, store
+from webhooks import metrics, signing, store
 from webhooks.client import Sender
 from webhooks.intake import Endpoints
 from webhooks.schedule import Outcome, judge
@@ -105,6 +105,7 @@ class Deliverer:
         number = message.attempts + 1
         verdict = judge(number, answer.status, answer.retry_after, self.clock(), self.rng)
         state = {Outcome.DELIVERED: "delivered", Outcome.RETRY: "pending"}.get(verdict.outcome, "failed")
+        metrics.attempted(message.target, verdict.outcome.value, answer.latency_ms)
         attempt = DeliveryAttempt(
             attempt=number,
             at=now,

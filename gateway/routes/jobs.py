@@ -17,6 +17,7 @@ from fastapi.responses import Response
 from base.catalog import Catalog, Model, QuoteRefused
 from events.job import Job, JobStatus, fold
 from events.types import JobQueued, JobRequeued, RecordedEvent
+from gateway import queue_view
 from gateway.contract import RATE_HEADERS, SECURED, problems
 from gateway.decisions import decide, quote_refusal, rate_headers, refusal
 from gateway.deps import CurrentPrincipal, Services, ServicesDep, holder_of
@@ -262,17 +263,18 @@ async def position_and_estimate(
     services: Services, job: Job, records: list[RecordedEvent]
 ) -> tuple[int | None, float | None]:
     """Jobs ahead at this tier or above for the same capability, and the time to completion from
-    the measured execution time of the model and the slots online that serve it."""
+    the rate the slots that serve the model have been observed to serve it at (`rules.estimated_seconds`),
+    both from this gateway's snapshot of the queue (at most a second old): no query per request."""
     if job.status.terminal or job.model not in services.catalog:
         return None, None
+    snapshot = await queue_view.view(services.pool, {m.name: m.capability for m in services.catalog})
     position = None
-    async with services.pool.acquire() as conn:
-        measured = await queries.measured_seconds(conn, job.model)
-        if job.status is JobStatus.QUEUED:
-            queued_seq = next(r.seq for r in reversed(records) if isinstance(r.data, JobQueued | JobRequeued))
-            position = await queries.queue_position(conn, job.capability, job.priority, queued_seq)
-    seconds = services.catalog.typical_seconds(job.model, measured)
-    return position, rules.estimated_seconds(position, services.fleet.slots_for(job.model), seconds)
+    if job.status is JobStatus.QUEUED:
+        queued_seq = next(r.seq for r in reversed(records) if isinstance(r.data, JobQueued | JobRequeued))
+        position = snapshot.position(job.capability, job.priority, queued_seq)
+    seconds = services.catalog.typical_seconds(job.model, snapshot.execution_s.get(job.model))
+    slots = services.fleet.slots_for(job.model)
+    return position, rules.estimated_seconds(position, slots, seconds, snapshot.per_s(job.model))
 
 
 @router.get("/{job_id}", response_model=JobView, responses=problems(404, _404="JOB_NOT_FOUND"), summary="Read a job")

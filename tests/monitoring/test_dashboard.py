@@ -10,6 +10,7 @@ import yaml
 from prometheus_client import REGISTRY, generate_latest
 
 import bots.completions  # noqa: F401  # the bots' metrics, which no other service imports
+import webhooks.delivery  # noqa: F401  # the webhook service's, the same
 from tessera.monitoring import DASHBOARD, GRAFANA
 from tests.conftest import Platform
 from tests.monitoring.dashboard import exported_names, expressions, queried_metrics, registered_names

@@ -238,8 +238,10 @@ def test_the_rules_the_gateway_shows_are_the_ones_admission_uses() -> None:
     day = rules.quota_day(NOW, zone)
     assert rules.quota_resets_at(day, zone) == datetime(2027, 1, 16, tzinfo=zone)
     assert rules.estimated_seconds(None, 2, 20.0) == 20.0  # running: one typical time
-    assert rules.estimated_seconds(5, 2, 20.0) == 60.0  # 5 ahead on 2 slots: the third wave
-    assert rules.estimated_seconds(5, 0, 1.0 / 3) == 2.0  # no slot online counts as one
+    # 5 ahead on 2 slots of 20 s, nothing observed yet: slots free every 10 s, the first after 2/3 of that.
+    assert rules.estimated_seconds(5, 2, 20.0) == round((5 + 2 / 3) * 10 + 20, 3)
+    assert rules.estimated_seconds(5, 0, 0.5) == 3.25  # no slot online counts as one: (5 + 1/2) x 0.5 + 0.5
+    assert rules.estimated_seconds(5, 2, 20.0, 0.05) == round((5 + 2 / 3) * 20 + 20, 3)  # the observed rate
 
 
 # --- the other commands, through the scheduler's state ----------------------------------------
