@@ -106,6 +106,11 @@ def watch(scheduler: Leadership) -> None:
     _schedulers.add(scheduler)
 
 
+def unwatch(scheduler: Leadership) -> None:
+    """The scheduler stopped: it is no longer exported (another of its name may start later)."""
+    _schedulers.discard(scheduler)
+
+
 class SchedulerCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         leader = GaugeMetricFamily(

@@ -24,6 +24,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from base import db
 from base.health import Readiness
+from scheduler import metrics
 from scheduler.housekeeping import Housekeeping
 from scheduler.leadership import Role
 from scheduler.outbox import Outbox
@@ -50,6 +51,12 @@ class Scheduler(Housekeeping):
         )
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            metrics.unwatch(self)  # a stopped scheduler is neither leader nor standby
+
+    async def _run(self) -> None:
         async with connection.opened(
             self.nats_url, self.name, disconnected_cb=self._disconnected, reconnected_cb=self._reconnected
         ) as nc:
