@@ -7,6 +7,7 @@ The generate page's script talks to the API itself, with the session cookie and 
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
@@ -31,6 +32,7 @@ from streams import subjects as s
 from streams.messages import RegisterUser, RevokeKey
 
 router = APIRouter(include_in_schema=False)
+log = logging.getLogger(__name__)
 
 CAPABILITIES = ("image", "video", "text", "tts", "stt")
 PAGE_SIZE = 24
@@ -59,9 +61,14 @@ async def _logged_in(services: Services, request: Request, token: str, target: s
 
 
 async def _register(services: Services, email: str) -> None:
-    """The account's user, registered by the scheduler (a repeat changes nothing)."""
+    """The account's user, registered by the scheduler (a repeat changes nothing). When the
+    scheduler cannot say so now, the person is logged in all the same: the next login registers
+    them, and so does their first job (a frontend's first submit for someone registers them)."""
     command = RegisterUser(command_id=uuid.uuid4(), platform="web", platform_user_id=email)
-    await carried_out(services, s.CMD_USER_REGISTER, command, msg_id=f"user-register:{command.command_id}")
+    try:
+        await carried_out(services, s.CMD_USER_REGISTER, command, msg_id=f"user-register:{command.command_id}")
+    except Problem as exc:
+        log.warning("web: %s not registered yet (%s: %s)", email, exc.code, exc.detail)
 
 
 @router.get("/", response_class=HTMLResponse)
