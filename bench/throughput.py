@@ -290,11 +290,10 @@ async def main(args: argparse.Namespace) -> None:
         async with connection.opened_once(nats_server.url, "bench-tracker") as nc:
             await tracker.follow(nc)
             await saturate(api, key, tracker, min(500, args.jobs), args.clients)  # warm-up
-            roots = {
-                "gateway": procs["gateway"].pid,
-                "scheduler": procs["scheduler"].pid,
-                "worker": procs["worker-0"].pid,
-                "projector": procs["projector"].pid,
+            roots: dict[str, int | None] = {  # every service tessera up runs (the webhook service too)
+                ("worker" if name == "worker-0" else name): proc.pid for name, proc in procs.items()
+            }
+            roots |= {
                 "nats-server": nats_server.process.pid,
                 "PostgreSQL": int((pg.pgdata / "postmaster.pid").read_text().split()[0]),
                 "load generator": None,

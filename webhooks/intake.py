@@ -99,11 +99,34 @@ def message_id(target: str, cause: str) -> str:
     return "msg_" + uuid.uuid5(NAMESPACE, f"{target}:{cause}").hex
 
 
+@dataclass(frozen=True)
+class Submitted:
+    """What a job's JobSubmitted says of who hears about it."""
+
+    user_id: uuid.UUID
+    kinds: tuple[str, ...]  # what its own webhook asked for; () without one
+
+
 class Intake:
     def __init__(self, endpoints: Endpoints, base_url: str, links: LinkSigner) -> None:
         self.endpoints = endpoints
         self.base_url = base_url
         self.links = links
+        # The unfinished jobs submitted since this service started reading: whether anyone listens
+        # to one is known without reading its stream (most jobs have no receiver at all).
+        self.submitted: dict[uuid.UUID, Submitted] = {}
+
+    def note(self, job_id: uuid.UUID, event: JobSubmitted) -> None:
+        kinds = tuple(event.webhook_events or KINDS) if event.webhook else ()
+        self.submitted[job_id] = Submitted(event.user_id, kinds)
+
+    def nobody_hears(self, job_id: uuid.UUID, kind: str) -> bool:
+        """True when the job's submit was read here and neither its webhook nor an endpoint of its
+        owner wants `kind` (False when unknown: the job's stream is read to decide)."""
+        known = self.submitted.get(job_id)
+        if kind == "completed":
+            self.submitted.pop(job_id, None)  # its last event: forget it
+        return known is not None and kind not in known.kinds and not self.endpoints.of(known.user_id, kind)
 
     def body(self, kind: str, job: Job, records: list[RecordedEvent], at: datetime, **extra: object) -> bytes:
         view = job_view(job, records, self.base_url, None, None, self.links)

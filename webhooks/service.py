@@ -26,7 +26,7 @@ from base.addresses import Allowlist
 from base.config import Settings
 from base.health import NOT_STARTED, Readiness
 from events import store as events
-from events.types import RecordedEvent, StreamType
+from events.types import JobSubmitted, RecordedEvent, StreamType
 from gateway.links import LinkSigner
 from gateway.webhook_secrets import SecretBox
 from streams import connection
@@ -162,8 +162,13 @@ class WebhookService:
                         gone = self.endpoints.apply(rec)
                         stopped += [gone] if gone else []
                         continue
+                    if isinstance(rec.data, JobSubmitted):
+                        self.intake.note(rec.stream_id, rec.data)
+                        continue
                     kind = kind_of(rec.data)
                     if kind is None or rec.stream_type != StreamType.JOB:
+                        continue
+                    if self.intake.nobody_hears(rec.stream_id, kind):
                         continue
                     if rec.stream_id not in streams:
                         streams[rec.stream_id] = await events.load_stream(conn, rec.stream_id)
