@@ -9,35 +9,36 @@ import io
 import re
 import uuid
 import wave
+from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
-from tests.browser.conftest import Up
+from tests.tessera_up import Up
 
 pytestmark = pytest.mark.timeout(420)
 
 LIVE_S = 60_000  # ms a job may take to show its result
 
 
-async def shoot(up: Up, page: Page, name: str) -> None:
-    for path in up.screenshot_paths(name):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        await page.screenshot(path=str(path), full_page=True)
+async def shoot(shots: list[Path], page: Page, name: str) -> None:
+    for folder in shots:
+        folder.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
 
 
-async def signed_up(browser: Browser, up: Up, shots: bool = False) -> tuple[BrowserContext, Page, str]:
+async def signed_up(browser: Browser, up: Up, shots: list[Path] | None = None) -> tuple[BrowserContext, Page, str]:
     context = await browser.new_context(base_url=up.url, viewport={"width": 1100, "height": 900})
     page = await context.new_page()
     await page.goto("/")
     if shots:
-        await shoot(up, page, "home")
+        await shoot(shots, page, "home")
     await page.get_by_role("link", name="Sign up free").click()
     email = f"{uuid.uuid4().hex[:8]}@example.com"
     await page.get_by_label("Email").fill(email)
     await page.get_by_label("Password").fill("a long password")
     if shots:
-        await shoot(up, page, "signup")
+        await shoot(shots, page, "signup")
     await page.get_by_role("button", name="Sign up").click()
     await expect(page).to_have_url(f"{up.url}/generate")
     await expect(page.locator("#live-state")).to_contain_text("Live")
@@ -67,8 +68,8 @@ def newest_card(page: Page):  # type: ignore[no-untyped-def]
     return page.locator("#cards article.card").first
 
 
-async def test_speech_image_transcript_and_text_live(browser: Browser, up: Up) -> None:
-    context, page, _ = await signed_up(browser, up, shots=True)
+async def test_speech_image_transcript_and_text_live(browser: Browser, up: Up, shots: list[Path]) -> None:
+    context, page, _ = await signed_up(browser, up, shots)
 
     # Speech: the audio element loads and has a duration.
     await open_tab(page, "Speech")
@@ -144,7 +145,7 @@ async def test_speech_image_transcript_and_text_live(browser: Browser, up: Up) -
         assert await card.get_by_role("status").inner_text() != "Done" or await partial.inner_text()
         await expect(card.locator("pre.result")).to_have_count(1, timeout=LIVE_S * 2)
         assert len(await card.locator("pre.result").inner_text()) > 20
-    await shoot(up, page, "generate")
+    await shoot(shots, page, "generate")
     await context.close()
 
 
@@ -154,7 +155,9 @@ def _sixteen_bit(wav: bytes) -> bytes:
     return wav
 
 
-async def test_queue_position_cancel_reload_history_timeline_and_quota(browser: Browser, up: Up) -> None:
+async def test_queue_position_cancel_reload_history_timeline_and_quota(
+    browser: Browser, up: Up, shots: list[Path]
+) -> None:
     context, page, _ = await signed_up(browser, up)
     await page.goto("/usage")
     left_before = float(await page.locator("#tokens-left").inner_text())
@@ -187,12 +190,12 @@ async def test_queue_position_cancel_reload_history_timeline_and_quota(browser: 
     await expect(page.locator("tbody tr")).to_have_count(1)
     await page.goto("/jobs")
     await expect(page.locator("tbody tr")).to_have_count(3)
-    await shoot(up, page, "history")
+    await shoot(shots, page, "history")
     await page.locator(f'tr[data-job-id="{ids[0]}"] a').click()
     timeline = page.locator("ol.timeline li")
     await expect(timeline.first).to_contain_text("JobSubmitted")
     await expect(timeline.last).to_contain_text("JobCompleted")
-    await shoot(up, page, "job")
+    await shoot(shots, page, "job")
 
     # The quota bar moves by what a completed job cost (echo jobs are free; speech is not).
     await page.goto("/generate")
@@ -207,12 +210,12 @@ async def test_queue_position_cancel_reload_history_timeline_and_quota(browser: 
         left_before,
         left_after,
     )
-    await shoot(up, page, "usage")
+    await shoot(shots, page, "usage")
     await page.goto("/account")
     await page.get_by_label("Name").fill("my script")
     await page.get_by_role("button", name="Create a key").click()
     await expect(page.locator("#new-key")).to_contain_text("tsk_")
-    await shoot(up, page, "account")
+    await shoot(shots, page, "account")
 
     # Someone else sees none of it.
     other, stranger, _ = await signed_up(browser, up)
@@ -227,11 +230,11 @@ async def test_queue_position_cancel_reload_history_timeline_and_quota(browser: 
     await context.close()
 
 
-async def test_pages_work_on_a_phone_and_with_the_keyboard(browser: Browser, up: Up) -> None:
+async def test_pages_work_on_a_phone_and_with_the_keyboard(browser: Browser, up: Up, shots: list[Path]) -> None:
     context = await browser.new_context(base_url=up.url, viewport={"width": 390, "height": 844}, is_mobile=True)
     page = await context.new_page()
     await page.goto("/login")
-    await shoot(up, page, "login-phone")
+    await shoot(shots, page, "login-phone")
     assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
     await page.keyboard.press("Tab")
     focused = await page.evaluate("document.activeElement.textContent")

@@ -8,19 +8,16 @@ spend the rest of the run on 401s. Its report is printed, passing or not, so it 
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tessera.embedded import free_port
+from tests.tessera_up import Up, tessera_up
 
 REPO = Path(__file__).resolve().parents[2]
 EMAIL = "fuzz@example.com"
@@ -60,44 +57,10 @@ phases.stateful.enabled = false
 """
 
 
-@dataclass
-class Up:
-    url: str
-    env: dict[str, str]
-    log: Path
-
-
 @pytest.fixture(scope="module")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
-    tmp = tmp_path_factory.mktemp("contract")
-    port = free_port(None)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
-    env.update(TESSERA_DATA_DIR=str(tmp / "data"), PYTHONUNBUFFERED="1")
-    log = tmp / "up.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tessera.cli", "up", "--port", str(port)],
-            env=env,
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-    try:
-        for _ in range(1800):
-            if "Tessera is up." in log.read_text():
-                break
-            assert process.poll() is None, log.read_text()[-5000:]
-            time.sleep(0.1)
-        else:
-            raise AssertionError(f"tessera up did not come up: {log.read_text()[-5000:]}")
-        yield Up(url=f"http://127.0.0.1:{port}", env=env, log=log)
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    with tessera_up(tmp_path_factory.mktemp("contract")) as running:
+        yield running
 
 
 def sign_up(up: Up) -> tuple[str, str]:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -26,6 +24,7 @@ from tessera.embedded import free_port
 from tessera.monitoring import ALERTS
 from tests.conftest import REPO
 from tests.monitoring.dashboard import exported_names, queried_metrics
+from tests.tessera_up import Up, tessera_up
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -35,28 +34,10 @@ def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def up(tmp_path: Path) -> Iterator[tuple[dict[str, str], str, Path]]:
-    """`tessera up` with one worker of one slot: (its environment, its API URL, its log)."""
-    port = free_port(None)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
-    env.update(TESSERA_DATA_DIR=str(tmp_path / "data"), TESSERA_WORKER_SLOTS="1", PYTHONUNBUFFERED="1")
-    log_path = tmp_path / "up.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tessera.cli", "up", "--port", str(port)],
-            env=env,
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            yield env, f"http://127.0.0.1:{port}", log_path
-        finally:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+def up(tmp_path: Path) -> Iterator[Up]:
+    """`tessera up` with one worker of one slot (the test waits for it itself, while it starts Prometheus)."""
+    with tessera_up(tmp_path, wait=False, WORKER_SLOTS="1") as running:
+        yield running
 
 
 @pytest.fixture
@@ -96,11 +77,11 @@ def short_rules(path: Path) -> Path:
 
 @pytest.mark.timeout(300)
 async def test_prometheus_scrapes_tessera_up_counts_jobs_and_alerts_on_a_killed_worker(
-    up: tuple[dict[str, str], str, Path], prometheus_at: tuple[Path, list[subprocess.Popen[bytes]]], tmp_path: Path
+    up: Up, prometheus_at: tuple[Path, list[subprocess.Popen[bytes]]], tmp_path: Path
 ) -> None:
     prometheus = shutil.which("prometheus")
     assert prometheus, "prometheus is missing: install Debian's prometheus package (apt-get install prometheus)"
-    env, api, log = up
+    env, api, log = up.env, up.url, up.log
     async with httpx.AsyncClient(base_url=api, timeout=30) as anonymous:
 
         async def ready() -> bool:
