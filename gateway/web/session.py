@@ -20,6 +20,16 @@ from gateway.errors import Problem
 from gateway.web.accounts import Session
 
 PRE_SESSION_COOKIE = "tessera_csrf"
+# What a page may load and run: its own scripts, styles, images and media only, and no framing.
+# Inline style attributes stay allowed (the quota bar's widths); inline scripts do not.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; media-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'self'; "
+    "form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")  # autoescapes .html
 
 
@@ -94,5 +104,5 @@ class Page:
                 secure=secure(self.services, self.request),
                 path="/",
             )
-        response.headers["Cache-Control"] = "no-store"
+        response.headers.update(PAGE_HEADERS)
         return response

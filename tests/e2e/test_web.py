@@ -341,3 +341,13 @@ async def test_a_forged_cursor_naming_another_users_job_reveals_nothing(platform
     seen = await _read_feed(bob, {"Last-Event-ID": f"0~{secret}.0"}, until=1)
     assert seen and all(mine in data for _, _, data in seen)
     assert not any(secret in data or "alice" in data for _, _, data in seen)
+
+
+async def test_pages_forbid_inline_scripts_and_framing(platform: Platform) -> None:
+    client = await signup(platform)
+    for path in ("/", "/login", "/generate", "/jobs", "/usage", "/account"):
+        page = await client.get(path, follow_redirects=True)
+        policy = page.headers["content-security-policy"]
+        assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy, path
+        assert page.headers["x-content-type-options"] == "nosniff"
+        assert "<script>" not in page.text  # every script is a file the policy allows
