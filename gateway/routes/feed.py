@@ -132,7 +132,10 @@ class _Feed:
         self.sent = {job_id: version for job_id, version in self.sent.items() if job_id in own}
         for job_id in [*self.sent, *unfinished]:
             self._start(job_id)
-        await self._discover(min(self.head, projected) if self.head is not None else projected)
+        # Resumed, the cursor's jobs are every job submitted up to its position that had not ended
+        # when it was sent: new ones are those after it (from the read model's position, the jobs
+        # after it may be ones that ended, already sent, and would be sent again).
+        await self._discover(self.head if self.head is not None else projected)
 
     async def _next(self) -> tuple[uuid.UUID, str, bytes, int | None]:
         """The next item; a `wake` when nothing came for DISCOVER_S (time to look for new jobs)."""

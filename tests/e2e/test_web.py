@@ -351,3 +351,31 @@ async def test_pages_forbid_inline_scripts_and_framing(platform: Platform) -> No
         assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy, path
         assert page.headers["x-content-type-options"] == "nosniff"
         assert "<script>" not in page.text  # every script is a file the policy allows
+
+
+async def test_a_resumed_feed_does_not_resend_a_finished_job_while_the_read_models_lag(platform: Platform) -> None:
+    await platform.stop("projector")  # the read models stay behind the log for the whole test
+    client = await signup(platform)
+    token = {"X-CSRF-Token": await page_csrf(client)}
+    first = (
+        await client.post("/api/v1/jobs", json={"capability": "echo", "params": {"prompt": "one"}}, headers=token)
+    ).json()["job_id"]
+    seen = await _read_feed(client, {}, until=1)
+    assert all(first in data for _, _, data in seen)
+    second = (
+        await client.post(
+            "/api/v1/jobs",
+            json={"capability": "echo", "params": {"prompt": "two", "delay_seconds": 1}},
+            headers=token,
+        )
+    ).json()["job_id"]
+    async with client.stream("GET", "/api/v1/events") as feed:  # the second job's first transition
+        cursor = None
+        async for line in feed.aiter_lines():
+            if line.startswith("id: ") and first not in line:
+                cursor = line[4:]
+                break
+    assert cursor and second in cursor and first not in cursor  # the first had ended: not in it
+    resumed = await _read_feed(client, {"Last-Event-ID": cursor}, until=1)
+    assert not any(first in data for _, _, data in resumed), "a finished job was sent again"
+    assert any(second in data for _, _, data in resumed)
