@@ -84,7 +84,14 @@ async def nats_url(servers: tuple[str, EmbeddedPostgres]) -> str:
     for stream in await js.streams_info():
         if stream.config.name.startswith(("TESSERA_", "KV_TESSERA_", "OBJ_TESSERA_")):
             await js.delete_stream(stream.config.name)
-    await topology.ensure(js)
+    for attempt in range(10):
+        try:
+            await topology.ensure(js)
+            break
+        except nats.js.errors.ServerError:  # "error creating store": a just-deleted stream's files are still going
+            if attempt == 9:
+                raise
+            await asyncio.sleep(0.2)
     await nc.close()
     return url
 
