@@ -50,6 +50,13 @@ class _Poisoned(Exception):
 class Batching(Leadership):
     """The handling of one fetched batch of commands, as `scheduler.service.Scheduler` runs it."""
 
+    _looked_at = 0.0  # when the last batch ticked the fleet (monotonic); 0 before this term's first
+
+    @property
+    def _stall_s(self) -> float:
+        """A gap between two looks at the fleet longer than this is the scheduler's stall, not the workers'."""
+        return max(1.0, self.settings.worker_timeout_s / 4)
+
     async def _process(self, conn: asyncpg.Connection, js: JetStreamContext, outbox: Outbox, msgs: list[Msg]) -> None:
         commands: list[tuple[int, AnyCommand, Msg]] = []
         for index, msg in enumerate(msgs):
@@ -155,7 +162,20 @@ class Batching(Leadership):
             except Exception as exc:  # a bug or a poisonous command: move it aside, keep serving
                 raise _Poisoned(index, exc) from exc
         about_job(None)
-        state.tick()
+        now = time.monotonic()
+        if self._looked_at and now - self._looked_at > self._stall_s:
+            # The loop looks at the fleet several times a second. A longer gap means this process
+            # was not listening (CPU starvation, a long pause): heartbeats sent meanwhile wait unread
+            # in its socket, so the workers' silence over the gap says nothing about them.
+            log.warning(
+                "%s: %.1fs since it last looked at the fleet (a stalled process); no worker is judged "
+                "by its silence over that time",
+                self.name,
+                now - self._looked_at,
+            )
+            state.fleet.judge_afresh(now)
+        self._looked_at = now
+        state.tick(now)
         state.schedule()
 
     async def _prefetch(self, conn: asyncpg.Connection, commands: list[tuple[int, AnyCommand, Msg]]) -> list[uuid.UUID]:

@@ -249,6 +249,11 @@ class Fleet:
         scheduler was away says nothing), and missing attempts are judged afresh."""
         now = time.monotonic() if now is None else now
         self.connected = True
+        self.judge_afresh(now)
+
+    def judge_afresh(self, now: float) -> None:
+        """Every worker gets a full timeout from `now`: for a stretch in which the scheduler could not
+        hear heartbeats (its connection was down, or its own process stalled and left them unread)."""
         for view in self.workers.values():
             view.last_seen = max(view.last_seen, now)
             if view.left_at is not None:

@@ -103,6 +103,7 @@ class Scheduler(Housekeeping):
         assert self._nc is not None
         js = self._nc.jetstream()
         self.state = await self._load(conn)
+        self._looked_at = 0.0  # a new term: the last term's looks say nothing about this one
         outbox = Outbox(self._nc, js)
         tasks = [
             asyncio.create_task(outbox.run(), name="scheduler-outbox"),

@@ -273,10 +273,18 @@ class FakeDiscord:
     async def wait_for(self, predicate: Callable[[], object], timeout: float = 20) -> None:
         """Wait until `predicate()` holds; checked after every change the bot makes, and every 0.1 s
         (for a predicate that also reads things outside the fake)."""
-        async with asyncio.timeout(timeout), self._changed:
+        # A deadline of our own, not asyncio.timeout around the loop: on Python 3.11 the inner wait_for
+        # can turn the outer timeout's cancellation into a TimeoutError, which the loop would swallow
+        # and then wait forever (one CI run hung here until pytest-timeout).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        async with self._changed:
             while not predicate():
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise TimeoutError(f"the fake Discord saw nothing that satisfies the test within {timeout} s")
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), 0.1)
+                    await asyncio.wait_for(self._changed.wait(), min(left, 0.1))
 
     def connected(self) -> bool:
         return any(s.socket is not None for s in self.sessions.values())

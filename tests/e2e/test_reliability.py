@@ -318,3 +318,30 @@ async def test_a_result_waits_out_an_object_store_outage_rather_than_failing(pla
         done = await platform_parts.wait_status(client, job_id, {"COMPLETED", "FAILED"}, timeout=20)
     assert done["status"] == "COMPLETED" and done["attempt"] == 1, done
     assert worker.store_failures == 2 and done["artifacts"][0]["text"] == "kept"
+
+
+@pytest.mark.timeout(60)
+async def test_a_stalled_scheduler_does_not_declare_the_workers_it_did_not_hear_lost(platform_parts: Platform) -> None:
+    """The whole process stops for longer than the worker timeout (as a starved CI machine made it do):
+    no heartbeat is sent or read meanwhile. When it runs again, the scheduler must not judge the
+    worker by the silence it caused itself; the job keeps its first attempt on its worker."""
+    platform = platform_parts
+    await start_scheduler(platform)
+    worker = await ScriptedWorker(platform.nats_url, "w-held", ["echo"], loaded=["echo"]).start()
+    try:
+        key = await platform.user_key()
+        async with platform.client(key) as client:
+            request = {"capability": "echo", "params": {"prompt": "hold", "model": "echo"}}
+            job_id = (await client.post("/api/v1/jobs", json=request)).json()["job_id"]
+            [dispatch] = await worker.wait_for(1)
+            assert str(dispatch.job_id) == job_id
+            time.sleep(platform.settings.worker_timeout_s + 1.0)  # the stall, on purpose: the loop stops
+            await asyncio.sleep(3 * platform.settings.worker_timeout_s / 2)  # judged by now, were it to be
+            body = (await client.get(f"/api/v1/jobs/{job_id}")).json()
+            assert body["status"] == "RUNNING" and body["attempt"] == 1 and body["worker_id"] == "w-held", body
+            await worker.finish(dispatch)
+            await platform.wait_status(client, job_id, {"COMPLETED"})
+    finally:
+        await worker.stop()
+    kinds = [kind for kind, _ in (await histories(platform.database_url, [job_id]))[job_id]]
+    assert "JobRequeued.v1" not in kinds and kinds.count("JobCompleted.v1") == 1, kinds

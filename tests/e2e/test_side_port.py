@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,20 @@ async def until(
         await asyncio.sleep(0.1)
 
 
+async def stopped_within(tasks: list[asyncio.Task[None]], timeout: float) -> None:
+    """Wait for stopped services' tasks to end; name the ones that did not, with where they hang."""
+    _done, pending = await asyncio.wait(tasks, timeout=timeout)
+    if pending:
+        stacks = {}
+        for task in pending:
+            out = io.StringIO()
+            task.print_stack(file=out)
+            stacks[task.get_name()] = out.getvalue()
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        raise AssertionError(f"still running {timeout} s after stop(): {stacks}")
+
+
 @pytest.mark.timeout(120)
 async def test_readyz_turns_503_while_nats_is_down_and_200_once_it_is_back(tmp_path: Path, database_url: str) -> None:
     async with own_nats(tmp_path) as server:
@@ -73,7 +88,7 @@ async def test_readyz_turns_503_while_nats_is_down_and_200_once_it_is_back(tmp_p
             async def stop_all() -> None:
                 for service in services.values():
                     await service.stop()
-                await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+                await stopped_within(tasks, 30)
 
             stack.push_async_callback(stop_all)
             ready = await until(client, ports, 200)
@@ -90,7 +105,7 @@ async def test_readyz_turns_503_while_nats_is_down_and_200_once_it_is_back(tmp_p
 
             async def stop_standby() -> None:
                 await standby.stop()
-                await asyncio.wait_for(standby_task, 30)
+                await stopped_within([standby_task], 30)
 
             stack.push_async_callback(stop_standby)
             code, body = (await until(client, {"standby": standby_port}, 200))["standby"]
