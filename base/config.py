@@ -72,6 +72,9 @@ class Settings:
     events_max_bytes: int = 128 * 2**20
     notify_max_age_s: float = 3 * 24 * 3600
     notify_max_bytes: int = 256 * 2**20
+    # Handled commands the leader leaves in the commands stream for operators; older ones are purged
+    # (their outcomes are events in PostgreSQL), so the stream holds what is not handled yet and these.
+    commands_kept: int = 10_000
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     public_url: str | None = None
@@ -133,6 +136,7 @@ class Settings:
             "nats_sync": os.environ.get("TESSERA_NATS_SYNC") or "always",
             "events_max_age_s": _env_float("TESSERA_EVENTS_MAX_AGE", 3600.0),
             "events_max_bytes": _env_int("TESSERA_EVENTS_MAX_BYTES", 128 * 2**20),
+            "commands_kept": _env_int("TESSERA_COMMANDS_KEPT", 10_000),
             "notify_max_age_s": _env_float("TESSERA_NOTIFY_MAX_AGE", 3 * 24 * 3600),
             "notify_max_bytes": _env_int("TESSERA_NOTIFY_MAX_BYTES", 256 * 2**20),
             "http_host": os.environ.get("TESSERA_HTTP_HOST", "127.0.0.1"),

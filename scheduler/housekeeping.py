@@ -6,9 +6,11 @@ recording the expiry of artifacts and uploads past their time.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
 import asyncpg
+import nats.errors
 from nats.js import JetStreamContext
 
 from events import store
@@ -19,10 +21,13 @@ from projector import queries as read_models
 from scheduler import queries
 from scheduler.batch import Batching
 from scheduler.outbox import Outbox, Outgoing, terminal_notifications
+from streams import subjects as s
 from streams.messages import WorkerStatus
 from streams.workers_feed import WorkersFeed
 
 log = logging.getLogger(__name__)
+
+TRIM_EVERY_S = 30.0  # how often the leader purges the commands it has handled (`trim_commands`)
 
 
 class Housekeeping(Batching):
@@ -45,6 +50,40 @@ class Housekeeping(Batching):
             log.exception("%s: recording artifact expiry failed; trying again later", self.name)
             await self._reload(conn)  # drop the half-made decision
             return False
+
+    _chores_due: dict[str, float]  # chore -> when it is due next (monotonic); emptied at each term's start
+
+    async def _chores(self, conn: asyncpg.Connection, js: JetStreamContext, outbox: Outbox) -> None:
+        """The leader's periodic work between two batches: expire artifacts, trim handled commands."""
+        now = time.monotonic()
+        due = self._chores_due
+        if now >= due.get("expiry", 0.0):
+            expired_all = await self._expire_artifacts(conn, outbox)
+            due["expiry"] = now + (self.settings.expiry_check_s if expired_all else 600)
+        if now >= due.get("trim", 0.0):
+            due["trim"] = now + TRIM_EVERY_S
+            await self.trim_commands(js)
+
+    async def trim_commands(self, js: JetStreamContext) -> int:
+        """Purge the commands every leader has handled, but the last `commands_kept`; returns how many went.
+
+        A command is acknowledged only once its outcome is committed to PostgreSQL, so the stream
+        needs to hold only what is not acknowledged yet (above the consumer's ack floor): retained, it
+        would grow with every job ever made, and nats-server's memory and restart time with it. The
+        newest handled ones stay for operators reading the stream with `nats`.
+        """
+        try:
+            info = await js.consumer_info(s.COMMANDS_STREAM, s.SCHEDULER_CONSUMER)
+            floor = info.ack_floor.stream_seq if info.ack_floor and info.ack_floor.stream_seq else 0
+            keep_from = floor + 1 - self.settings.commands_kept
+            first = (await js.stream_info(s.COMMANDS_STREAM)).state.first_seq
+            if keep_from <= first:
+                return 0
+            await js.purge_stream(s.COMMANDS_STREAM, seq=keep_from)
+            return keep_from - first
+        except nats.errors.Error as exc:
+            log.warning("%s: could not trim the commands stream (%r); trying again later", self.name, exc)
+            return 0
 
     async def _catch_up(self, conn: asyncpg.Connection, outbox: Outbox) -> None:
         """Relay the committed events a previous leader may not have published."""

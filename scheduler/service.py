@@ -132,14 +132,11 @@ class Scheduler(Housekeeping):
             self.state.commands_seq = info.ack_floor.stream_seq if info.ack_floor else 0
             self.terms += 1
             self.is_leader.set()
-            next_expiry_check = 0.0
+            self._chores_due = {}
             next_position_check = 0.0
             idle = False
             while not self._stopping.is_set():
-                if time.monotonic() >= next_expiry_check:
-                    next_expiry_check = time.monotonic() + self.settings.expiry_check_s
-                    if not await self._expire_artifacts(conn, outbox):
-                        next_expiry_check = time.monotonic() + 600
+                await self._chores(conn, js, outbox)
                 for task in tasks:
                     if task.done():
                         task.result()  # a failed side task ends leadership with its error
