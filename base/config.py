@@ -117,6 +117,8 @@ class Settings:
     # The website (docs/web.md): how long a login lasts, and whether its cookie is Secure (None:
     # when the request came over https, directly or as a proxy's X-Forwarded-Proto says).
     session_ttl_s: float = 14 * 24 * 3600
+    # Website accounts one client address may make in an hour (0: no limit); see docs/web.md.
+    signups_per_hour: int = 10
     cookie_secure: bool | None = None
     # Webhooks (docs/webhooks.md): plain-http URLs (local testing only), and receivers inside the
     # network that may be reached anyway (CIDRs or host names; everything private is refused otherwise).
@@ -165,6 +167,7 @@ class Settings:
             "max_upload_bytes": _env_int("TESSERA_MAX_UPLOAD_BYTES", 25 * 1024 * 1024),
             "catalog_file": _env_path("TESSERA_CATALOG_FILE"),
             "session_ttl_s": _env_float("TESSERA_SESSION_TTL", 14 * 24 * 3600),
+            "signups_per_hour": _env_int("TESSERA_SIGNUPS_PER_HOUR", 10),
             "cookie_secure": _env_bool("TESSERA_COOKIE_SECURE"),
             "webhook_allow_http": bool(_env_bool("TESSERA_WEBHOOK_ALLOW_HTTP")),
             "webhook_allowlist": tuple(

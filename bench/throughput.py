@@ -140,14 +140,16 @@ class Tracker:
         self.expected = 0
 
     async def follow(self, nc: nats.NATS) -> None:
-        """Take completion times from the subject frontends follow."""
+        """Take completion times from the relayed terminal events, as the gateway's server-sent
+        events hear them (API jobs get no bot notification)."""
 
         async def on_done(msg: nats.aio.msg.Msg) -> None:
-            self.completed.setdefault(msg.subject.rsplit(".", 1)[-1], time.perf_counter())
+            self.completed.setdefault(msg.subject.split(".")[3], time.perf_counter())
             if self.expected and len(self.completed) >= self.expected:
                 self.done.set()
 
-        await nc.subscribe("tessera.done.>", cb=on_done)
+        for kind in ("JobCompleted_v1", "JobFailed_v1", "JobCancelled_v1"):
+            await nc.subscribe(f"tessera.events.job.*.{kind}", cb=on_done)
 
     async def tap_dispatches(self, nc: nats.NATS) -> None:
         """Also take dispatch times, from a copy of every dispatch. Only for the offered-load run:

@@ -9,9 +9,11 @@ an attachment (at most the interaction's `attachment_size_limit`, else a signed 
 
 An interaction's token lets the bot edit its reply for 15 minutes. The job's `reply_context` keeps
 the channel, the token, when the interaction came and the progress message's id, so a restarted
-bot edits the same message. After the window (`window_s`, a minute short of 15) the bot posts the
-result in the channel with its own token, mentioning the user; a channel it may not post in makes
-the result `Undeliverable`.
+bot edits the same message. The token is sealed there (`bots.reply.TokenSeal`): the job and its
+events are kept for good and read by operators, the API and the read models, and none of them
+should hold a credential that posts as the bot. After the window (`window_s`, a minute short of
+15) the bot posts the result in the channel with its own token, mentioning the user; a channel it
+may not post in makes the result `Undeliverable`.
 
 Addresses: discord.py reads its REST base (`discord.http.Route.BASE`) and its gateway
 (`DiscordWebSocket.DEFAULT_GATEWAY`) from class attributes, so `create` sets them from the bot's
@@ -44,7 +46,7 @@ from bots.config import BotConfig, ConfigError
 from bots.discord_commands import add_commands
 from bots.limits import Flooded, RetryLater
 from bots.options import OptionError
-from bots.reply import Delivery, ReplyContext
+from bots.reply import Delivery, ReplyContext, TokenSeal
 from bots.runtime import BotRuntime
 from gateway.client import ApiError
 from streams.messages import Notification
@@ -123,6 +125,7 @@ class DiscordBot:
         self.config = config
         self.window_s = window_s  # how long after an interaction the bot still uses its token
         self._token = token
+        self._seal = TokenSeal(token)
         self._client = _Client(self)
         self._tree = app_commands.CommandTree(self._client)
         self._runtime: BotRuntime | None = None
@@ -253,7 +256,7 @@ class DiscordBot:
             channel_id=str(interaction.channel_id),
             message_id=str(message_id) if message_id else None,
             group=interaction.guild_id is not None,
-            interaction_token=interaction.token,
+            interaction_token=self._seal.seal(interaction.token),
             application_id=str(interaction.application_id),
             created_at=created,
             extra={"user_id": str(interaction.user.id), "upload_limit": interaction.filesize_limit},
@@ -302,11 +305,17 @@ class DiscordBot:
     # --- replies --------------------------------------------------------------------------------
 
     def _in_window(self, context: ReplyContext) -> bool:
-        return context.created_at is not None and time.time() - context.created_at < self.window_s
+        """Whether the interaction's token still answers: within its 15 minutes, and readable."""
+        return (
+            context.created_at is not None
+            and time.time() - context.created_at < self.window_s
+            and self._seal.open(context.interaction_token) is not None
+        )
 
     def _webhook(self, context: ReplyContext) -> discord.Webhook:
-        assert context.application_id is not None and context.interaction_token is not None
-        return discord.Webhook.partial(int(context.application_id), context.interaction_token, client=self._client)
+        token = self._seal.open(context.interaction_token)
+        assert context.application_id is not None and token is not None
+        return discord.Webhook.partial(int(context.application_id), token, client=self._client)
 
     async def _edit_reply(
         self, context: ReplyContext, text: str, deliveries: list[Delivery] | None, *, final: bool

@@ -4,9 +4,11 @@ A Standard Webhooks secret must be kept so the sender can sign with it (a hash w
 the event log keeps what it is given forever. So the gateway seals a new secret before it leaves
 the process: it travels in the command and is stored in the event sealed, and only a process that
 holds the deployment's key (TESSERA_URL_SIGNING_KEY: the gateway and the webhook service) can open
-it. Sealing is encrypt-then-MAC with two keys derived from the deployment's: a keystream of
-HMAC-SHA256(encryption key, nonce || counter) XORed with the secret, and an HMAC-SHA256 tag over
-the nonce and the ciphertext, checked in constant time before anything is opened.
+it. Sealing is AES-256-GCM (the `cryptography` package) under a key derived from the deployment's
+with HKDF-SHA256, a random 96-bit nonce per secret: `v2.` and the nonce and ciphertext in base64.
+
+Secrets sealed before that (`v1.`, an HMAC-SHA256 keystream with an HMAC tag, written by this
+module until 2026-11-30) are still opened, never made: they are in event logs for good.
 
 Per-job webhooks (`webhook` on a submit) are signed with one secret per user, derived from the
 same key and the user's id, so nothing need be stored for them.
@@ -17,11 +19,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
 import secrets
 import uuid
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 SECRET_PREFIX = "whsec_"
-_VERSION = b"v1"
+_SEALED_WITH = b"tessera-webhook-secret:v2"  # bound to every v2 ciphertext as associated data
+_V1 = b"v1"
 
 
 class SealError(ValueError):
@@ -42,23 +51,17 @@ class SecretBox:
 
     def __init__(self, deployment_key: str) -> None:
         root = deployment_key.encode()
-        self._encrypt = _derive(root, "encrypt")
-        self._mac = _derive(root, "mac")
+        info = b"tessera-webhook-secrets:aes-256-gcm"
+        self._aead = AESGCM(HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(root))
+        self._v1_encrypt = _derive(root, "encrypt")
+        self._v1_mac = _derive(root, "mac")
         self._per_user = _derive(root, "per-user")
 
-    def _keystream(self, nonce: bytes, length: int) -> bytes:
-        blocks = [
-            hmac.new(self._encrypt, nonce + counter.to_bytes(4, "big"), hashlib.sha256).digest()
-            for counter in range((length + 31) // 32)
-        ]
-        return b"".join(blocks)[:length]
-
     def seal(self, secret: str) -> str:
-        nonce = secrets.token_bytes(16)
-        plain = secret.encode()
-        cipher = bytes(a ^ b for a, b in zip(plain, self._keystream(nonce, len(plain)), strict=True))
-        tag = hmac.new(self._mac, _VERSION + nonce + cipher, hashlib.sha256).digest()
-        return "v1." + base64.urlsafe_b64encode(nonce + cipher + tag).decode()
+        nonce = os.urandom(12)
+        return (
+            "v2." + base64.urlsafe_b64encode(nonce + self._aead.encrypt(nonce, secret.encode(), _SEALED_WITH)).decode()
+        )
 
     def open(self, sealed: str) -> str:
         version, _, body = sealed.partition(".")
@@ -66,12 +69,24 @@ class SecretBox:
             raw = base64.urlsafe_b64decode(body.encode())
         except ValueError:
             raise SealError("not a sealed secret") from None
-        if version != "v1" or len(raw) < 48:
-            raise SealError("not a sealed secret")
+        if version == "v2" and len(raw) > 12 + 16:
+            try:
+                return self._aead.decrypt(raw[:12], raw[12:], _SEALED_WITH).decode()
+            except InvalidTag:
+                raise SealError("sealed with another key, or altered") from None
+        if version == "v1" and len(raw) >= 48:
+            return self._open_v1(raw)
+        raise SealError("not a sealed secret")
+
+    def _open_v1(self, raw: bytes) -> str:
         nonce, cipher, tag = raw[:16], raw[16:-32], raw[-32:]
-        if not hmac.compare_digest(tag, hmac.new(self._mac, _VERSION + nonce + cipher, hashlib.sha256).digest()):
+        if not hmac.compare_digest(tag, hmac.new(self._v1_mac, _V1 + nonce + cipher, hashlib.sha256).digest()):
             raise SealError("sealed with another key, or altered")
-        return bytes(a ^ b for a, b in zip(cipher, self._keystream(nonce, len(cipher)), strict=True)).decode()
+        blocks = [
+            hmac.new(self._v1_encrypt, nonce + counter.to_bytes(4, "big"), hashlib.sha256).digest()
+            for counter in range((len(cipher) + 31) // 32)
+        ]
+        return bytes(a ^ b for a, b in zip(cipher, b"".join(blocks), strict=False)).decode()
 
     def job_secret(self, user_id: uuid.UUID) -> str:
         """The secret that signs the per-job webhooks of one user."""

@@ -4,6 +4,7 @@ reply, acknowledge; a command that cannot be handled or stored is set aside (dea
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -50,12 +51,24 @@ class _Poisoned(Exception):
 class Batching(Leadership):
     """The handling of one fetched batch of commands, as `scheduler.service.Scheduler` runs it."""
 
-    _looked_at = 0.0  # when the last batch ticked the fleet (monotonic); 0 before this term's first
+    _alive_at = 0.0  # when `_watch_stalls` last ran (monotonic); 0 before it first did in this term
+    _stalled = False  # it saw the loop stand still since the fleet was last ticked
 
     @property
     def _stall_s(self) -> float:
-        """A gap between two looks at the fleet longer than this is the scheduler's stall, not the workers'."""
+        """The event loop standing still longer than this is the scheduler's silence, not the workers'."""
         return max(1.0, self.settings.worker_timeout_s / 4)
+
+    async def _watch_stalls(self, every_s: float = 0.1) -> None:
+        """Note when this process's event loop stood still. A slow commit or fetch is not that (the
+        loop reads heartbeats while it waits); a blocked loop is, and the tick must not count it."""
+        self._alive_at, self._stalled = 0.0, False
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(every_s)
+            self._alive_at = time.monotonic()
+            if self._alive_at - before - every_s > self._stall_s:
+                self._stalled = True
 
     async def _process(self, conn: asyncpg.Connection, js: JetStreamContext, outbox: Outbox, msgs: list[Msg]) -> None:
         commands: list[tuple[int, AnyCommand, Msg]] = []
@@ -163,18 +176,12 @@ class Batching(Leadership):
                 raise _Poisoned(index, exc) from exc
         about_job(None)
         now = time.monotonic()
-        if self._looked_at and now - self._looked_at > self._stall_s:
-            # The loop looks at the fleet several times a second. A longer gap means this process
-            # was not listening (CPU starvation, a long pause): heartbeats sent meanwhile wait unread
-            # in its socket, so the workers' silence over the gap says nothing about them.
-            log.warning(
-                "%s: %.1fs since it last looked at the fleet (a stalled process); no worker is judged "
-                "by its silence over that time",
-                self.name,
-                now - self._looked_at,
-            )
+        if self._stalled or (self._alive_at and now - self._alive_at > self._stall_s):
+            # The event loop stood still (CPU starvation, a long pause): heartbeats sent meanwhile
+            # wait unread in its socket, so the workers' silence over that time says nothing.
+            log.warning("%s: its event loop stood still; no worker is judged by its silence over that time", self.name)
             state.fleet.judge_afresh(now)
-        self._looked_at = now
+            self._stalled = False
         state.tick(now)
         state.schedule()
 

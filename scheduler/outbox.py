@@ -213,12 +213,23 @@ class Outbox:
                     log.info("discarding refused artifact %s: %s", name, exc)
 
 
+# Frontends that follow their jobs by server-sent events and webhooks, both made from the events:
+# nothing consumes a completion notification of theirs, so none is written (an fsynced JetStream
+# write per job, and room in the notify stream that bots need).
+UNNOTIFIED_FRONTENDS = frozenset({"api", "web"})
+
+
 def terminal_notifications(records: list[RecordedEvent], jobs: dict[uuid.UUID, Job]) -> list[tuple[RecordedEvent, Job]]:
-    """The terminal events of a batch, paired with the job state they produced."""
+    """The terminal events of a batch that a frontend is notified of, paired with the job state they produced."""
     out = []
     for rec in records:
         if rec.stream_type == StreamType.JOB:
             job = jobs.get(rec.stream_id)
-            if job is not None and job.status in TERMINAL and job.version == rec.version:
+            if (
+                job is not None
+                and job.status in TERMINAL
+                and job.version == rec.version
+                and job.frontend not in UNNOTIFIED_FRONTENDS
+            ):
                 out.append((rec, job))
     return out

@@ -103,11 +103,11 @@ class Scheduler(Housekeeping):
         assert self._nc is not None
         js = self._nc.jetstream()
         self.state = await self._load(conn)
-        self._looked_at = 0.0  # a new term: the last term's looks say nothing about this one
         outbox = Outbox(self._nc, js)
         tasks = [
             asyncio.create_task(outbox.run(), name="scheduler-outbox"),
             asyncio.create_task(self._watch_workers(js), name="scheduler-workers"),
+            asyncio.create_task(self._watch_stalls(), name="scheduler-stalls"),
         ]
         try:
             await self._catch_up(conn, outbox)

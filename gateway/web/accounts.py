@@ -1,4 +1,4 @@
-"""Website accounts: email and password (argon2id), sessions, and throttled logins.
+"""Website accounts: email and password (argon2id), sessions, and throttled logins and sign-ups.
 
 An account is a row of `web_accounts` beside the user it belongs to: `web:<email>`, registered by
 an event like every user. The password hash lives outside the event log on purpose: a changed
@@ -29,6 +29,7 @@ MAX_EMAIL = 100
 FAILURE_WINDOW = timedelta(minutes=15)
 FAILURES_PER_ACCOUNT = 5
 FAILURES_PER_CLIENT = 30
+SIGNUP_WINDOW = timedelta(hours=1)  # sign-ups counted per client address over this window
 
 # A plain address: what the user id may hold (gateway.deps' web ids), one @, a dotted domain.
 _EMAIL = re.compile(r"[a-z0-9_.+-]+@[a-z0-9-]+(\.[a-z0-9-]+)+")
@@ -89,21 +90,53 @@ async def _verify(password_hash: str, password: str) -> bool:
     return await asyncio.to_thread(verify)
 
 
-async def create(conn: asyncpg.Connection, raw_email: str, password: str) -> tuple[uuid.UUID, str]:
-    """A new account: (its user id, the normalised email); EMAIL_TAKEN when it exists."""
+async def create(
+    conn: asyncpg.Connection, raw_email: str, password: str, client: str = "", per_hour: int = 0
+) -> tuple[uuid.UUID, str]:
+    """A new account: (its user id, the normalised email); EMAIL_TAKEN when it exists.
+    SIGNUP_THROTTLED when `client` made `per_hour` accounts in the last hour (0: no limit); a sign-up
+    refused for any reason is not counted."""
     email = normalize_email(raw_email)
     check_password(password)
     user_id = user_stream_id("web", email)
-    inserted = await conn.fetchval(
-        "INSERT INTO web_accounts (email, user_id, password_hash) VALUES ($1, $2, $3)"
-        " ON CONFLICT DO NOTHING RETURNING email",
-        email,
-        user_id,
-        await _hash(password),
-    )
-    if inserted is None:
-        raise AccountError("EMAIL_TAKEN", "an account with this email exists; log in instead")
+    password_hash = await _hash(password)
+    async with conn.transaction():
+        if per_hour > 0:
+            await _count_signup(conn, client[:64], per_hour)
+        inserted = await conn.fetchval(
+            "INSERT INTO web_accounts (email, user_id, password_hash) VALUES ($1, $2, $3)"
+            " ON CONFLICT DO NOTHING RETURNING email",
+            email,
+            user_id,
+            password_hash,
+        )
+        if inserted is None:
+            raise AccountError("EMAIL_TAKEN", "an account with this email exists; log in instead")
     return user_id, email
+
+
+async def _count_signup(conn: asyncpg.Connection, client: str, per_hour: int) -> None:
+    """Count one sign-up for `client` (in the caller's transaction, undone with it), or refuse it when
+    the client is at its hour's limit. Sign-ups from one client are counted one at a time."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('web_signups'), hashtext($1))", client)
+    since = datetime.now(UTC) - SIGNUP_WINDOW
+    await conn.execute("DELETE FROM web_signups WHERE at < $1", since)
+    oldest = await conn.fetch(
+        "SELECT at FROM web_signups WHERE client = $1 AND at > $2 ORDER BY at LIMIT $3", client, since, per_hour
+    )
+    if len(oldest) >= per_hour:
+        wait = oldest[0]["at"] + SIGNUP_WINDOW - datetime.now(UTC)
+        raise AccountError(
+            "SIGNUP_THROTTLED",
+            f"too many accounts were made from your address in the last hour; try again in {_minutes(wait)}",
+            retry_after=max(1, int(wait.total_seconds()) + 1),
+        )
+    await conn.execute("INSERT INTO web_signups (client) VALUES ($1)", client)
+
+
+def _minutes(wait: timedelta) -> str:
+    minutes = max(1, round(wait.total_seconds() / 60))
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"
 
 
 async def authenticate(conn: asyncpg.Connection, raw_email: str, password: str, client: str) -> tuple[uuid.UUID, str]:

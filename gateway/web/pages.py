@@ -90,12 +90,21 @@ async def signup(services: ServicesDep, request: Request) -> Response:
     form = await page.form()
     try:
         async with services.pool.acquire() as conn:
-            user_id, email = await accounts.create(conn, form.get("email", ""), form.get("password", ""))
+            user_id, email = await accounts.create(
+                conn,
+                form.get("email", ""),
+                form.get("password", ""),
+                request.client.host if request.client else "unknown",
+                services.settings.signups_per_hour,
+            )
             await _register(services, email)
             token = await accounts.open_session(conn, user_id, services.settings.session_ttl_s)
     except accounts.AccountError as exc:
-        status = 409 if exc.code == "EMAIL_TAKEN" else 422
-        return page.render("signup.html", status, error=exc.detail, code=exc.code, email=form.get("email", ""))
+        status = {"EMAIL_TAKEN": 409, "SIGNUP_THROTTLED": 429}.get(exc.code, 422)
+        response = page.render("signup.html", status, error=exc.detail, code=exc.code, email=form.get("email", ""))
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
     return await _logged_in(services, request, token, "/generate")
 
 

@@ -12,6 +12,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from bots import discord as discord_bot
@@ -110,6 +111,13 @@ async def test_imagine_becomes_an_attachment_after_a_queued_message(
     assert message.attachments[0].filename.endswith(".png")
     assert message.buttons() == []  # the Cancel button went with the result
     assert no_repeats(message)
+    # The interaction's token worked from the job's reply_context, yet the log kept it sealed only.
+    conn = await asyncpg.connect(platform.database_url)
+    try:
+        stored = await conn.fetchval("SELECT data::text FROM events WHERE type = 'JobSubmitted.v1'")
+    finally:
+        await conn.close()
+    assert '"interaction_token": "sealed:' in stored and interaction.token not in stored
 
 
 async def test_cancel_by_button(platform: Platform, fake: FakeDiscord, bot_config: BotConfig) -> None:

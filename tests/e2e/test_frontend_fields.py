@@ -54,6 +54,8 @@ async def test_a_user_key_cannot_post_into_a_bots_feed(platform: Platform) -> No
         await platform.wait_status(client, own.json()["job_id"], {"COMPLETED"})
     await asyncio.sleep(0.3)
     assert await notifications_on(platform.nats_url, "tessera.done.telegram.>") == 0
+    # An API job is followed by SSE and webhooks: no bot reads a notification of it, none is written.
+    assert await notifications_on(platform.nats_url, "tessera.done.>") == 0
     assert await submitted(platform.database_url) == before + 1  # the honest job only
 
 

@@ -133,6 +133,35 @@ async def test_logins_are_throttled_after_repeated_failures(platform: Platform) 
     assert "tessera_session" not in client.cookies
 
 
+@pytest.mark.settings(signups_per_hour=2)
+async def test_one_client_may_make_only_so_many_accounts_an_hour(platform: Platform) -> None:
+    async def sign_up(email: str, password: str = "correct horse") -> httpx.Response:
+        """A sign-up from a fresh browser on the same address (127.0.0.1)."""
+        client = platform.client()
+        token = _csrf((await client.get("/signup")).text)
+        return await client.post("/signup", data={"email": email, "password": password, "csrf_token": token})
+
+    first = await sign_up("one@example.com")
+    assert first.status_code == 303
+    refused = [
+        await sign_up("not an email"),
+        await sign_up("short@example.com", "short"),
+        await sign_up("one@example.com"),
+    ]
+    assert [r.status_code for r in refused] == [422, 422, 409]  # refused sign-ups are not counted
+    assert (await sign_up("two@example.com")).status_code == 303
+    throttled = await sign_up("three@example.com")
+    assert throttled.status_code == 429 and 'data-code="SIGNUP_THROTTLED"' in throttled.text
+    assert 3500 <= int(throttled.headers["retry-after"]) <= 3601 and "60 minutes" in throttled.text
+    conn = await asyncpg.connect(platform.database_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM web_accounts WHERE email = 'three@example.com'") == 0
+        await conn.execute("UPDATE web_signups SET at = at - interval '61 minutes'")  # an hour later
+    finally:
+        await conn.close()
+    assert (await sign_up("three@example.com")).status_code == 303
+
+
 async def test_a_session_expires_and_logout_ends_it(platform: Platform) -> None:
     client = await signup(platform)
     assert (await client.get("/api/v1/user/me")).status_code == 200
