@@ -66,6 +66,8 @@ class Settings:
     # How often JetStream fsyncs: "always" (no acknowledged write lost on power loss; see
     # docs/operations.md for its cost), or a duration such as "2m" (nats-server's default).
     nats_sync: str = "always"
+    # A soft limit on the embedded nats-server's memory, in MiB (GOMEMLIMIT; 0: none). See docs/scaling.md.
+    nats_memory_limit_mb: int = 384
     # What the events and notifications streams keep (streams/topology.StreamLimits, docs/scaling.md):
     # by age and by bytes, so nats-server's memory and restart time do not grow with history.
     events_max_age_s: float = 3600.0
@@ -136,6 +138,7 @@ class Settings:
             "nats_tls_cert": _env_path("TESSERA_NATS_TLS_CERT"),
             "nats_tls_key": _env_path("TESSERA_NATS_TLS_KEY"),
             "nats_sync": os.environ.get("TESSERA_NATS_SYNC") or "always",
+            "nats_memory_limit_mb": _env_int("TESSERA_NATS_MEMORY_LIMIT", 384),
             "events_max_age_s": _env_float("TESSERA_EVENTS_MAX_AGE", 3600.0),
             "events_max_bytes": _env_int("TESSERA_EVENTS_MAX_BYTES", 128 * 2**20),
             "commands_kept": _env_int("TESSERA_COMMANDS_KEPT", 10_000),

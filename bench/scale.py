@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httpx
@@ -43,8 +44,10 @@ from tessera.embedded import EmbeddedNats, EmbeddedPostgres, free_port  # noqa: 
 
 
 class Platform:
-    def __init__(self, data: Path, nats_sync: str | None) -> None:
-        self.nats = EmbeddedNats(data / "nats", sync_interval=nats_sync).start(preferred_port=None)
+    def __init__(self, data: Path, nats_sync: str | None, nats_memory_limit_mb: int) -> None:
+        self.nats = EmbeddedNats(
+            data / "nats", sync_interval=nats_sync, memory_limit_mb=nats_memory_limit_mb or None
+        ).start(preferred_port=None)
         self.pg = EmbeddedPostgres(data / "pg").start(preferred_port=None)
         self.port = free_port(None)
         self.env = {
@@ -94,7 +97,7 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def sizes(p: Platform) -> dict[str, float]:
+async def sizes(p: Platform) -> dict[str, Any]:
     async with db.connection(p.pg.url, json_codec=False) as conn:
         database = await conn.fetchval("SELECT pg_database_size(current_database())")
         events = await conn.fetchval("SELECT max(seq) FROM events")
@@ -107,6 +110,7 @@ async def sizes(p: Platform) -> dict[str, float]:
         "nats_mb": sum(s.state.bytes for s in streams) / 2**20,
         "nats_msgs": float(sum(s.state.messages for s in streams)),
         "nats_rss_mb": rss_mb(p.nats.process.pid),
+        "streams": {s.config.name: (s.state.bytes / 2**20, s.state.messages) for s in streams},
     }
 
 
@@ -190,7 +194,9 @@ async def position_error(p: Platform, client: aiohttp.ClientSession, jobs: int =
 
 async def main(args: argparse.Namespace) -> None:
     p = Platform(
-        Path(tempfile.mkdtemp(prefix="tessera-scale-")), None if args.nats_sync == "default" else args.nats_sync
+        Path(tempfile.mkdtemp(prefix="tessera-scale-")),
+        None if args.nats_sync == "default" else args.nats_sync,
+        args.nats_memory_limit,
     )
     try:
         await p.start()
@@ -226,6 +232,8 @@ async def main(args: argparse.Namespace) -> None:
                     f"| {load['complete_p50']:.1f} / {load['complete_p99']:.1f} | {median:.0f} / {worst:.0f} |",
                     flush=True,
                 )
+                kept = ", ".join(f"{name} {mb:,.0f} MB ({n:,})" for name, (mb, n) in size["streams"].items())
+                print(f"  streams at {made:,} jobs: {kept}", file=sys.stderr, flush=True)
     finally:
         p.stop()
 
@@ -237,4 +245,10 @@ if __name__ == "__main__":
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--nats-sync", default="default", help="'always' (tessera up's) or 'default' (nats-server's)")
+    parser.add_argument(
+        "--nats-memory-limit",
+        type=int,
+        default=384,
+        help="nats-server's GOMEMLIMIT, MiB (0: none)",
+    )
     run_loop(main(parser.parse_args()))

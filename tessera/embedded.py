@@ -77,6 +77,10 @@ class EmbeddedNats:
     2.12.1), so the embedded server syncs every write ("always"); docs/operations.md has the cost
     and what to set on an external server. None keeps nats-server's default.
 
+    `memory_limit_mb` is a soft limit on nats-server's memory (Go's GOMEMLIMIT): its runtime collects
+    garbage harder near it and hands memory back, instead of keeping what a burst made it grow to
+    (docs/scaling.md). None leaves it unlimited.
+
     `authorization` is an `authorization { ... }` block (tessera/nats_auth.py writes it): with
     none, every client may do everything, as in the tests. `tls_cert` and `tls_key` make it speak
     TLS only (`tls://` URLs). `host` is the address it listens on.
@@ -90,6 +94,7 @@ class EmbeddedNats:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     host: str = "127.0.0.1"
+    memory_limit_mb: int | None = None
 
     @property
     def conf_file(self) -> Path:
@@ -133,8 +138,12 @@ class EmbeddedNats:
         self.port = free_port(preferred_port, "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host)
         conf = self.write_config()
         with open(self.store_dir / "nats-server.log", "ab") as log_file:  # the child keeps its own descriptor
+            env = {**os.environ}
+            if self.memory_limit_mb:
+                env["GOMEMLIMIT"] = f"{self.memory_limit_mb}MiB"
             self.process = subprocess.Popen(
                 [nats_server_binary(), "-c", str(conf), "-a", self.host, "-p", str(self.port)],
+                env=env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches `tessera up`, which stops the services first

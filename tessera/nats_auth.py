@@ -104,4 +104,5 @@ def embedded_server(settings: Settings, credentials: Credentials | None) -> Embe
         tls_key=settings.nats_tls_key,
         host=settings.nats_host,
         sync_interval=settings.nats_sync,
+        memory_limit_mb=settings.nats_memory_limit_mb or None,
     )

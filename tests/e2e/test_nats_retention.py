@@ -16,6 +16,9 @@ from scheduler.service import Scheduler
 from streams import subjects as s
 from streams import topology
 from streams.messages import CancelJob, encode, subject_of
+from tessera.embedded import EmbeddedNats
+from tessera.nats_auth import embedded_server
+from tests import conftest
 from tests.conftest import Platform
 from tests.e2e.test_reliability import own_nats
 
@@ -78,3 +81,23 @@ async def test_an_events_stream_made_with_an_fsync_per_message_is_replaced_by_th
             assert (await js.stream_info(s.EVENTS_STREAM)).created == events.created
         finally:
             await nc.close()
+
+
+def environ(pid: int) -> list[bytes]:
+    return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+
+
+def test_the_embedded_nats_server_runs_under_the_configured_memory_limit(tmp_path: Path) -> None:
+    settings = conftest.test_settings(data_dir=tmp_path, nats_memory_limit_mb=96)
+    server = embedded_server(settings, None).start(preferred_port=None)
+    try:
+        assert server.process is not None
+        assert b"GOMEMLIMIT=96MiB" in environ(server.process.pid)
+    finally:
+        server.stop()
+    unlimited = EmbeddedNats(tmp_path / "unlimited").start(preferred_port=None)
+    try:
+        assert unlimited.process is not None
+        assert not any(v.startswith(b"GOMEMLIMIT=") for v in environ(unlimited.process.pid))
+    finally:
+        unlimited.stop()
