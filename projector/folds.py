@@ -392,8 +392,3 @@ async def position(conn: asyncpg.Connection) -> int:
 
 async def set_position(conn: asyncpg.Connection, seq: int) -> None:
     await conn.execute("UPDATE projection_position SET seq = $1 WHERE name = 'read_models'", seq)
-
-
-async def truncate(conn: asyncpg.Connection) -> None:
-    await conn.execute(f"TRUNCATE {', '.join(READ_MODEL_TABLES)}")
-    await set_position(conn, 0)

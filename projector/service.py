@@ -41,22 +41,6 @@ async def apply_batch(conn: asyncpg.Connection, records: list[RecordedEvent]) ->
         return position
 
 
-async def rebuild(conn: asyncpg.Connection, chunk: int = 5000) -> int:
-    """Drop every read model and fold it again from the whole event log, in one transaction."""
-    async with conn.transaction():
-        await folds.lock(conn)
-        await folds.truncate(conn)
-        position = 0
-        while True:
-            records = await store.load_after(conn, position, chunk)
-            if not records:
-                break
-            await folds.apply(conn, records)
-            position = records[-1].seq
-        await folds.set_position(conn, position)
-        return position
-
-
 class Projector:
     def __init__(
         self, *, nats_url: str, database_url: str, batch: int = 1000, poll_s: float = 1.0, gather_s: float = 0.05
@@ -147,4 +131,4 @@ class Projector:
                 return
 
 
-__all__ = ["Projector", "apply_batch", "decode_recorded", "rebuild"]
+__all__ = ["Projector", "apply_batch", "decode_recorded"]

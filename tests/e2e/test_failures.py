@@ -14,8 +14,8 @@ import nats
 import pytest
 
 from base.db import init_connection
+from projector import rebuild
 from projector.folds import READ_MODEL_TABLES
-from projector.service import rebuild
 from scheduler.service import Scheduler
 from streams import subjects as s
 from tests.conftest import Platform
@@ -244,7 +244,7 @@ async def test_rebuilt_read_models_equal_the_live_ones(platform: Platform) -> No
     try:
         live = await snapshot(conn)
         assert len(live["jobs"]) == 10 and live["usage_daily"] and live["artifacts"]
-        await rebuild(conn)
+        await rebuild.rebuild(conn)
         rebuilt = await snapshot(conn)
     finally:
         await conn.close()
