@@ -134,7 +134,18 @@ async def test_logins_are_throttled_after_repeated_failures(platform: Platform) 
 
 
 @pytest.mark.settings(signups_per_hour=2)
-async def test_one_client_may_make_only_so_many_accounts_an_hour(platform: Platform) -> None:
+async def test_one_client_may_make_only_so_many_accounts_an_hour(
+    platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hashed: list[str] = []
+    real_hash = accounts._hash
+
+    async def counted_hash(password: str) -> str:
+        hashed.append(password)
+        return await real_hash(password)
+
+    monkeypatch.setattr(accounts, "_hash", counted_hash)
+
     async def sign_up(email: str, password: str = "correct horse") -> httpx.Response:
         """A sign-up from a fresh browser on the same address (127.0.0.1)."""
         client = platform.client()
@@ -150,8 +161,10 @@ async def test_one_client_may_make_only_so_many_accounts_an_hour(platform: Platf
     ]
     assert [r.status_code for r in refused] == [422, 422, 409]  # refused sign-ups are not counted
     assert (await sign_up("two@example.com")).status_code == 303
+    hashes = len(hashed)
     throttled = await sign_up("three@example.com")
     assert throttled.status_code == 429 and 'data-code="SIGNUP_THROTTLED"' in throttled.text
+    assert len(hashed) == hashes  # refused before the password was hashed
     assert 3500 <= int(throttled.headers["retry-after"]) <= 3601 and "60 minutes" in throttled.text
     conn = await asyncpg.connect(platform.database_url)
     try:
