@@ -3,18 +3,13 @@ bot still knows the chat and the message to edit) and `Delivery` (a result ready
 
 from __future__ import annotations
 
-import base64
-import os
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from base.sealing import Sealer, Unsealable
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,29 +89,24 @@ class Delivery:
 class TokenSeal:
     """Seals a Discord interaction token for a job's `reply_context`; only the same bot opens it.
 
-    AES-256-GCM (the `cryptography` package) under a key derived with HKDF-SHA256 from the bot's
-    Discord token, the bot's own secret. A new Discord token makes the sealed ones of running jobs
-    unreadable: those results are posted in the channel, as after the 15 minutes. A token from
-    before sealing (no prefix) is used as it is.
+    `base.sealing` under a key derived from the bot's Discord token, the bot's own secret. A new
+    Discord token makes the sealed ones of running jobs unreadable: those results are posted in the
+    channel, as after the 15 minutes. A token from before sealing (no prefix) is used as it is.
     """
 
     PREFIX = "sealed:"
 
     def __init__(self, bot_token: str) -> None:
-        kdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"tessera-discord-interaction-token")
-        self._aead = AESGCM(kdf.derive(bot_token.encode()))
+        self._sealer = Sealer(bot_token, "tessera-discord-interaction-token")
 
     def seal(self, token: str) -> str:
-        nonce = os.urandom(12)
-        sealed = nonce + self._aead.encrypt(nonce, token.encode(), None)
-        return self.PREFIX + base64.urlsafe_b64encode(sealed).decode()
+        return self.PREFIX + self._sealer.seal(token)
 
     def open(self, sealed: str | None) -> str | None:
         """The token, or None when there is none or it was sealed with another key (or altered)."""
         if not sealed or not sealed.startswith(self.PREFIX):
             return sealed
         try:
-            raw = base64.urlsafe_b64decode(sealed[len(self.PREFIX) :].encode())
-            return self._aead.decrypt(raw[:12], raw[12:], None).decode()
-        except (ValueError, InvalidTag):
+            return self._sealer.open(sealed[len(self.PREFIX) :])
+        except Unsealable:
             return None

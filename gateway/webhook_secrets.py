@@ -4,8 +4,8 @@ A Standard Webhooks secret must be kept so the sender can sign with it (a hash w
 the event log keeps what it is given forever. So the gateway seals a new secret before it leaves
 the process: it travels in the command and is stored in the event sealed, and only a process that
 holds the deployment's key (TESSERA_URL_SIGNING_KEY: the gateway and the webhook service) can open
-it. Sealing is AES-256-GCM (the `cryptography` package) under a key derived from the deployment's
-with HKDF-SHA256, a random 96-bit nonce per secret: `v2.` and the nonce and ciphertext in base64.
+it. Sealing is `base.sealing` (AES-256-GCM under a key derived from the deployment's): `v2.` and
+the sealed text.
 
 Secrets sealed before that (`v1.`, an HMAC-SHA256 keystream with an HMAC tag, written by this
 module until 2026-11-30) are still opened, never made: they are in event logs for good.
@@ -19,17 +19,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 import secrets
 import uuid
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from base.sealing import Sealer, Unsealable
 
 SECRET_PREFIX = "whsec_"
-_SEALED_WITH = b"tessera-webhook-secret:v2"  # bound to every v2 ciphertext as associated data
 _V1 = b"v1"
 
 
@@ -51,31 +46,28 @@ class SecretBox:
 
     def __init__(self, deployment_key: str) -> None:
         root = deployment_key.encode()
-        info = b"tessera-webhook-secrets:aes-256-gcm"
-        self._aead = AESGCM(HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(root))
+        self._sealer = Sealer(deployment_key, "tessera-webhook-secret:v2")
         self._v1_encrypt = _derive(root, "encrypt")
         self._v1_mac = _derive(root, "mac")
         self._per_user = _derive(root, "per-user")
 
     def seal(self, secret: str) -> str:
-        nonce = os.urandom(12)
-        return (
-            "v2." + base64.urlsafe_b64encode(nonce + self._aead.encrypt(nonce, secret.encode(), _SEALED_WITH)).decode()
-        )
+        return "v2." + self._sealer.seal(secret)
 
     def open(self, sealed: str) -> str:
         version, _, body = sealed.partition(".")
-        try:
-            raw = base64.urlsafe_b64decode(body.encode())
-        except ValueError:
-            raise SealError("not a sealed secret") from None
-        if version == "v2" and len(raw) > 12 + 16:
+        if version == "v2":
             try:
-                return self._aead.decrypt(raw[:12], raw[12:], _SEALED_WITH).decode()
-            except InvalidTag:
-                raise SealError("sealed with another key, or altered") from None
-        if version == "v1" and len(raw) >= 48:
-            return self._open_v1(raw)
+                return self._sealer.open(body)
+            except Unsealable as exc:
+                raise SealError(str(exc)) from None
+        if version == "v1":
+            try:
+                raw = base64.urlsafe_b64decode(body.encode())
+            except ValueError:
+                raise SealError("not a sealed secret") from None
+            if len(raw) >= 48:
+                return self._open_v1(raw)
         raise SealError("not a sealed secret")
 
     def _open_v1(self, raw: bytes) -> str:
